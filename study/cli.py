@@ -1,0 +1,203 @@
+"""The command line: parses arguments, calls the library, draws progress. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from study.errors import UserInputError
+
+app = typer.Typer(
+    help="A statistical study harness for knowledge distillation and Born-Again Networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).",
+    ),
+]
+ProtocolArg = Annotated[Path, typer.Argument(help="The study's protocol file (TOML).")]
+
+
+def user_errors(fn):
+    """Bad input: a clear message on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserInputError as e:
+            err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def validate(protocol: ProtocolArg) -> None:
+    """Validate a protocol and print its plan (roles x seeds = runs) without training."""
+    from study.plan import expand
+    from study.protocol import load_protocol
+
+    p = load_protocol(protocol)
+    plan = expand(p)
+    table = Table(title=f"study '{p.study.name}': {p.data.dataset}, {len(plan.seeds)} seeds")
+    for col in ("role", "kind", "arch", "loss", "teacher", "epochs"):
+        table.add_column(col)
+    for r in plan.roles:
+        params = ", ".join(f"{k}={v}" for k, v in r.loss_params.items())
+        table.add_row(
+            r.key,
+            r.kind,
+            r.arch or "-",
+            f"{r.loss}({params})" if r.kind != "ensemble" else "mean softmax",
+            r.teacher or (", ".join(r.members) if r.members else "-"),
+            str(r.train.epochs) if r.train else "-",
+        )
+    console.print(table)
+    console.print(
+        f"{len(plan.roles)} roles x {len(plan.seeds)} seeds = {plan.n_runs} runs, "
+        f"{plan.n_epochs} epochs in total"
+    )
+
+
+@app.command()
+@user_errors
+def run(
+    protocol: ProtocolArg,
+    tracking_uri: TrackingUri = None,
+    device: Annotated[
+        str | None, typer.Option(help="Override [train] device: auto, cpu, cuda, cuda:N.")
+    ] = None,
+    report: Annotated[bool, typer.Option(help="Write the report when done.")] = True,
+) -> None:
+    """Train every role of the protocol for every seed, logging to MLflow."""
+    from study.execute import run_study
+    from study.protocol import load_protocol
+    from study.track import Tracker, check_writable
+
+    p = load_protocol(protocol)
+    from study.execute import load_study_data
+
+    data = load_study_data(p)
+    check_writable(tracking_uri)
+    tracker = Tracker(tracking_uri)
+    with _ProgressView() as view:
+        summary = run_study(p, tracker, progress=view.update, device=device, data=data)
+    if summary.trained == 0 and not summary.failed and not summary.skipped:
+        console.print(
+            f"nothing to train: all {summary.reused} runs of '{p.study.name}' are already "
+            f"FINISHED in {tracker.uri} ({summary.seconds:.1f} s)"
+        )
+    else:
+        console.print(
+            f"trained {summary.trained} runs, reused {summary.reused}, "
+            f"failed {len(summary.failed)}, skipped {len(summary.skipped)} "
+            f"in {summary.seconds:.1f} s; tracking: {tracker.uri}, "
+            f"experiment {summary.experiment_id}, parent run {summary.parent_run_id}"
+        )
+    for line in summary.failed:
+        err_console.print(f"[red]failed:[/] {line}", highlight=False)
+    for line in summary.skipped:
+        err_console.print(f"[yellow]skipped:[/] {line}", highlight=False)
+    if report:
+        _write_report(p, tracker, data)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+@user_errors
+def report_cmd(protocol: ProtocolArg, tracking_uri: TrackingUri = None) -> None:
+    """Write reports/<study>/report.md from the tracker's results."""
+    from study.execute import load_study_data
+    from study.protocol import load_protocol
+    from study.track import Tracker, check_writable
+
+    p = load_protocol(protocol)
+    data = load_study_data(p)
+    check_writable(tracking_uri)
+    _write_report(p, Tracker(tracking_uri), data)
+
+
+def _write_report(p, tracker, data) -> None:
+    from study.analysis.report import build_report, write_report
+
+    rep = build_report(p, tracker, data.identity)
+    paths = write_report(rep, Path("reports") / p.study.name)
+    console.print("report: " + ", ".join(str(x) for x in paths))
+
+
+class _ProgressView:
+    """Runs, epochs and an ETA, drawn with rich."""
+
+    def __enter__(self) -> _ProgressView:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=not sys.stdout.isatty(),
+            disable=not console.is_terminal,
+        )
+        self.progress.__enter__()
+        self.runs = self.progress.add_task("runs", total=None)
+        self.epochs = self.progress.add_task("epochs", total=None)
+        self.done = 0
+        return self
+
+    def update(self, event) -> None:
+        if event.kind == "start":
+            self.progress.update(self.runs, total=event.total_runs)
+            self.progress.update(self.epochs, total=event.total_epochs)
+            if not console.is_terminal:
+                console.print(
+                    f"{event.total_runs} runs to train, {event.total_epochs} epochs in total"
+                )
+        elif event.kind == "epoch":
+            self.progress.advance(self.epochs)
+        elif event.kind in ("done", "fail", "skip"):
+            self.progress.advance(self.runs)
+            self.done += 1
+            desc = f"runs ({event.role} seed {event.seed})"
+            self.progress.update(self.runs, description=desc)
+            if not console.is_terminal and event.kind == "done":
+                acc = event.metrics.get("test_acc")
+                console.print(
+                    f"[{self.done}] {event.role} seed {event.seed}: test_acc {acc:.4f}"
+                    if acc is not None
+                    else f"[{self.done}] {event.role} seed {event.seed}",
+                    highlight=False,
+                )
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,203 @@
+"""Expansion of a protocol into roles and (role, seed) jobs, with their fingerprints.
+
+A *role* is one model in the study: the teacher (generation 0), generation k of an arm
+(k = 1..G, distilling from generation k-1 of the same arm, or from the teacher for k = 1),
+or the ensemble of generations 1..k of an arm (k >= 2, evaluated, not trained).
+
+Seed s of a role always pairs with seed s of the role it depends on: generation k of seed
+s distils from generation k-1 of seed s. Comparisons are paired by seed for the same
+reason: this is what makes the statistics strong with few seeds.
+
+A fingerprint is a hash of everything that determines a (role, seed)'s result and of
+nothing else: the resolved role config (architecture, kwargs, loss, its parameters, the
+training recipe), the seed, the generation (it selects the random streams), the teacher's
+fingerprint, the data identity and the package version. Names (study, arm, role) and the
+device are not part of it: renaming an arm does not change what it computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from study import __version__
+from study.losses import resolve_loss_params
+from study.models import resolve_model_kwargs
+from study.protocol import Protocol, TrainSection, resolved_arch
+
+RoleKind = Literal["teacher", "student", "ensemble"]
+TEACHER = "teacher"
+
+
+@dataclass(frozen=True)
+class Role:
+    """One model of the study, trained (teacher, student) or evaluated (ensemble)."""
+
+    key: str  # "teacher", "<arm>/gen<k>", "<arm>/ens<k>"
+    kind: RoleKind
+    arm: str  # "teacher" for the teacher
+    generation: int
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss: str = "ce"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    train: TrainSection | None = None
+    teacher: str | None = None  # key of the role this one distils from
+    members: tuple[str, ...] = ()  # ensemble members, generation order
+
+    def config(self) -> dict[str, Any]:
+        """The result-determining configuration of this role (no names, no device)."""
+        if self.kind == "ensemble":
+            return {"kind": self.kind, "size": len(self.members)}
+        train = self.train.model_dump(exclude={"device"}) if self.train else {}
+        return {
+            "kind": self.kind,
+            "generation": self.generation,
+            "arch": self.arch,
+            "arch_kwargs": self.arch_kwargs,
+            "loss": self.loss,
+            "loss_params": self.loss_params,
+            "train": train,
+        }
+
+    def params(self) -> dict[str, Any]:
+        """Flat config for the tracker's parameters (names included, for humans)."""
+        flat: dict[str, Any] = {"role": self.key, "arm": self.arm, "generation": self.generation}
+        flat.update(_flatten(self.config()))
+        if self.teacher:
+            flat["teacher_role"] = self.teacher
+        if self.members:
+            flat["members"] = ",".join(self.members)
+        return flat
+
+
+@dataclass(frozen=True)
+class Plan:
+    """All roles in dependency order, and the seeds each is run for."""
+
+    protocol: Protocol
+    roles: tuple[Role, ...]
+    seeds: tuple[int, ...]
+
+    def role(self, key: str) -> Role:
+        for r in self.roles:
+            if r.key == key:
+                return r
+        raise KeyError(key)
+
+    @property
+    def trained_roles(self) -> list[Role]:
+        return [r for r in self.roles if r.kind != "ensemble"]
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.roles) * len(self.seeds)
+
+    @property
+    def n_epochs(self) -> int:
+        """Epochs of training in total, all roles and seeds."""
+        return sum(r.train.epochs for r in self.trained_roles if r.train) * len(self.seeds)
+
+    def fingerprints(self, data_identity: str) -> dict[tuple[str, int], str]:
+        """Fingerprint of every (role, seed), computed in dependency order."""
+        out: dict[tuple[str, int], str] = {}
+        for seed in self.seeds:
+            for role in self.roles:
+                deps = [role.teacher] if role.teacher else list(role.members)
+                out[(role.key, seed)] = fingerprint(
+                    role, seed, [out[(d, seed)] for d in deps], data_identity
+                )
+        return out
+
+    def dependencies(self, key: str) -> list[str]:
+        role = self.role(key)
+        return [role.teacher] if role.teacher else list(role.members)
+
+
+def fingerprint(role: Role, seed: int, dep_fingerprints: list[str], data_identity: str) -> str:
+    """Hash of everything that determines one (role, seed)'s result."""
+    payload = {
+        "config": role.config(),
+        "seed": seed,
+        "depends_on": dep_fingerprints,
+        "data": data_identity,
+        "version": __version__,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def derive_seed(seed: int, generation: int, stream: str) -> int:
+    """A 63-bit seed for one random stream of (seed, generation).
+
+    Streams depend on the generation and not on the arm, so generation k of two arms
+    starts from the same initialisation and sees the same data order for a given seed
+    (common random numbers: differences between arms are the arms', not the streams').
+    """
+    digest = hashlib.sha256(f"{seed}/{generation}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def expand(protocol: Protocol) -> Plan:
+    """The protocol's roles in dependency order: teacher, then each arm's chain."""
+    teacher = Role(
+        key=TEACHER,
+        kind="teacher",
+        arm=TEACHER,
+        generation=0,
+        arch=protocol.teacher.arch,
+        arch_kwargs=resolve_model_kwargs(protocol.teacher.arch, protocol.teacher.kwargs),
+        loss="ce",
+        loss_params=resolve_loss_params("ce", {}),
+        train=protocol.train_for(protocol.teacher.train),
+    )
+    roles: list[Role] = [teacher]
+    for arm in protocol.arms:
+        arch, kwargs = resolved_arch(protocol, arm)
+        kwargs = resolve_model_kwargs(arch, kwargs)
+        params = resolve_loss_params(arm.loss.name, arm.loss.params)
+        train = protocol.train_for(arm.train)
+        previous = TEACHER
+        generations: list[str] = []
+        for k in range(1, arm.generations + 1):
+            key = f"{arm.name}/gen{k}"
+            roles.append(
+                Role(
+                    key=key,
+                    kind="student",
+                    arm=arm.name,
+                    generation=k,
+                    arch=arch,
+                    arch_kwargs=kwargs,
+                    loss=arm.loss.name,
+                    loss_params=params,
+                    train=train,
+                    teacher=previous,
+                )
+            )
+            generations.append(key)
+            previous = key
+            if arm.ensemble and k >= 2:
+                roles.append(
+                    Role(
+                        key=f"{arm.name}/ens{k}",
+                        kind="ensemble",
+                        arm=arm.name,
+                        generation=k,
+                        members=tuple(generations),
+                    )
+                )
+    return Plan(protocol=protocol, roles=tuple(roles), seeds=tuple(protocol.seeds))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{name}."))
+        else:
+            out[name] = v
+    return out

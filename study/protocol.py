@@ -1,0 +1,319 @@
+"""The protocol: the validated, immutable content of one study's TOML file.
+
+A protocol declares the study (name, seeds), the data, the training recipe, the teacher,
+the arms (each a chain of student generations trained with one loss) and the analysis
+plan. ``load_protocol`` is the single way in: it parses TOML, validates every field with
+pydantic (unknown keys are errors), checks architecture, loss and dataset names against
+their registries, and raises ``UserInputError`` naming the file, the field and what is
+allowed. Nothing downstream ever sees an invalid protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from study.data import dataset_names
+from study.errors import UserInputError
+from study.losses import get_loss, resolve_loss_params
+from study.models import validate_model_kwargs
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StudySection(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    seeds: int | list[int] = 5
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(f"seeds must be a count >= 1 or a non-empty list, got {v}")
+        else:
+            if not v:
+                raise ValueError("seeds must be a count >= 1 or a non-empty list, got []")
+            if any(s < 0 for s in v):
+                raise ValueError("seeds in a list must be integers >= 0")
+            if len(set(v)) != len(v):
+                raise ValueError("seeds in a list must be distinct")
+        return v
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+
+class DataSection(_Strict):
+    dataset: str = "digits"
+    root: str = "data"
+    download: bool = False
+    val_size: float = Field(default=0.1, ge=0)
+    data_seed: int = Field(default=0, ge=0)
+    augmentation: Literal["default", "crop_flip", "crop", "flip", "none"] = "default"
+    image_size: int | None = Field(default=None, ge=4)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        allowed = dataset_names()
+        if v not in allowed:
+            raise ValueError(f"unknown dataset '{v}'; allowed: {', '.join(allowed)}")
+        return v
+
+    @field_validator("val_size")
+    @classmethod
+    def _val_size(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
+            raise ValueError("val_size is a fraction in [0, 1) or a whole number of samples")
+        return v
+
+
+class TrainSection(_Strict):
+    """The training recipe. Every field here determines results and enters fingerprints."""
+
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    eval_batch_size: int = Field(default=1024, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+
+    @model_validator(mode="after")
+    def _schedule(self) -> TrainSection:
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov = true needs optimizer = 'sgd' and momentum > 0")
+        if any(m < 1 or m > self.epochs for m in self.milestones):
+            raise ValueError(
+                f"milestones must lie in [1, epochs = {self.epochs}], got {self.milestones}"
+            )
+        if sorted(set(self.milestones)) != list(self.milestones):
+            raise ValueError("milestones must be strictly increasing")
+        return self
+
+
+class TeacherSection(_Strict):
+    arch: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossSection(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ArmSection(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    arch: str | None = None
+    kwargs: dict[str, Any] | None = None
+    loss: LossSection
+    generations: int = Field(default=1, ge=1)
+    ensemble: bool = False
+    train: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss(cls, v: Any) -> Any:
+        # `loss = "ban"` or `loss = { name = "kd", temperature = 4, alpha = 0.9 }`
+        if isinstance(v, str):
+            return {"name": v}
+        if isinstance(v, dict) and "name" in v and "params" not in v:
+            return {"name": v["name"], "params": {k: x for k, x in v.items() if k != "name"}}
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _reserved(cls, v: str) -> str:
+        if v == "teacher":
+            raise ValueError("'teacher' is reserved for the teacher role; pick another arm name")
+        return v
+
+
+class AnalysisSection(_Strict):
+    metric: Literal["test_acc", "test_nll", "test_ece", "val_acc", "val_nll"] = "test_acc"
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    correction: Literal["holm", "bh", "bonferroni", "none"] = "holm"
+    test: Literal["t", "wilcoxon", "permutation"] = "t"
+    min_effect: float = Field(default=0.003, gt=0)
+    comparisons: list[str] = Field(
+        default_factory=lambda: ["vs_teacher", "vs_previous", "arms"],
+        description="which families of comparisons the report makes",
+    )
+
+    @field_validator("comparisons")
+    @classmethod
+    def _families(cls, v: list[str]) -> list[str]:
+        allowed = {"vs_teacher", "vs_previous", "arms"}
+        bad = [x for x in v if x not in allowed]
+        if bad:
+            raise ValueError(f"unknown comparison family {bad}; allowed: {sorted(allowed)}")
+        return v
+
+
+class Protocol(_Strict):
+    """One study, validated. Build it with ``load_protocol`` (or ``parse_protocol``)."""
+
+    study: StudySection
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    teacher: TeacherSection
+    arms: list[ArmSection] = Field(min_length=1)
+    analysis: AnalysisSection = AnalysisSection()
+    source: str = Field(default="<protocol>", exclude=True)
+    sha256: str = Field(default="", exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_arms(self) -> Protocol:
+        names = [a.name for a in self.arms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"arm names must be unique; repeated: {dupes}")
+        return self
+
+    @property
+    def seeds(self) -> list[int]:
+        return self.study.seed_list
+
+    def train_for(self, overrides: dict[str, Any]) -> TrainSection:
+        """The study's training recipe with a role's overrides applied (and re-validated)."""
+        return TrainSection(**{**self.train.model_dump(), **overrides})
+
+    def arm(self, name: str) -> ArmSection:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+
+def _field_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            name = node[item].get("name") if isinstance(node, list) and item < len(node) else None
+            parts[-1] = f"{parts[-1]}[{item}]" + (f" ('{name}')" if name else "")
+        else:
+            parts.append(str(item))
+        try:
+            node = node[item]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return ".".join(parts)
+
+
+def _from_validation_error(
+    err: ValidationError, data: dict[str, Any], source: str, root: type[BaseModel] | None = None
+) -> UserInputError:
+    first = err.errors()[0]
+    loc = tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    # pydantic adds the union member name ("int", "list[int]") to the location: drop it.
+    loc = tuple(x for x in loc if x not in ("int", "list[int]", "str", "dict[str,any]"))
+    field = _field_path(loc, data)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        parent = field.rsplit(".", 1)[0] if "." in field else "top level"
+        reason = f"unknown key '{loc[-1]}' in {parent}"
+        model = _section_model(loc[:-1], root or Protocol)
+        if model is not None:
+            reason += f"; allowed keys: {', '.join(model.model_fields)}"
+    elif kind == "missing":
+        reason = "required field is missing"
+    else:
+        reason = first["msg"].removeprefix("Value error, ")
+        if "input" in first and kind not in ("value_error",):
+            reason += f" (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    if more:
+        reason += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return UserInputError(reason, source=source, field=field or None)
+
+
+def _section_model(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root
+    for item in loc:
+        if isinstance(item, int) or model is None:
+            continue
+        info = model.model_fields.get(item)
+        if info is None:
+            return None
+        ann = info.annotation
+        inner = getattr(ann, "__args__", (ann,))
+        model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model
+
+
+def parse_protocol(text: str, *, source: str = "<protocol>") -> Protocol:
+    """Validate a protocol given as TOML text. Raises ``UserInputError``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserInputError(f"malformed TOML: {e}", source=source) from None
+    try:
+        protocol = Protocol(**data, source=source)
+    except ValidationError as e:
+        raise _from_validation_error(e, data, source) from None
+    except TypeError as e:  # e.g. a section given as a value instead of a table
+        raise UserInputError(str(e), source=source) from None
+    _check_registries(protocol)
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    return protocol.model_copy(update={"sha256": sha})
+
+
+def load_protocol(path: str | Path) -> Protocol:
+    """Read and validate a protocol file. Raises ``UserInputError`` naming file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserInputError("protocol file not found", source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserInputError(f"cannot read protocol file: {e}", source=str(path)) from None
+    return parse_protocol(text, source=str(path))
+
+
+def _check_registries(p: Protocol) -> None:
+    """Names and parameters that live in registries: architectures, losses, train overrides."""
+
+    def check(fn, field: str) -> None:
+        try:
+            fn()
+        except UserInputError as e:
+            inner = f"{field}.{e.field}" if e.field else field
+            raise UserInputError(e.reason, source=p.source, field=inner) from None
+        except ValidationError as e:  # a train override, validated as a TrainSection
+            inner = _from_validation_error(e, {}, p.source, root=TrainSection)
+            full = f"{field}.{inner.field}" if inner.field else field
+            raise UserInputError(inner.reason, source=p.source, field=full) from None
+
+    check(lambda: validate_model_kwargs(p.teacher.arch, p.teacher.kwargs), "teacher")
+    check(lambda: p.train_for(p.teacher.train), "teacher.train")
+    for i, arm in enumerate(p.arms):
+        where = f"arms[{i}] ('{arm.name}')"
+        arch, kwargs = resolved_arch(p, arm)
+        check(lambda: validate_model_kwargs(arch, kwargs), where)
+        check(lambda: get_loss(arm.loss.name), f"{where}.loss.name")
+        check(lambda: resolve_loss_params(arm.loss.name, arm.loss.params), f"{where}.loss")
+        check(lambda: p.train_for(arm.train), f"{where}.train")
+
+
+def resolved_arch(p: Protocol, arm: ArmSection) -> tuple[str, dict[str, Any]]:
+    """The student architecture of an arm: its own, or the teacher's (Born-Again)."""
+    if arm.arch is None:
+        return p.teacher.arch, dict(p.teacher.kwargs if arm.kwargs is None else arm.kwargs)
+    return arm.arch, dict(arm.kwargs or {})

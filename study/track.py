@@ -1,0 +1,220 @@
+"""Everything MLflow: the single store of results.
+
+Conventions: one experiment per study (named after it); one parent run per ``study run``
+invocation; one run per (role, seed) with tags ``study``, ``arm``, ``generation``, ``role``,
+``seed``, ``fingerprint``, ``protocol_sha``, ``teacher_run_id``; the resolved role config
+as parameters; per-epoch metrics logged with their ``step`` in one batch per epoch (each
+MLflow call is a database transaction); final metrics; artifacts: the ``state_dict``
+checkpoint, the protocol, the environment snapshot. The rest of the package talks to this
+module with plain data (dicts, DataFrames, state dicts) and never imports mlflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from study.errors import UserInputError  # noqa: E402
+
+CHECKPOINT = "checkpoint/model.pt"
+TAG_KEYS = ("study", "arm", "generation", "role", "kind", "seed", "fingerprint", "protocol_sha")
+FINAL_METRICS = (
+    "test_acc",
+    "test_nll",
+    "test_ece",
+    "val_acc",
+    "val_nll",
+    "teacher_agreement",
+    "teacher_kl",
+)
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else MLflow's default (sqlite in the cwd)."""
+    if uri:
+        return uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    run_id: str
+    role: str
+    seed: int
+    fingerprint: str
+
+
+class Tracker:
+    """A study's view of one MLflow tracking store."""
+
+    def __init__(self, uri: str | None = None):
+        self.uri = resolve_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    # -- experiments and lookups ------------------------------------------------------
+
+    def experiment_id(self, study: str, *, create: bool = True) -> str | None:
+        exp = self.client.get_experiment_by_name(study)
+        if exp is not None:
+            return exp.experiment_id
+        if not create:
+            return None
+        return self.client.create_experiment(study, artifact_location=self._artifact_root(study))
+
+    def _artifact_root(self, study: str) -> str | None:
+        """Next to a local sqlite database, not in whatever directory we happen to run in."""
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            return (db.resolve().parent / "mlartifacts" / study).as_uri()
+        return None
+
+    def _search(self, experiment_id: str, filter_string: str) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def finished_runs(self, experiment_id: str) -> dict[tuple[str, str], FinishedRun]:
+        """FINISHED (role, seed) runs of the experiment, by (role, fingerprint)."""
+        found: dict[tuple[str, str], FinishedRun] = {}
+        for r in self._search(experiment_id, "attributes.status = 'FINISHED'"):
+            tags = r.data.tags
+            if "fingerprint" not in tags or "role" not in tags:
+                continue
+            run = FinishedRun(r.info.run_id, tags["role"], int(tags["seed"]), tags["fingerprint"])
+            found.setdefault((run.role, run.fingerprint), run)
+        return found
+
+    # -- writing -----------------------------------------------------------------------
+
+    def start_parent(self, experiment_id: str, study: str, tags: dict[str, Any]) -> str:
+        run = self.client.create_run(
+            experiment_id,
+            run_name=f"{study} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            tags={"study": study, "kind": "invocation", **_str(tags)},
+        )
+        return run.info.run_id
+
+    def start_run(
+        self,
+        experiment_id: str,
+        *,
+        parent_id: str | None,
+        name: str,
+        tags: dict[str, Any],
+        params: dict[str, Any],
+    ) -> str:
+        all_tags = _str(tags)
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        run_id = run.info.run_id
+        items = [Param(k, _param(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        """One batch per call: an epoch's metrics are one database transaction."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
+        )
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _str(tags).items()])
+
+    def log_files(self, run_id: str, files: dict[str, bytes | str]) -> None:
+        """Artifacts given as {artifact path: content}."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for rel, content in files.items():
+                path = Path(tmp) / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content.encode() if isinstance(content, str) else content)
+            self.client.log_artifacts(run_id, tmp)
+
+    def log_checkpoint(self, run_id: str, state_dict: dict[str, torch.Tensor]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(CHECKPOINT).name
+            torch.save(state_dict, path)
+            self.client.log_artifact(run_id, str(path), str(Path(CHECKPOINT).parent))
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def load_checkpoint(self, run_id: str) -> dict[str, torch.Tensor]:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, CHECKPOINT, tmp)
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+    def runs_frame(self, study: str) -> pd.DataFrame:
+        """Every (role, seed) run of a study as a tidy table: tags, status, final metrics."""
+        exp_id = self.experiment_id(study, create=False)
+        columns = ["run_id", "status", *TAG_KEYS, "teacher_run_id", "failure", *FINAL_METRICS]
+        if exp_id is None:
+            return pd.DataFrame(columns=columns)
+        rows = []
+        for r in self._search(exp_id, "tags.fingerprint != ''"):
+            row: dict[str, Any] = {"run_id": r.info.run_id, "status": r.info.status}
+            row.update({k: r.data.tags.get(k) for k in (*TAG_KEYS, "teacher_run_id", "failure")})
+            row.update({k: r.data.metrics.get(k) for k in FINAL_METRICS})
+            row["start_time"] = r.info.start_time
+            rows.append(row)
+        df = pd.DataFrame(rows, columns=[*columns, "start_time"])
+        df["seed"] = pd.to_numeric(df["seed"]).astype("Int64")
+        df["generation"] = pd.to_numeric(df["generation"]).astype("Int64")
+        return df
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+    def experiment_info(self, study: str) -> dict[str, Any]:
+        exp_id = self.experiment_id(study, create=False)
+        return {"tracking_uri": self.uri, "experiment_id": exp_id}
+
+
+def check_writable(uri: str | None = None) -> None:
+    """Fail fast with a clear message when the tracking store cannot be used."""
+    try:
+        MlflowClient(tracking_uri=resolve_uri(uri)).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means "not usable"
+        raise UserInputError(
+            f"tracking store is not reachable or not usable: {type(e).__name__}: {e}",
+            source=resolve_uri(uri),
+            field="tracking-uri",
+        ) from None
+
+
+def _str(tags: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in tags.items() if v is not None}
+
+
+def _param(v: Any) -> str:
+    if isinstance(v, (list, tuple, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+__all__ = ["Tracker", "FinishedRun", "RunStatus", "check_writable", "resolve_uri"]

@@ -1,0 +1,299 @@
+"""The trainer: one role, a pack of seeds, epochs of SGD, evaluation, final metrics.
+
+Read it top to bottom: ``train_role`` trains every seed of a pack (today a loop over the
+seeds; the interface takes the list so that a fused pack can replace the loop), and
+``evaluate_probs`` turns predicted probabilities into the metrics we report.
+
+Per seed, every random stream is its own and derived from (seed, generation, stream name):
+initialisation, data order, augmentation, dropout and the loss's own randomness (DKPP's
+permutations). The teacher is put in eval mode and runs under ``torch.inference_mode``:
+a teacher left in train mode (dropout on, BatchNorm statistics drifting) is one of the
+classic silent bugs of KD code. The final model is the last epoch's: the test split is
+evaluated and logged, never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from study.data import DataSplits, augment_batch, normalize
+from study.losses import get_loss
+from study.models import create_model
+from study.plan import Role, derive_seed
+from study.protocol import TrainSection
+
+EpochCallback = Callable[[int, int, dict[str, float]], None]  # (seed, epoch, metrics)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss of a seed became NaN or infinite."""
+
+    def __init__(self, seed: int, epoch: int, value: float):
+        self.seed, self.epoch, self.value = seed, epoch, value
+        super().__init__(f"seed {seed}: training loss is {value} in epoch {epoch}")
+
+
+@dataclass
+class SeedResult:
+    """What one seed's training produced."""
+
+    seed: int
+    state_dict: dict[str, Tensor]
+    history: list[dict[str, float]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' is the GPU when there is one, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def build_model(role: Role, data: DataSplits) -> nn.Module:
+    """The role's architecture, shaped for the dataset."""
+    return create_model(
+        role.arch,
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+        image_size=data.image_size,
+        **role.arch_kwargs,
+    )
+
+
+def init_model(role: Role, seed: int, data: DataSplits) -> nn.Module:
+    """A freshly initialised model for (role, seed): distinct per seed and per generation."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, role.generation, "init"))
+        return build_model(role, data)
+
+
+def _optimizer(model: nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainSection) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch."""
+    if cfg.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.milestones, gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: nn.Module, x: Tensor, data: DataSplits, *, batch_size: int, precision: str = "fp32"
+) -> Tensor:
+    """Softmax probabilities (float32) of a model on uint8 images, in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = normalize(x[i : i + batch_size].to(device), data.mean, data.std)
+        with _autocast(device, precision):
+            logits = model(xb)
+        out.append(torch.softmax(logits.float(), dim=1))
+    model.train(was_training)
+    if not out:
+        return torch.empty(0, data.num_classes, device=device)
+    return torch.cat(out)
+
+
+def expected_calibration_error(probs: Tensor, y: Tensor, n_bins: int = 15) -> float:
+    """ECE with equal-width confidence bins (Guo et al. 2017), top-1 confidence."""
+    conf, pred = probs.max(dim=1)
+    correct = (pred == y).float()
+    bins = torch.clamp((conf * n_bins).long(), max=n_bins - 1)
+    ece = torch.zeros((), dtype=torch.float64, device=probs.device)
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            gap = (conf[mask].double().mean() - correct[mask].double().mean()).abs()
+            ece += mask.double().mean() * gap
+    return float(ece)
+
+
+def evaluate_probs(probs: Tensor, y: Tensor, prefix: str) -> dict[str, float]:
+    """Accuracy, negative log-likelihood and ECE of predicted probabilities."""
+    if len(y) == 0:
+        return {}
+    y = y.to(probs.device)
+    nll = -torch.log(probs.gather(1, y[:, None]).clamp_min(1e-12)).mean()
+    return {
+        f"{prefix}_acc": float((probs.argmax(1) == y).float().mean()),
+        f"{prefix}_nll": float(nll),
+        f"{prefix}_ece": expected_calibration_error(probs, y),
+    }
+
+
+def agreement_metrics(student: Tensor, teacher: Tensor) -> dict[str, float]:
+    """Top-1 agreement and KL(teacher || student) (batchmean) between two predictions."""
+    kl = (teacher * (teacher.clamp_min(1e-12).log() - student.clamp_min(1e-12).log())).sum(1)
+    return {
+        "teacher_agreement": float((student.argmax(1) == teacher.argmax(1)).float().mean()),
+        "teacher_kl": float(kl.mean()),
+    }
+
+
+def final_metrics(
+    val_probs: Tensor, test_probs: Tensor, data: DataSplits, teacher_test: Tensor | None
+) -> dict[str, float]:
+    """The final metrics of a model (or an ensemble) given its predictions."""
+    out = evaluate_probs(test_probs, data.test_y, "test")
+    val = evaluate_probs(val_probs, data.val_y, "val")
+    out.update({k: v for k, v in val.items() if k != "val_ece"})
+    if teacher_test is not None:
+        out.update(agreement_metrics(test_probs, teacher_test))
+    return out
+
+
+def train_role(
+    role: Role,
+    seeds: list[int],
+    data: DataSplits,
+    *,
+    teachers: dict[int, nn.Module] | None = None,
+    device: torch.device | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[SeedResult]:
+    """Train one role for a pack of seeds; seed s distils from ``teachers[s]``."""
+    if role.kind == "ensemble" or role.train is None:
+        raise ValueError(f"role {role.key} is not trained")
+    device = device or resolve_device(role.train.device)
+    results = []
+    for seed in seeds:
+        teacher = teachers[seed] if teachers is not None and role.teacher else None
+        results.append(_train_seed(role, seed, data, teacher, device, on_epoch))
+    return results
+
+
+def _train_seed(
+    role: Role,
+    seed: int,
+    data: DataSplits,
+    teacher: nn.Module | None,
+    device: torch.device,
+    on_epoch: EpochCallback | None,
+) -> SeedResult:
+    cfg = role.train
+    assert cfg is not None
+    loss_spec = get_loss(role.loss)
+    if loss_spec.needs_teacher and teacher is None:
+        raise ValueError(f"role {role.key}: loss '{role.loss}' needs a teacher")
+
+    model = init_model(role, seed, data).to(device)
+    if teacher is not None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
+    opt = _optimizer(model, cfg)
+    sched = _scheduler(opt, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    def stream(name: str) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(derive_seed(seed, role.generation, name))
+
+    order, augment, loss_rng = torch.Generator().manual_seed(
+        derive_seed(seed, role.generation, "order")
+    ), stream("augment"), stream("loss")
+    dropout_seed = derive_seed(seed, role.generation, "dropout")
+
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    teacher_val = teacher_test = None
+    if teacher is not None:
+        teacher_val = predict_probs(teacher, data.val_x, data, batch_size=cfg.eval_batch_size)
+        teacher_test = predict_probs(teacher, data.test_x, data, batch_size=cfg.eval_batch_size)
+
+    result = SeedResult(seed=seed, state_dict={})
+    n = len(train_x)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(dropout_seed)
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            perm = torch.randperm(n, generator=order).to(device)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
+            for i in range(0, n, cfg.batch_size):
+                idx = perm[i : i + cfg.batch_size]
+                xb = augment_batch(train_x[idx], data.augmentation, augment)
+                xb = normalize(xb, data.mean, data.std)
+                yb = train_y[idx]
+                t_logits = None
+                if teacher is not None:
+                    with torch.inference_mode(), _autocast(device, cfg.precision):
+                        t_logits = teacher(xb)
+                    t_logits = t_logits.float().clone()  # leave inference mode for autograd
+                with _autocast(device, cfg.precision):
+                    logits = model(xb)
+                loss = loss_spec(logits, yb, t_logits, generator=loss_rng, **role.loss_params)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                loss_sum += loss.detach() * len(idx)
+                correct += (logits.detach().argmax(1) == yb).sum()
+            train_loss = float(loss_sum) / n
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(seed, epoch, train_loss)
+            metrics = {"train_loss": train_loss, "train_acc": float(correct) / n}
+            metrics["lr"] = opt.param_groups[0]["lr"]
+            sched.step()
+            val_probs = predict_probs(model, data.val_x, data, batch_size=cfg.eval_batch_size)
+            test_probs = predict_probs(model, data.test_x, data, batch_size=cfg.eval_batch_size)
+            for probs, y, prefix in ((val_probs, data.val_y, "val"), (test_probs, data.test_y, "test")):
+                metrics.update({k: v for k, v in evaluate_probs(probs, y, prefix).items() if "ece" not in k})
+            result.history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(seed, epoch, metrics)
+
+    result.final = final_metrics(val_probs, test_probs, data, teacher_test)
+    if teacher_val is not None and len(data.val_y):
+        result.final["val_teacher_agreement"] = agreement_metrics(val_probs, teacher_val)[
+            "teacher_agreement"
+        ]
+    result.state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return result
+
+
+def evaluate_ensemble(
+    members: list[nn.Module], data: DataSplits, *, batch_size: int, teacher: nn.Module | None
+) -> dict[str, float]:
+    """Final metrics of the mean-softmax ensemble of already trained members."""
+    val = torch.stack([predict_probs(m, data.val_x, data, batch_size=batch_size) for m in members])
+    test = torch.stack([predict_probs(m, data.test_x, data, batch_size=batch_size) for m in members])
+    teacher_test = (
+        predict_probs(teacher, data.test_x, data, batch_size=batch_size) if teacher else None
+    )
+    return final_metrics(val.mean(0), test.mean(0), data, teacher_test)
+
+
+def load_model(role: Role, data: DataSplits, state_dict: dict[str, Tensor], device: torch.device) -> nn.Module:
+    """A trained model of a role from its checkpoint, in eval mode."""
+    model = build_model(role, data)
+    model.load_state_dict(state_dict)
+    return model.to(device).eval()
+
