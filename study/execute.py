@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from study.data import DataSplits, load_data
+from study.errors import UserInputError
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
 from study.repro import environment
@@ -68,15 +69,19 @@ def load_study_data(protocol: Protocol) -> DataSplits:
     """The protocol's data (raises DataNotFoundError before anything is tracked)."""
     d = protocol.data
     val_size: int | float = int(d.val_size) if d.val_size >= 1 else d.val_size
-    return load_data(
-        d.dataset,
-        root=d.root,
-        download=d.download,
-        val_size=val_size,
-        data_seed=d.data_seed,
-        augmentation=d.augmentation,
-        image_size=d.image_size,
-    )
+    try:
+        return load_data(
+            d.dataset,
+            root=d.root,
+            download=d.download,
+            val_size=val_size,
+            data_seed=d.data_seed,
+            augmentation=d.augmentation,
+            image_size=d.image_size,
+        )
+    except UserInputError as e:
+        field = f"data.{e.field}" if e.field else "data"
+        raise type(e)(e.reason, source=protocol.source, field=field) from None
 
 
 def run_study(

@@ -220,15 +220,16 @@ def _field_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
 def _from_validation_error(
     err: ValidationError, data: dict[str, Any], source: str, root: type[BaseModel] | None = None
 ) -> UserInputError:
-    first = err.errors()[0]
+    # An unknown key often explains the errors after it (a misspelt required field): first.
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
     loc = tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
     # pydantic adds the union member name ("int", "list[int]") to the location: drop it.
     loc = tuple(x for x in loc if x not in ("int", "list[int]", "str", "dict[str,any]"))
     field = _field_path(loc, data)
     kind = first["type"]
     if kind == "extra_forbidden":
-        parent = field.rsplit(".", 1)[0] if "." in field else "top level"
-        reason = f"unknown key '{loc[-1]}' in {parent}"
+        reason = f"unknown key '{loc[-1]}'"
         model = _section_model(loc[:-1], root or Protocol)
         if model is not None:
             reason += f"; allowed keys: {', '.join(model.model_fields)}"

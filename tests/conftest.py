@@ -1,0 +1,68 @@
+"""Shared fixtures: a real MLflow sqlite store in a temporary directory, small protocols."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+TINY_PROTOCOL = """
+[study]
+name = "tiny"
+seeds = 3
+
+[data]
+dataset = "digits"
+val_size = 0.15
+augmentation = "none"
+
+[train]
+epochs = 2
+batch_size = 128
+lr = 0.05
+nesterov = true
+schedule = "cosine"
+device = "cpu"
+
+[teacher]
+arch = "mlp"
+kwargs = { hidden = [32] }
+
+[[arms]]
+name = "ban"
+loss = "ban"
+generations = 2
+ensemble = true
+
+[[arms]]
+name = "kd"
+arch = "mlp"
+kwargs = { hidden = [16] }
+loss = { name = "kd", temperature = 4.0, alpha = 0.9 }
+"""
+
+
+@pytest.fixture
+def tiny_protocol_text() -> str:
+    return textwrap.dedent(TINY_PROTOCOL)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory, as a user's: MLflow's default store lands here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_protocol(workdir: Path, tiny_protocol_text: str) -> Path:
+    path = workdir / "tiny.toml"
+    path.write_text(tiny_protocol_text)
+    return path

@@ -1,0 +1,120 @@
+"""Protocol validation: every bad input names the file, the field and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from study.errors import UserInputError
+from study.protocol import load_protocol, parse_protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "protocols").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_protocols_are_valid(path: Path) -> None:
+    p = load_protocol(path)
+    assert p.study.name == path.stem
+    assert len(p.sha256) == 64
+
+
+def test_ban_cifar100_matches_the_paper_recipe() -> None:
+    p = load_protocol(ROOT / "protocols" / "ban_cifar100.toml")
+    t = p.train
+    assert (t.optimizer, t.nesterov, t.momentum, t.lr) == ("sgd", True, 0.9, 0.1)
+    assert (t.weight_decay, t.batch_size, t.epochs) == (5e-4, 128, 200)
+    assert (t.schedule, t.milestones, t.gamma) == ("multistep", [60, 120, 160], 0.2)
+    assert (p.teacher.arch, p.teacher.kwargs["depth"], p.teacher.kwargs["widen_factor"]) == (
+        "wrn",
+        28,
+        1,
+    )
+    assert len(p.seeds) == 50 and p.data.augmentation == "crop_flip"
+    assert {a.name: a.loss.name for a in p.arms} == {"ban": "ban", "cwtm": "cwtm", "dkpp": "dkpp"}
+    assert p.arm("ban").generations == 3 and p.arm("ban").ensemble
+
+
+def test_seeds_given_as_count_or_list(tiny_protocol_text: str) -> None:
+    assert parse_protocol(tiny_protocol_text).seeds == [0, 1, 2]
+    listed = _replace(tiny_protocol_text, "seeds = 3", "seeds = [7, 3, 11]")
+    assert parse_protocol(listed).seeds == [7, 3, 11]
+
+
+def test_loss_as_string_or_table(tiny_protocol_text: str) -> None:
+    p = parse_protocol(tiny_protocol_text)
+    assert p.arm("ban").loss.name == "ban" and p.arm("ban").loss.params == {}
+    assert p.arm("kd").loss.params == {"temperature": 4.0, "alpha": 0.9}
+
+
+def test_arm_without_arch_is_born_again(tiny_protocol_text: str) -> None:
+    from study.protocol import resolved_arch
+
+    p = parse_protocol(tiny_protocol_text)
+    assert resolved_arch(p, p.arm("ban")) == ("mlp", {"hidden": [32]})
+    assert resolved_arch(p, p.arm("kd")) == ("mlp", {"hidden": [16]})
+
+
+BAD = [
+    # (old, new, field named, words in the reason)
+    ("[study]", "[study", None, "malformed TOML"),
+    ("epochs = 2", "epochs = 2\nfoo = 1", "train.foo", "unknown key 'foo'; allowed keys: epochs"),
+    ('arch = "mlp"\nkwargs = { hidden = [16] }', 'arch = "resnet9000"', "arms[1] ('kd')",
+     "unknown model 'resnet9000'; allowed models:"),
+    ('loss = "ban"', 'loss = "nope"', "arms[0] ('ban').loss.name", "unknown loss 'nope'; allowed:"),
+    ("alpha = 0.9", "alpha = 1.5", "arms[1] ('kd').loss.alpha", "alpha must be in [0, 1], got 1.5"),
+    ("temperature = 4.0", "temperature = 0.0", "arms[1] ('kd').loss.temperature",
+     "temperature must be > 0"),
+    ("temperature = 4.0", "temperature = -2.0", "arms[1] ('kd').loss.temperature",
+     "temperature must be > 0"),
+    ("epochs = 2", "epochs = -3", "train.epochs", "greater than or equal to 1"),
+    ("seeds = 3", "seeds = 0", "study.seeds", "count >= 1"),
+    ("seeds = 3", "seeds = []", "study.seeds", "non-empty list"),
+    ("seeds = 3", "seeds = [1, 1]", "study.seeds", "distinct"),
+    ('dataset = "digits"', 'dataset = "imagenet"', "data.dataset", "allowed: cifar10, cifar100"),
+    ("kwargs = { hidden = [32] }", "kwargs = { hidden = [32], depth = 3 }", "teacher",
+     "does not accept kwarg 'depth'"),
+    ('loss = "ban"', 'loss = "ban"\ntrain = { lr = -1 }', "arms[0] ('ban').train.lr",
+     "greater than 0"),
+    ('loss = "ban"', 'loss = "ban"\ntrain = { lrr = 1 }', "arms[0] ('ban').train.lrr",
+     "unknown key 'lrr'"),
+    ("temperature = 4.0, alpha", "tempreature = 4.0, alpha", "arms[1] ('kd').loss.tempreature",
+     "unknown parameter"),
+    ('name = "tiny"', 'nme = "tiny"', "study.nme", "unknown key 'nme'"),
+    ('name = "ban"', 'name = "kd"', None, "arm names must be unique"),
+    ('schedule = "cosine"', 'schedule = "cosine"\nmilestones = [5]', "train", "milestones"),
+    ('device = "cpu"', 'device = "tpu"', "train.device", "should match pattern"),
+]
+
+
+@pytest.mark.parametrize("old,new,field,words", BAD, ids=[b[1][:30] for b in BAD])
+def test_bad_protocol_names_file_field_and_allowed(
+    tmp_path: Path, tiny_protocol_text: str, old: str, new: str, field: str | None, words: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(_replace(tiny_protocol_text, old, new))
+    with pytest.raises(UserInputError) as info:
+        load_protocol(path)
+    err = info.value
+    assert err.source == str(path)
+    assert str(path) in err.message
+    if field is not None:
+        assert err.field == field
+        assert f"field '{field}'" in err.message
+    assert words in err.message
+
+
+def test_missing_protocol_file_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="not found"):
+        load_protocol(tmp_path / "absent.toml")
+
+
+def test_protocol_is_immutable(tiny_protocol_text: str) -> None:
+    p = parse_protocol(tiny_protocol_text)
+    with pytest.raises(Exception):
+        p.train.epochs = 5  # type: ignore[misc]
