@@ -251,7 +251,10 @@ class _Session:
                 self._fail(role, seed, runs[seed], reason, summary)
                 continue
             run_id = runs[seed]
-            self.tracker.log_metrics(run_id, result.final, step=role.train.epochs)
+            # the last epoch's metrics are already logged at this step; add the rest
+            last = result.history[-1] if result.history else {}
+            extra = {k: v for k, v in result.final.items() if k not in last}
+            self.tracker.log_metrics(run_id, extra, step=role.train.epochs)
             self.tracker.log_checkpoint(run_id, result.state_dict)
             self.tracker.end_run(run_id)
             self.states[(role.key, seed)] = result.state_dict

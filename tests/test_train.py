@@ -1,0 +1,123 @@
+"""The trainer: random streams per seed and generation, teacher in eval mode, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from study.data import load_data
+from study.plan import expand
+from study.protocol import parse_protocol
+from study.train import (
+    evaluate_ensemble,
+    expected_calibration_error,
+    init_model,
+    load_model,
+    predict_probs,
+    train_role,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", root="data", val_size=0.15, data_seed=0)
+
+
+@pytest.fixture(scope="module")
+def plan():
+    from tests.conftest import TINY_PROTOCOL
+
+    teacher = "kwargs = { hidden = [32] }"
+    text = TINY_PROTOCOL.replace(teacher, "kwargs = { hidden = [32], dropout = 0.5 }")
+    return expand(parse_protocol(text))
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_initialisation_distinct_per_seed_and_generation_same_across_arms(plan, digits) -> None:
+    t0 = init_model(plan.role("teacher"), 0, digits).state_dict()
+    t0_again = init_model(plan.role("teacher"), 0, digits).state_dict()
+    t1 = init_model(plan.role("teacher"), 1, digits).state_dict()
+    g1 = init_model(plan.role("ban/gen1"), 0, digits).state_dict()
+    g2 = init_model(plan.role("ban/gen2"), 0, digits).state_dict()
+    assert _same(t0, t0_again)
+    assert not _same(t0, t1)
+    assert not _same(t0, g1) and not _same(g1, g2)
+
+
+def test_same_seed_trains_to_identical_metrics_on_cpu(plan, digits) -> None:
+    role = plan.role("teacher")
+    [a] = train_role(role, [0], digits, device=torch.device("cpu"))
+    [b] = train_role(role, [0], digits, device=torch.device("cpu"))
+    [c] = train_role(role, [1], digits, device=torch.device("cpu"))
+    assert a.final == b.final
+    assert _same(a.state_dict, b.state_dict)
+    assert not _same(a.state_dict, c.state_dict)
+
+
+def test_final_model_is_last_epoch_and_metrics_are_complete(plan, digits) -> None:
+    epochs = []
+    role = plan.role("teacher")
+    [res] = train_role(
+        role, [2], digits, device=torch.device("cpu"), on_epoch=lambda s, e, m: epochs.append(e)
+    )
+    assert epochs == [1, 2]
+    assert res.final["test_acc"] == res.history[-1]["test_acc"]
+    assert res.final["val_acc"] == res.history[-1]["val_acc"]
+    assert {"test_acc", "test_nll", "test_ece", "val_acc", "val_nll"} <= set(res.final)
+    assert res.final["test_acc"] > 0.5  # a 2-epoch MLP on digits is far above chance (0.1)
+    model = load_model(role, digits, res.state_dict, torch.device("cpu"))
+    probs = predict_probs(model, digits.test_x, digits, batch_size=100)
+    acc = (probs.argmax(1) == digits.test_y).float().mean().item()
+    assert acc == pytest.approx(res.final["test_acc"])
+
+
+def test_teacher_runs_in_eval_mode_without_gradients(plan, digits) -> None:
+    [teacher] = train_role(plan.role("teacher"), [0], digits, device=torch.device("cpu"))
+    model = load_model(plan.role("teacher"), digits, teacher.state_dict, torch.device("cpu"))
+    model.train()  # a careless caller hands over a teacher in train mode
+    seen = []
+    model.register_forward_hook(
+        lambda m, i, o: seen.append((m.training, torch.is_grad_enabled(), o.requires_grad))
+    )
+    [student] = train_role(
+        plan.role("ban/gen1"), [0], digits, teachers={0: model}, device=torch.device("cpu")
+    )
+    assert seen and all(s == (False, False, False) for s in seen)
+    assert all(p.grad is None for p in model.parameters())
+    # the teacher's weights are unchanged by the student's training
+    assert _same(model.state_dict(), teacher.state_dict)
+    assert 0 <= student.final["teacher_agreement"] <= 1
+    assert student.final["teacher_kl"] >= 0
+
+
+def test_ece_matches_an_independent_computation() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(5), size=400)
+    y = rng.integers(0, 5, size=400)
+    conf, pred = probs.max(1), probs.argmax(1)
+    ece = 0.0
+    for b in range(15):
+        m = (np.minimum((conf * 15).astype(int), 14) == b)
+        if m.any():
+            ece += m.mean() * abs(conf[m].mean() - (pred[m] == y[m]).mean())
+    got = expected_calibration_error(torch.tensor(probs), torch.tensor(y))
+    assert got == pytest.approx(ece, abs=1e-12)
+
+
+def test_ensemble_is_the_mean_of_member_softmaxes(plan, digits) -> None:
+    cpu = torch.device("cpu")
+    [a] = train_role(plan.role("teacher"), [0], digits, device=cpu)
+    [b] = train_role(plan.role("teacher"), [1], digits, device=cpu)
+    ma, mb = (load_model(plan.role("teacher"), digits, r.state_dict, cpu) for r in (a, b))
+    got = evaluate_ensemble([ma, mb], digits, batch_size=64, teacher=None)
+    pa = predict_probs(ma, digits.test_x, digits, batch_size=64)
+    pb = predict_probs(mb, digits.test_x, digits, batch_size=64)
+    mean = (pa + pb) / 2
+    y = digits.test_y
+    assert got["test_acc"] == pytest.approx((mean.argmax(1) == y).float().mean().item())
+    nll = -torch.log(mean[torch.arange(len(y)), y]).mean().item()
+    assert got["test_nll"] == pytest.approx(nll, rel=1e-5)
