@@ -123,30 +123,75 @@ def run(
     for line in summary.skipped:
         err_console.print(f"[yellow]skipped:[/] {line}", highlight=False)
     if report:
-        _write_report(p, tracker, data)
+        from study.analysis.collect import collect
+        from study.plan import expand
+
+        _write_report(p, collect(expand(p), tracker, data.identity))
     if summary.failed:
         raise typer.Exit(1)
 
 
+ExportDir = Annotated[
+    Path | None,
+    typer.Option("--export", help="Tidy export directory (default: results/<study>)."),
+]
+
+
+@app.command()
+@user_errors
+def export(protocol: ProtocolArg, tracking_uri: TrackingUri = None, out: ExportDir = None) -> None:
+    """Write the tidy results (runs.csv, curves.csv, meta.json) from the tracker."""
+    from study.analysis.collect import write_export
+
+    p, collected = _collect(protocol, tracking_uri)
+    paths = write_export(collected, out or Path("results") / p.study.name)
+    console.print("export: " + ", ".join(str(x) for x in paths))
+
+
 @app.command("report")
 @user_errors
-def report_cmd(protocol: ProtocolArg, tracking_uri: TrackingUri = None) -> None:
-    """Write reports/<study>/report.md from the tracker's results."""
+def report_cmd(
+    protocol: ProtocolArg,
+    tracking_uri: TrackingUri = None,
+    from_export: Annotated[
+        bool, typer.Option("--from-export", help="Read the tidy export, not the tracker.")
+    ] = False,
+    export_dir: ExportDir = None,
+) -> None:
+    """Write reports/<study>/report.md from the tracker (or from the tidy export)."""
+    from study.analysis.collect import read_export
+    from study.protocol import load_protocol
+
+    if from_export or export_dir is not None:
+        p = load_protocol(protocol)
+        where = export_dir or Path("results") / p.study.name
+        if not (where / "runs.csv").exists():
+            raise UserInputError(
+                f"no tidy export at {where}/runs.csv; run 'study export {protocol}' first",
+                source=str(protocol),
+            )
+        _write_report(p, read_export(where))
+    else:
+        _write_report(*_collect(protocol, tracking_uri))
+
+
+def _collect(protocol: Path, tracking_uri: str | None):
+    from study.analysis.collect import collect
     from study.execute import load_study_data
+    from study.plan import expand
     from study.protocol import load_protocol
     from study.track import Tracker, check_writable
 
     p = load_protocol(protocol)
     data = load_study_data(p)
     check_writable(tracking_uri)
-    _write_report(p, Tracker(tracking_uri), data)
+    return p, collect(expand(p), Tracker(tracking_uri), data.identity)
 
 
-def _write_report(p, tracker, data) -> None:
+def _write_report(p, collected) -> None:
     from study.analysis.report import build_report, write_report
 
-    rep = build_report(p, tracker, data.identity)
-    paths = write_report(rep, Path("reports") / p.study.name)
+    paths = write_report(build_report(p, collected), Path("reports") / p.study.name)
     console.print("report: " + ", ".join(str(x) for x in paths))
 
 

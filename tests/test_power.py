@@ -19,8 +19,13 @@ def paired_table(differences: list[float], base: float = 0.7) -> pd.DataFrame:
     n = len(differences)
     rng = np.random.default_rng(0)
     b = base + rng.normal(0, 0.05, n)
-    return pd.DataFrame({"group": ["A"] * n + ["B"] * n, "seed": list(range(n)) * 2,
-                         "value": np.concatenate([b + np.array(differences), b])})
+    return pd.DataFrame(
+        {
+            "group": ["A"] * n + ["B"] * n,
+            "seed": list(range(n)) * 2,
+            "value": np.concatenate([b + np.array(differences), b]),
+        }
+    )
 
 
 def t_power_by_hand(d: float, n: int, alpha: float = 0.05) -> float:
@@ -55,7 +60,8 @@ def test_power_at_n_and_mde_agree_with_the_noncentral_t():
     assert row["power_at_n"] == pytest.approx(t_power_by_hand(0.2 / sd, 8), abs=1e-6)
     assert t_power_by_hand(row["mde"] / sd, 8) == pytest.approx(0.8, abs=1e-6)
     assert row["power_at_n"] == pytest.approx(
-        TTestPower().power(effect_size=0.2 / sd, nobs=8, alpha=0.05), abs=1e-12)
+        TTestPower().power(effect_size=0.2 / sd, nobs=8, alpha=0.05), abs=1e-12
+    )
 
 
 def test_min_p_value_of_exact_tests():
@@ -90,21 +96,39 @@ def test_warning_when_the_test_cannot_reach_alpha():
 def test_one_row_per_comparison_with_baseline():
     rng = np.random.default_rng(1)
     base = rng.normal(0.7, 0.02, 8)
-    table = pd.DataFrame({
-        "group": ["teacher"] * 8 + ["ban1"] * 8 + ["ban2"] * 8,
-        "seed": list(range(8)) * 3,
-        "value": np.concatenate([base, base + rng.normal(0.01, 0.005, 8),
-                                 base + rng.normal(0.02, 0.01, 8)]),
-    })
+    table = pd.DataFrame(
+        {
+            "group": ["teacher"] * 8 + ["ban1"] * 8 + ["ban2"] * 8,
+            "seed": list(range(8)) * 3,
+            "value": np.concatenate(
+                [base, base + rng.normal(0.01, 0.005, 8), base + rng.normal(0.02, 0.01, 8)]
+            ),
+        }
+    )
     plan = plan_seeds(table, effect=0.005, baseline="teacher")
     assert list(plan["a"]) == ["ban1", "ban2"] and list(plan["b"]) == ["teacher"] * 2
-    assert list(plan.columns) == ["a", "b", "pairing", "n", "sd_diff", "n_required", "mde",
-                                  "power_at_n", "min_p_possible", "warning"]
+    assert list(plan.columns) == [
+        "a",
+        "b",
+        "pairing",
+        "n",
+        "sd_diff",
+        "n_required",
+        "mde",
+        "power_at_n",
+        "min_p_possible",
+        "warning",
+    ]
 
 
 def test_unpaired_groups_are_planned_per_group():
-    table = pd.DataFrame({"group": ["A"] * 5 + ["B"] * 5, "seed": list(range(10)),
-                          "value": [1.0, 1.2, 0.9, 1.1, 1.05, 0.8, 0.7, 0.95, 0.85, 0.75]})
+    table = pd.DataFrame(
+        {
+            "group": ["A"] * 5 + ["B"] * 5,
+            "seed": list(range(10)),
+            "value": [1.0, 1.2, 0.9, 1.1, 1.05, 0.8, 0.7, 0.95, 0.85, 0.75],
+        }
+    )
     row = plan_seeds(table, effect=0.2).iloc[0]
     assert row["pairing"] == "unpaired" and row["n"] == 10
     assert row["min_p_possible"] == pytest.approx(0.0, abs=0)
@@ -113,9 +137,12 @@ def test_unpaired_groups_are_planned_per_group():
 
 def test_bad_planning_input_is_rejected():
     table = paired_table([0.1, 0.2, 0.3])
-    for kwargs, field in [({"effect": 0.0}, "effect"), ({"effect": 0.1, "power": 1.2}, "power"),
-                          ({"effect": 0.1, "test": "z"}, "test"),
-                          ({"effect": 0.1, "baseline": "C"}, "baseline")]:
+    for kwargs, field in [
+        ({"effect": 0.0}, "effect"),
+        ({"effect": 0.1, "power": 1.2}, "power"),
+        ({"effect": 0.1, "test": "z"}, "test"),
+        ({"effect": 0.1, "baseline": "C"}, "baseline"),
+    ]:
         with pytest.raises(UserInputError) as err:
             plan_seeds(table, source="pilot.csv", **kwargs)
         assert err.value.field == field and err.value.source == "pilot.csv"

@@ -43,13 +43,13 @@ SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
 CORN = [6, 8, 14, 16, 23, 24, 28, 29, 41, -48, 49, 56, 60, -67, 75]
 
 
-def long_table(groups: dict[str, list[float]], seeds: dict[str, list] | None = None,
-               value_col: str = "value") -> pd.DataFrame:
+def long_table(
+    groups: dict[str, list[float]], seeds: dict[str, list] | None = None, value_col: str = "value"
+) -> pd.DataFrame:
     rows = []
     for g, values in groups.items():
         gseeds = seeds[g] if seeds else list(range(1, len(values) + 1))
-        rows += [{"group": g, "seed": s, value_col: v}
-                 for s, v in zip(gseeds, values, strict=True)]
+        rows += [{"group": g, "seed": s, value_col: v} for s, v in zip(gseeds, values, strict=True)]
     return pd.DataFrame(rows)
 
 
@@ -84,8 +84,9 @@ def test_paired_t_interval_matches_hand_formula():
     c = compare(sleep_table()).comparisons[0]
     d = [x - y for x, y in zip(SLEEP_1, SLEEP_2, strict=True)]
     half = stats.t.ppf(0.975, 9) * statistics.stdev(d) / math.sqrt(10)
-    assert c.ci95 == pytest.approx([statistics.mean(d) - half, statistics.mean(d) + half],
-                                   abs=1e-12)
+    assert c.ci95 == pytest.approx(
+        [statistics.mean(d) - half, statistics.mean(d) + half], abs=1e-12
+    )
     assert c.sd_diff == pytest.approx(statistics.stdev(d), abs=1e-12)
 
 
@@ -131,8 +132,10 @@ def test_wilcoxon_exact_matches_scipy_documented_example():
 
 def test_wilcoxon_exact_p_equals_explicit_enumeration():
     ranks = stats.rankdata(np.abs(CORN))
-    w_plus = [sum(r for r, s in zip(ranks, signs, strict=True) if s)
-              for signs in itertools.product([0, 1], repeat=len(CORN))]
+    w_plus = [
+        sum(r for r, s in zip(ranks, signs, strict=True) if s)
+        for signs in itertools.product([0, 1], repeat=len(CORN))
+    ]
     total = len(CORN) * (len(CORN) + 1) / 2
     count = sum(min(wp, total - wp) <= 24 for wp in w_plus)
     assert count == 1352
@@ -171,8 +174,10 @@ def test_rank_safe_differences_remove_subtraction_roundoff():
 def test_exact_sign_flip_p_equals_explicit_enumeration():
     d = np.array([0.8, -0.3, 1.1, 0.45, 0.2, 0.9, -0.15])
     observed = abs(d.sum())
-    flips = [abs(sum(s * x for s, x in zip(signs, d, strict=True)))
-             for signs in itertools.product([1, -1], repeat=len(d))]
+    flips = [
+        abs(sum(s * x for s, x in zip(signs, d, strict=True)))
+        for signs in itertools.product([1, -1], repeat=len(d))
+    ]
     expected = sum(f >= observed - 1e-12 for f in flips) / 2 ** len(d)
     p, method = sign_flip_permutation_test(d)
     assert method == "exact"
@@ -206,23 +211,27 @@ def test_corrections_keep_the_original_order():
     assert adjust_p_values(p, "holm") == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-12)
     # BH by hand: 0.005*4/1 = 0.02, 0.01*4/2 = 0.02, 0.03*4/3 = 0.04, 0.04*4/4 = 0.04.
     assert adjust_p_values(p, "bh") == pytest.approx([0.02, 0.04, 0.04, 0.02], abs=1e-12)
-    assert adjust_p_values(p, "bonferroni") == pytest.approx([0.04, 0.16, 0.12, 0.02],
-                                                             abs=1e-12)
+    assert adjust_p_values(p, "bonferroni") == pytest.approx([0.04, 0.16, 0.12, 0.02], abs=1e-12)
     assert adjust_p_values(p, "none") == pytest.approx(p, abs=0)
 
 
 def test_compare_corrects_across_its_comparisons_in_their_order():
     rng = np.random.default_rng(11)
     base = rng.normal(0, 1, 12)
-    table = long_table({
-        "teacher": list(base),
-        "small": list(base + 0.3 + rng.normal(0, 0.5, 12)),
-        "large": list(base + 1.5 + rng.normal(0, 0.5, 12)),
-        "none": list(base + rng.normal(0, 0.5, 12)),
-    })
+    table = long_table(
+        {
+            "teacher": list(base),
+            "small": list(base + 0.3 + rng.normal(0, 0.5, 12)),
+            "large": list(base + 1.5 + rng.normal(0, 0.5, 12)),
+            "none": list(base + rng.normal(0, 0.5, 12)),
+        }
+    )
     report = compare(table, baseline="teacher", correction="holm")
     assert [(c.a, c.b) for c in report.comparisons] == [
-        ("small", "teacher"), ("large", "teacher"), ("none", "teacher")]
+        ("small", "teacher"),
+        ("large", "teacher"),
+        ("none", "teacher"),
+    ]
     raw = [c.p for c in report.comparisons]
     assert np.argmin(raw) == 1  # the smallest p is in the middle: order matters
     m = len(raw)
@@ -239,8 +248,7 @@ def test_compare_corrects_across_its_comparisons_in_their_order():
 
 def test_all_pairs_in_order_of_first_appearance_without_baseline():
     table = long_table({"z": [1, 2, 3.5], "a": [2, 3, 4.1], "m": [0, 1, 2.2]})
-    assert [(c.a, c.b) for c in compare(table).comparisons] == [
-        ("z", "a"), ("z", "m"), ("a", "m")]
+    assert [(c.a, c.b) for c in compare(table).comparisons] == [("z", "a"), ("z", "m"), ("a", "m")]
 
 
 # --------------------------------------------------------------------------------------
@@ -249,8 +257,10 @@ def test_all_pairs_in_order_of_first_appearance_without_baseline():
 
 
 def test_seeds_in_only_one_group_are_reported_not_dropped_silently():
-    table = long_table({"A": [1.0, 2.1, 3.3, 4.0, 5.2, 6.1], "B": [1.5, 2.0, 3.9, 4.4, 5.0, 7.0]},
-                       seeds={"A": [0, 1, 2, 3, 4, 5], "B": [2, 3, 4, 5, 6, 7]})
+    table = long_table(
+        {"A": [1.0, 2.1, 3.3, 4.0, 5.2, 6.1], "B": [1.5, 2.0, 3.9, 4.4, 5.0, 7.0]},
+        seeds={"A": [0, 1, 2, 3, 4, 5], "B": [2, 3, 4, 5, 6, 7]},
+    )
     report = compare(table)
     c = report.comparisons[0]
     assert c.pairing == PAIRED
@@ -263,8 +273,9 @@ def test_seeds_in_only_one_group_are_reported_not_dropped_silently():
 def test_disjoint_seed_sets_use_welch_and_mann_whitney():
     a = [0.71, 0.74, 0.69, 0.75, 0.72]
     b = [0.66, 0.70, 0.64, 0.68, 0.67, 0.65]  # no ties: exact Mann-Whitney
-    table = long_table({"A": a, "B": b},
-                       seeds={"A": [0, 1, 2, 3, 4], "B": [10, 11, 12, 13, 14, 15]})
+    table = long_table(
+        {"A": a, "B": b}, seeds={"A": [0, 1, 2, 3, 4], "B": [10, 11, 12, 13, 14, 15]}
+    )
     c = compare(table).comparisons[0]
     ref = stats.ttest_ind(a, b, equal_var=False)
     assert c.pairing == UNPAIRED and c.test == "Welch t"
@@ -288,8 +299,12 @@ def test_paired_bootstrap_resamples_seeds_not_groups():
     # an interval dominated by the seed effect (about 10x wider than the paired one).
     rng = np.random.default_rng(7)
     seed_effect = rng.normal(0, 5.0, 15)
-    table = long_table({"A": list(seed_effect + 1.0 + rng.normal(0, 0.3, 15)),
-                        "B": list(seed_effect + rng.normal(0, 0.3, 15))})
+    table = long_table(
+        {
+            "A": list(seed_effect + 1.0 + rng.normal(0, 0.3, 15)),
+            "B": list(seed_effect + rng.normal(0, 0.3, 15)),
+        }
+    )
     c = compare(table).comparisons[0]
     width_t = c.ci95[1] - c.ci95[0]
     width_bca = c.ci95_bca[1] - c.ci95_bca[0]
@@ -319,8 +334,9 @@ def test_seed_argument_makes_resampling_reproducible():
 
 
 def test_comparison_results_do_not_depend_on_the_other_comparisons():
-    table = long_table({"A": [1.0, 2.2, 2.9, 4.4], "B": [1.1, 2.0, 3.2, 4.0],
-                        "C": [0.5, 1.7, 3.1, 3.8]})
+    table = long_table(
+        {"A": [1.0, 2.2, 2.9, 4.4], "B": [1.1, 2.0, 3.2, 4.0], "C": [0.5, 1.7, 3.1, 3.8]}
+    )
     alone = compare(table, pairs=[("A", "B")]).comparisons[0]
     among = compare(table).comparisons[0]
     assert alone.ci95_bca == among.ci95_bca
@@ -334,23 +350,45 @@ def test_comparison_results_do_not_depend_on_the_other_comparisons():
 def test_verdict_states_direction_ci_test_and_adjusted_p():
     c = compare(sleep_table()).comparisons[0]
     assert c.reject
-    assert c.verdict.startswith("drug1 is lower than drug2: drug1 - drug2 = -1.58 "
-                                "(95% CI -2.46 to -0.7) over 10 paired seeds, paired t "
-                                "p_adj = 0.0028")
+    assert c.verdict.startswith(
+        "drug1 is lower than drug2: drug1 - drug2 = -1.58 "
+        "(95% CI -2.46 to -0.7) over 10 paired seeds, paired t "
+        "p_adj = 0.0028"
+    )
     assert c.verdict.endswith("significant at alpha = 0.05")
     table = long_table({"A": [1.0, 2.1, 2.9, 4.2], "B": [1.1, 2.0, 3.0, 4.1]})
     c = compare(table).comparisons[0]
     assert not c.reject and c.verdict.startswith("no significant difference between A and B")
 
 
+def test_zero_variance_differences_give_no_t_test_instead_of_p_zero():
+    # scipy returns t = -inf, p = 0 here; a constant shift is not evidence of infinite size.
+    table = long_table({"A": [1.5, 2.5, 3.5, 4.5], "B": [1.0, 2.0, 3.0, 4.0]})
+    c = compare(table).comparisons[0]
+    assert math.isnan(c.p_t) and math.isnan(c.p_adj) and not c.reject
+    assert c.verdict.startswith("no test possible between A and B")
+    assert c.p_permutation == pytest.approx(2 / 16)  # the sign-flip test is still defined
+    table = long_table({"A": [1.0, 1.0], "B": [2.0, 2.0]}, seeds={"A": [0, 1], "B": [2, 3]})
+    c = compare(table).comparisons[0]
+    assert c.pairing == UNPAIRED and math.isnan(c.p_t) and not c.reject
+
+
+def test_primary_test_choice_sets_p_and_name():
+    c = compare(sleep_table(), test="wilcoxon").comparisons[0]
+    assert c.test == "Wilcoxon signed-rank" and c.p == c.p_wilcoxon == c.p_adj
+    assert "Wilcoxon signed-rank p_adj" in c.verdict
+    c = compare(sleep_table(), seed=None).comparisons[0]  # unseeded still works
+    assert c.ci95_bca[0] < c.mean_diff < c.ci95_bca[1]
+
+
 def test_to_dict_is_strict_json():
-    table = long_table({"A": [1.5, 2.5, 3.5, 4.5], "B": [1.0, 2.0, 3.0, 4.0],
-                        "C": [1.2, 2.6, 3.1, 4.9]})
+    table = long_table(
+        {"A": [1.5, 2.5, 3.5, 4.5], "B": [1.0, 2.0, 3.0, 4.0], "C": [1.2, 2.6, 3.1, 4.9]}
+    )
     data = compare(table, aso=True).to_dict()
     text = json.dumps(data, allow_nan=False)
     back = json.loads(text)
-    assert [(c["a"], c["b"]) for c in back["comparisons"]] == [("A", "B"), ("A", "C"),
-                                                               ("B", "C")]
+    assert [(c["a"], c["b"]) for c in back["comparisons"]] == [("A", "B"), ("A", "C"), ("B", "C")]
     assert back["omnibus"]["k"] == 3
     assert back["comparisons"][0]["d_z"] is None  # zero-variance differences
     assert compare(sleep_table()).to_dict()["omnibus"] is None
@@ -362,14 +400,32 @@ def test_to_dict_is_strict_json():
 
 # R's friedman.test example data `RoundingTimes` (Hollander & Wolfe 1973, p. 140): 22 players,
 # 3 methods of rounding first base. R: Friedman chi-squared = 11.143, df = 2, p = 0.003805.
-ROUNDING_TIMES = np.array([
-    [5.40, 5.50, 5.55], [5.85, 5.70, 5.75], [5.20, 5.60, 5.50], [5.55, 5.50, 5.40],
-    [5.90, 5.85, 5.70], [5.45, 5.55, 5.60], [5.40, 5.40, 5.35], [5.45, 5.50, 5.35],
-    [5.25, 5.15, 5.00], [5.85, 5.80, 5.70], [5.25, 5.20, 5.10], [5.65, 5.55, 5.45],
-    [5.60, 5.35, 5.45], [5.05, 5.00, 4.95], [5.50, 5.50, 5.40], [5.45, 5.55, 5.50],
-    [5.55, 5.55, 5.35], [5.45, 5.50, 5.55], [5.50, 5.45, 5.25], [5.65, 5.60, 5.40],
-    [5.70, 5.65, 5.55], [6.30, 6.30, 6.25],
-])
+ROUNDING_TIMES = np.array(
+    [
+        [5.40, 5.50, 5.55],
+        [5.85, 5.70, 5.75],
+        [5.20, 5.60, 5.50],
+        [5.55, 5.50, 5.40],
+        [5.90, 5.85, 5.70],
+        [5.45, 5.55, 5.60],
+        [5.40, 5.40, 5.35],
+        [5.45, 5.50, 5.35],
+        [5.25, 5.15, 5.00],
+        [5.85, 5.80, 5.70],
+        [5.25, 5.20, 5.10],
+        [5.65, 5.55, 5.45],
+        [5.60, 5.35, 5.45],
+        [5.05, 5.00, 4.95],
+        [5.50, 5.50, 5.40],
+        [5.45, 5.55, 5.50],
+        [5.55, 5.55, 5.35],
+        [5.45, 5.50, 5.55],
+        [5.50, 5.45, 5.25],
+        [5.65, 5.60, 5.40],
+        [5.70, 5.65, 5.55],
+        [6.30, 6.30, 6.25],
+    ]
+)
 
 
 def rounding_table() -> pd.DataFrame:
@@ -404,8 +460,9 @@ def test_nemenyi_cd_matches_demsar_table():
 
 def test_greenhouse_geisser_epsilon_matches_box_formula():
     rng = np.random.default_rng(4)
-    x = rng.normal(size=(12, 4)) @ np.array([[1, 0.5, 0, 0], [0, 1, 0.8, 0], [0, 0, 1, 2],
-                                              [0, 0, 0, 1.0]])
+    x = rng.normal(size=(12, 4)) @ np.array(
+        [[1, 0.5, 0, 0], [0, 1, 0.8, 0], [0, 0, 1, 2], [0, 0, 0, 1.0]]
+    )
     k = x.shape[1]
     s = np.cov(x, rowvar=False)
     # Box (1954) / Greenhouse & Geisser (1959) in terms of the raw covariance entries.
@@ -450,14 +507,17 @@ def test_anova_applicability_is_judged_on_differences():
 
 
 def test_omnibus_uses_only_seeds_common_to_all_groups():
-    table = long_table({"A": [1.0, 2.0, 3.1, 4.0], "B": [1.2, 2.4, 3.0, 4.5],
-                        "C": [0.9, 2.2, 3.3]},
-                       seeds={"A": [0, 1, 2, 3], "B": [0, 1, 2, 3], "C": [0, 1, 3]})
+    table = long_table(
+        {"A": [1.0, 2.0, 3.1, 4.0], "B": [1.2, 2.4, 3.0, 4.5], "C": [0.9, 2.2, 3.3]},
+        seeds={"A": [0, 1, 2, 3], "B": [0, 1, 2, 3], "C": [0, 1, 3]},
+    )
     report = compare(table)
     assert report.omnibus.n_seeds_common == 3 and report.omnibus.seeds_common == [0, 1, 3]
     assert report.unpaired_seeds == {"A": [2], "B": [2]}
-    table = long_table({"A": [1.0, 2.0], "B": [1.2, 2.4], "C": [0.9, 2.2]},
-                       seeds={"A": [0, 1], "B": [0, 1], "C": [5, 6]})
+    table = long_table(
+        {"A": [1.0, 2.0], "B": [1.2, 2.4], "C": [0.9, 2.2]},
+        seeds={"A": [0, 1], "B": [0, 1], "C": [5, 6]},
+    )
     report = compare(table)
     assert report.omnibus is None and "at least 2" in report.omnibus_note
 
@@ -489,8 +549,7 @@ def test_aso_epsilon_min_is_an_upper_bound_and_reproducible():
     assert reverse > 0.5
     c = compare(long_table({"A": list(a), "B": list(b)}), aso=True).comparisons[0]
     assert 0 <= c.aso_epsilon_min <= 1 and c.aso_violation_ratio == pytest.approx(eps_hat)
-    assert compare(long_table({"A": list(a), "B": list(b)})).comparisons[0].aso_epsilon_min \
-        is None
+    assert compare(long_table({"A": list(a), "B": list(b)})).comparisons[0].aso_epsilon_min is None
 
 
 # --------------------------------------------------------------------------------------
@@ -524,8 +583,9 @@ def test_missing_baseline_is_rejected():
 
 
 def test_fewer_than_two_paired_seeds_is_rejected():
-    table = long_table({"A": [1.0, 2.0, 3.0], "B": [1.0, 2.5, 3.5]},
-                       seeds={"A": [0, 1, 2], "B": [2, 3, 4]})
+    table = long_table(
+        {"A": [1.0, 2.0, 3.0], "B": [1.0, 2.5, 3.5]}, seeds={"A": [0, 1, 2], "B": [2, 3, 4]}
+    )
     with pytest.raises(UserInputError, match="at least 2") as err:
         compare(table)
     assert err.value.field == "seed"
@@ -542,8 +602,12 @@ def test_pairs_naming_unknown_groups_and_duplicate_rows_are_rejected():
 
 
 def test_bad_options_are_rejected():
-    for kwargs, field in [({"test": "anova"}, "test"), ({"correction": "sidak"}, "correction"),
-                          ({"alpha": 1.5}, "alpha"), ({"seed": 1.5}, "seed")]:
+    for kwargs, field in [
+        ({"test": "anova"}, "test"),
+        ({"correction": "sidak"}, "correction"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"seed": 1.5}, "seed"),
+    ]:
         with pytest.raises(UserInputError) as err:
             compare(sleep_table(), **kwargs)
         assert err.value.field == field
@@ -568,8 +632,9 @@ def test_type_one_error_and_coverage_under_the_null():
     seeds = list(range(n)) * 2
     p_t, p_perm, covered = [], [], []
     for i in range(n_studies):
-        table = pd.DataFrame({"group": ["A"] * n + ["B"] * n, "seed": seeds,
-                              "value": np.concatenate([a[i], b[i]])})
+        table = pd.DataFrame(
+            {"group": ["A"] * n + ["B"] * n, "seed": seeds, "value": np.concatenate([a[i], b[i]])}
+        )
         c = compare(table, seed=i, test="permutation", n_resamples=100).comparisons[0]
         assert c.permutation_method == "exact"
         p_t.append(c.p_t)

@@ -44,16 +44,18 @@ def min_p_value(test: str, n: int, *, n_b: int | None = None, n_resamples: int =
     else 2 / (n_resamples + 1). Values are capped at 1.
     """
     if test not in TESTS:
-        raise UserInputError(f"unknown test {test!r}; choose one of {list(TESTS)}",
-                             field="test")
+        raise UserInputError(f"unknown test {test!r}; choose one of {list(TESTS)}", field="test")
     if n < 1 or (n_b is not None and n_b < 1):
         raise UserInputError(f"need at least one seed, got n = {n}, n_b = {n_b}", field="n")
     if test == "t":
         return 0.0
     if n_b is None:
         arrangements = 2.0**n
-        exact = (n <= EXACT_RANK_TEST_MAX_N if test == "wilcoxon"
-                 else arrangements <= EXACT_PERMUTATION_LIMIT)
+        exact = (
+            n <= EXACT_RANK_TEST_MAX_N
+            if test == "wilcoxon"
+            else arrangements <= EXACT_PERMUTATION_LIMIT
+        )
         if exact:
             return min(1.0, 2.0 / arrangements)
         if test == "permutation":
@@ -63,8 +65,11 @@ def min_p_value(test: str, n: int, *, n_b: int | None = None, n_resamples: int =
         sd = math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
         return min(1.0, float(2 * stats.norm.sf((n * (n + 1) / 2 - mean - 0.5) / sd)))
     splits = math.comb(n + n_b, n)
-    exact = (max(n, n_b) <= EXACT_RANK_TEST_MAX_N if test == "wilcoxon"
-             else splits <= EXACT_PERMUTATION_LIMIT)
+    exact = (
+        max(n, n_b) <= EXACT_RANK_TEST_MAX_N
+        if test == "wilcoxon"
+        else splits <= EXACT_PERMUTATION_LIMIT
+    )
     if exact:
         return min(1.0, 2.0 / splits)
     if test == "permutation":
@@ -109,17 +114,30 @@ def plan_seeds(
     safe.
     """
     if not (isinstance(effect, int | float) and math.isfinite(effect) and effect > 0):
-        raise UserInputError(f"effect must be a positive number (a mean difference in the "
-                             f"table's units), got {effect!r}", source=source, field="effect")
+        raise UserInputError(
+            f"effect must be a positive number (a mean difference in the "
+            f"table's units), got {effect!r}",
+            source=source,
+            field="effect",
+        )
     for name, value in (("alpha", alpha), ("power", power)):
         if not (isinstance(value, int | float) and 0 < value < 1):
-            raise UserInputError(f"{name} must be between 0 and 1, got {value!r}",
-                                 source=source, field=name)
+            raise UserInputError(
+                f"{name} must be between 0 and 1, got {value!r}", source=source, field=name
+            )
     if test not in TESTS:
-        raise UserInputError(f"unknown test {test!r}; choose one of {list(TESTS)}",
-                             source=source, field="test")
-    samples = pair_groups(table, value_col=value_col, group_col=group_col, seed_col=seed_col,
-                          baseline=baseline, pairs=pairs, source=source)
+        raise UserInputError(
+            f"unknown test {test!r}; choose one of {list(TESTS)}", source=source, field="test"
+        )
+    samples = pair_groups(
+        table,
+        value_col=value_col,
+        group_col=group_col,
+        seed_col=seed_col,
+        baseline=baseline,
+        pairs=pairs,
+        source=source,
+    )
     rows = []
     for s in samples:
         if s.pairing == PAIRED:
@@ -132,8 +150,15 @@ def plan_seeds(
         else:
             n_a, n_b = len(s.values_a), len(s.values_b)
             n = n_a + n_b
-            sd = float(math.sqrt(((n_a - 1) * np.var(s.values_a, ddof=1)
-                                  + (n_b - 1) * np.var(s.values_b, ddof=1)) / (n - 2)))
+            sd = float(
+                math.sqrt(
+                    (
+                        (n_a - 1) * np.var(s.values_a, ddof=1)
+                        + (n_b - 1) * np.var(s.values_b, ddof=1)
+                    )
+                    / (n - 2)
+                )
+            )
             row = _unpaired_plan(n_a, n_b, sd, effect=effect, alpha=alpha, power=power)
             min_p = min_p_value(test, n_a, n_b=n_b)
             floor_n = _smallest_n(test, alpha, paired=False)
@@ -143,44 +168,82 @@ def plan_seeds(
         warning = None
         if min_p >= alpha:
             per_group = " per group" if s.pairing != PAIRED else ""
-            need = (f"at least {floor_n} seeds{per_group} are needed" if floor_n is not None
-                    else "more resamples are needed")
+            need = (
+                f"at least {floor_n} seeds{per_group} are needed"
+                if floor_n is not None
+                else "more resamples are needed"
+            )
             n_b = None if s.pairing == PAIRED else len(s.values_b)
             words = _test_words(test, len(s.values_a), n_b)
-            warning = (f"{words} with {seeds_words} cannot go below p = {min_p:.4g}, which is not "
-                       f"below alpha = {alpha:g}: no result can be significant; {need}")
-        rows.append({"a": s.a, "b": s.b, "pairing": s.pairing, "n": n, "sd_diff": sd,
-                     **row, "min_p_possible": min_p, "warning": warning})
-    return pd.DataFrame(rows, columns=["a", "b", "pairing", "n", "sd_diff", "n_required",
-                                       "mde", "power_at_n", "min_p_possible", "warning"])
+            warning = (
+                f"{words} with {seeds_words} cannot go below p = {min_p:.4g}, which is not "
+                f"below alpha = {alpha:g}: no result can be significant; {need}"
+            )
+        rows.append(
+            {
+                "a": s.a,
+                "b": s.b,
+                "pairing": s.pairing,
+                "n": n,
+                "sd_diff": sd,
+                **row,
+                "min_p_possible": min_p,
+                "warning": warning,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "a",
+            "b",
+            "pairing",
+            "n",
+            "sd_diff",
+            "n_required",
+            "mde",
+            "power_at_n",
+            "min_p_possible",
+            "warning",
+        ],
+    )
 
 
 def _paired_plan(n: int, sd: float, *, effect: float, alpha: float, power: float) -> dict:
     if not sd > 0:
         return {"n_required": math.nan, "mde": math.nan, "power_at_n": math.nan}
     analysis = TTestPower()
-    n_req = analysis.solve_power(effect_size=effect / sd, alpha=alpha, power=power,
-                                 alternative="two-sided")
+    n_req = analysis.solve_power(
+        effect_size=effect / sd, alpha=alpha, power=power, alternative="two-sided"
+    )
     mde = analysis.solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided")
-    at_n = analysis.power(effect_size=effect / sd, nobs=n, alpha=alpha,
-                          alternative="two-sided")
-    return {"n_required": max(2, math.ceil(float(n_req) - 1e-9)), "mde": float(mde) * sd,
-            "power_at_n": float(at_n)}
+    at_n = analysis.power(effect_size=effect / sd, nobs=n, alpha=alpha, alternative="two-sided")
+    return {
+        "n_required": max(2, math.ceil(float(n_req) - 1e-9)),
+        "mde": float(mde) * sd,
+        "power_at_n": float(at_n),
+    }
 
 
-def _unpaired_plan(n_a: int, n_b: int, sd: float, *, effect: float, alpha: float,
-                   power: float) -> dict:
+def _unpaired_plan(
+    n_a: int, n_b: int, sd: float, *, effect: float, alpha: float, power: float
+) -> dict:
     if not sd > 0:
         return {"n_required": math.nan, "mde": math.nan, "power_at_n": math.nan}
     analysis = TTestIndPower()
-    n_req = analysis.solve_power(effect_size=effect / sd, alpha=alpha, power=power, ratio=1.0,
-                                 alternative="two-sided")
-    mde = analysis.solve_power(nobs1=n_a, ratio=n_b / n_a, alpha=alpha, power=power,
-                               alternative="two-sided")
-    at_n = analysis.power(effect_size=effect / sd, nobs1=n_a, ratio=n_b / n_a, alpha=alpha,
-                          alternative="two-sided")
-    return {"n_required": max(2, math.ceil(float(n_req) - 1e-9)), "mde": float(mde) * sd,
-            "power_at_n": float(at_n)}
+    n_req = analysis.solve_power(
+        effect_size=effect / sd, alpha=alpha, power=power, ratio=1.0, alternative="two-sided"
+    )
+    mde = analysis.solve_power(
+        nobs1=n_a, ratio=n_b / n_a, alpha=alpha, power=power, alternative="two-sided"
+    )
+    at_n = analysis.power(
+        effect_size=effect / sd, nobs1=n_a, ratio=n_b / n_a, alpha=alpha, alternative="two-sided"
+    )
+    return {
+        "n_required": max(2, math.ceil(float(n_req) - 1e-9)),
+        "mde": float(mde) * sd,
+        "power_at_n": float(at_n),
+    }
 
 
 def _smallest_n(test: str, alpha: float, *, paired: bool) -> int | None:

@@ -15,12 +15,11 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from study import __version__
-from study.analysis.collect import Collected, collect
+from study.analysis.collect import Collected
 from study.analysis.stats import compare
 from study.plan import TEACHER, Plan, expand
 from study.protocol import Protocol
 from study.repro import git_state
-from study.track import Tracker
 
 
 @dataclass
@@ -75,11 +74,10 @@ def summarise(table: pd.DataFrame, plan: Plan, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build_report(protocol: Protocol, tracker: Tracker, data_identity: str) -> Report:
-    """Collect the study's runs from the tracker and compute every table of the report."""
+def build_report(protocol: Protocol, collected: Collected) -> Report:
+    """Every table of the report, from the tidy results (tracker or export) alone."""
     plan = expand(protocol)
     analysis = protocol.analysis
-    collected = collect(plan, tracker, data_identity)
     metric = analysis.metric
     summary = summarise(collected.table, plan, metric)
     long = collected.table.rename(columns={"role": "group", metric: "value"})
@@ -113,7 +111,8 @@ def build_report(protocol: Protocol, tracker: Tracker, data_identity: str) -> Re
         **git_state(),
         "metric": metric,
         "seeds": len(plan.seeds),
-        **tracker.experiment_info(protocol.study.name),
+        "tracking_uri": collected.meta.get("tracking_uri"),
+        "experiment_id": collected.meta.get("experiment_id"),
     }
     return Report(protocol, plan, collected, summary, comparisons, header)
 

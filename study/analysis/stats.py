@@ -38,8 +38,12 @@ from study.errors import UserInputError
 
 TESTS = ("t", "wilcoxon", "permutation")
 CORRECTIONS = {"holm": "holm", "bh": "fdr_bh", "bonferroni": "bonferroni", "none": None}
-CORRECTION_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "bonferroni": "Bonferroni",
-                    "none": "no correction"}
+CORRECTION_NAMES = {
+    "holm": "Holm",
+    "bh": "Benjamini-Hochberg",
+    "bonferroni": "Bonferroni",
+    "none": "no correction",
+}
 PAIRED = "paired by seed"
 UNPAIRED = "unpaired"
 # Exact enumeration of the permutation distribution up to this many rearrangements
@@ -49,10 +53,16 @@ EXACT_PERMUTATION_LIMIT = 100_000
 EXACT_RANK_TEST_MAX_N = 50
 
 _TEST_NAMES = {
-    PAIRED: {"t": "paired t", "wilcoxon": "Wilcoxon signed-rank",
-             "permutation": "sign-flip permutation"},
-    UNPAIRED: {"t": "Welch t", "wilcoxon": "Mann-Whitney U",
-               "permutation": "permutation (independent samples)"},
+    PAIRED: {
+        "t": "paired t",
+        "wilcoxon": "Wilcoxon signed-rank",
+        "permutation": "sign-flip permutation",
+    },
+    UNPAIRED: {
+        "t": "Welch t",
+        "wilcoxon": "Mann-Whitney U",
+        "permutation": "permutation (independent samples)",
+    },
 }
 # scipy renamed the normal approximation of the rank tests from 'approx' to 'asymptotic' in 1.13.
 _SCIPY_VERSION = tuple(int(part) for part in scipy.__version__.split(".")[:2])
@@ -106,8 +116,18 @@ class PairedSample:
 class Comparison:
     """One comparison A vs B. Differences are always A - B.
 
+    ``n``: paired seeds (paired) or n_a + n_b (unpaired); ``ci95``: t interval of the mean
+    difference, always 95% whatever alpha; ``ci95_bca``: 95% BCa bootstrap interval (None,
+    with ``ci95_bca_reason``, when degenerate); ``t``, ``df``, ``p_t``: paired t (Welch t
+    when unpaired); ``wilcoxon_method``: 'exact', 'approx' or 'none' (all differences 0);
+    ``permutation_method``: 'exact' or 'monte carlo'; ``test`` and ``p``: the primary test
+    and its raw p; ``p_adj``: corrected across the call's comparisons; ``reject``: p_adj <
+    alpha; ``effect_size``: g_z (paired) or g (unpaired), named in ``effect_size_name``;
+    ``notes``: anything unusual (zeros dropped, zero variance, Monte Carlo p).
+
     Keys that do not apply to the pairing are None: the Wilcoxon and d_z/g_z keys for
-    unpaired groups, the Mann-Whitney and pooled-sd keys for paired ones.
+    unpaired groups, the Mann-Whitney and pooled-sd keys for paired ones. Undefined numbers
+    (zero variance) are NaN, and None in ``to_dict``.
     """
 
     a: str
@@ -239,13 +259,13 @@ def tidy_results(
         raise UserInputError(
             f"expected a table (pandas DataFrame), got {type(table).__name__}", source=source
         )
-    for option, col in (("value_col", value_col), ("group_col", group_col),
-                        ("seed_col", seed_col)):
+    for option, col in (("value_col", value_col), ("group_col", group_col), ("seed_col", seed_col)):
         if col not in table.columns:
             raise UserInputError(
                 f"column '{col}' ({option}) is missing; the table has columns "
                 f"{[str(c) for c in table.columns]}",
-                source=source, field=col,
+                source=source,
+                field=col,
             )
     if len(table) == 0:
         raise UserInputError("the table has no rows", source=source)
@@ -255,37 +275,44 @@ def tidy_results(
     raw = table[value_col].to_numpy()
     groups = table[group_col].to_numpy()
     seed_values = table[seed_col].to_numpy()
-    values = pd.to_numeric(table[value_col], errors="coerce").to_numpy(dtype=float)
+    values = pd.to_numeric(table[value_col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     for i in np.flatnonzero(~np.isfinite(values)):
         if pd.isna(raw[i]):
             what = "is missing"
         elif np.isnan(values[i]):
-            what = f"is not a number: {raw[i]!r}"
+            what = f"is not a number: {_plain(raw[i])!r}"
         else:
-            what = f"is not finite: {raw[i]!r}"
+            what = f"is not finite: {_plain(raw[i])!r}"
+        row, group, seed = (_plain(labels[i]), _plain(groups[i]), _plain(seed_values[i]))
         raise UserInputError(
-            f"value {what} (row {labels[i]!r}, group {groups[i]!r}, seed {seed_values[i]!r}); "
+            f"value {what} (row {row!r}, group {group!r}, seed {seed!r}); "
             "every row needs a finite numeric value",
-            source=source, field=value_col,
+            source=source,
+            field=value_col,
         )
     for col, column in ((group_col, groups), (seed_col, seed_values)):
         missing = pd.isna(column)
         if missing.any():
-            raise UserInputError(f"{col} is missing in row {labels[np.argmax(missing)]!r}",
-                                 source=source, field=col)
+            raise UserInputError(
+                f"{col} is missing in row {_plain(labels[np.argmax(missing)])!r}",
+                source=source,
+                field=col,
+            )
 
     seeds = table[seed_col]
     if pd.api.types.is_float_dtype(seeds) and np.all(np.mod(seeds.to_numpy(), 1) == 0):
         seeds = seeds.astype(np.int64)  # seeds read as 0.0, 1.0, ... from a CSV
-    tidy = pd.DataFrame({"group": [str(g) for g in groups], "seed": seeds.to_numpy(),
-                         "value": values})
+    tidy = pd.DataFrame(
+        {"group": [str(g) for g in groups], "seed": seeds.to_numpy(), "value": values}
+    )
     dup = tidy.duplicated(["group", "seed"], keep=False)
     if dup.any():
         first = tidy[dup].iloc[0]
         raise UserInputError(
             f"group {first['group']!r} has {int(dup.sum())} rows sharing seeds (first: seed "
             f"{_plain(first['seed'])!r}); each (group, seed) must appear once",
-            source=source, field=seed_col,
+            source=source,
+            field=seed_col,
         )
     return tidy
 
@@ -306,8 +333,9 @@ def pair_groups(
     ``pairs``: those pairs, in that order. With neither: all pairs of groups in the order
     the groups first appear in the table.
     """
-    tidy = tidy_results(table, value_col=value_col, group_col=group_col, seed_col=seed_col,
-                        source=source)
+    tidy = tidy_results(
+        table, value_col=value_col, group_col=group_col, seed_col=seed_col, source=source
+    )
     return _pair(tidy, _resolve_pairs(tidy, baseline, pairs, source), seed_col, source)
 
 
@@ -319,16 +347,23 @@ def _resolve_pairs(
 ) -> list[tuple[str, str]]:
     groups = list(dict.fromkeys(tidy["group"]))
     if baseline is not None and pairs is not None:
-        raise UserInputError("give either a baseline or pairs, not both",
-                             source=source, field="pairs")
+        raise UserInputError(
+            "give either a baseline or pairs, not both", source=source, field="pairs"
+        )
     if baseline is not None:
         baseline = str(baseline)
         if baseline not in groups:
-            raise UserInputError(f"baseline group {baseline!r} is not in the table; groups "
-                                 f"are {groups}", source=source, field="baseline")
+            raise UserInputError(
+                f"baseline group {baseline!r} is not in the table; groups are {groups}",
+                source=source,
+                field="baseline",
+            )
         if len(groups) < 2:
-            raise UserInputError(f"only the baseline {baseline!r} is in the table: nothing "
-                                 "to compare it with", source=source, field="baseline")
+            raise UserInputError(
+                f"only the baseline {baseline!r} is in the table: nothing to compare it with",
+                source=source,
+                field="baseline",
+            )
         return [(g, baseline) for g in groups if g != baseline]
     if pairs is not None:
         if len(pairs) == 0:
@@ -336,33 +371,46 @@ def _resolve_pairs(
         resolved: list[tuple[str, str]] = []
         for pair in pairs:
             if isinstance(pair, str) or len(pair) != 2:
-                raise UserInputError(f"each pair must name two groups, got {pair!r}",
-                                     source=source, field="pairs")
+                raise UserInputError(
+                    f"each pair must name two groups, got {pair!r}", source=source, field="pairs"
+                )
             a, b = str(pair[0]), str(pair[1])
             for g in (a, b):
                 if g not in groups:
-                    raise UserInputError(f"pair ({a!r}, {b!r}) names group {g!r}, which is not "
-                                         f"in the table; groups are {groups}",
-                                         source=source, field="pairs")
+                    raise UserInputError(
+                        f"pair ({a!r}, {b!r}) names group {g!r}, which is not "
+                        f"in the table; groups are {groups}",
+                        source=source,
+                        field="pairs",
+                    )
             if a == b:
-                raise UserInputError(f"pair ({a!r}, {b!r}) compares a group with itself",
-                                     source=source, field="pairs")
+                raise UserInputError(
+                    f"pair ({a!r}, {b!r}) compares a group with itself",
+                    source=source,
+                    field="pairs",
+                )
             if (a, b) in resolved or (b, a) in resolved:
-                raise UserInputError(f"pair ({a!r}, {b!r}) is listed twice",
-                                     source=source, field="pairs")
+                raise UserInputError(
+                    f"pair ({a!r}, {b!r}) is listed twice", source=source, field="pairs"
+                )
             resolved.append((a, b))
         return resolved
     if len(groups) < 2:
-        raise UserInputError(f"the table has one group ({groups[0]!r}): nothing to compare",
-                             source=source, field="group")
+        raise UserInputError(
+            f"the table has one group ({groups[0]!r}): nothing to compare",
+            source=source,
+            field="group",
+        )
     return list(itertools.combinations(groups, 2))
 
 
 def _pair(
     tidy: pd.DataFrame, pairs: list[tuple[str, str]], seed_col: str, source: str | None
 ) -> list[PairedSample]:
-    by_group = {g: dict(zip(df["seed"], df["value"], strict=True))
-                for g, df in tidy.groupby("group", sort=False)}
+    by_group = {
+        g: dict(zip(df["seed"], df["value"], strict=True))
+        for g, df in tidy.groupby("group", sort=False)
+    }
     samples = []
     for a, b in pairs:
         va, vb = by_group[a], by_group[b]
@@ -370,22 +418,40 @@ def _pair(
         only_a = _sorted_seeds(set(va) - set(vb))
         only_b = _sorted_seeds(set(vb) - set(va))
         if len(common) >= 2:
-            samples.append(PairedSample(
-                a, b, PAIRED, tuple(common),
-                np.array([va[s] for s in common]), np.array([vb[s] for s in common]),
-                tuple(only_a), tuple(only_b)))
+            samples.append(
+                PairedSample(
+                    a,
+                    b,
+                    PAIRED,
+                    tuple(common),
+                    np.array([va[s] for s in common]),
+                    np.array([vb[s] for s in common]),
+                    tuple(only_a),
+                    tuple(only_b),
+                )
+            )
         elif len(common) == 0 and len(va) >= 2 and len(vb) >= 2:
             # No seed in common: the groups are independent samples, compared unpaired.
-            samples.append(PairedSample(
-                a, b, UNPAIRED, (),
-                np.array([va[s] for s in only_a]), np.array([vb[s] for s in only_b]),
-                tuple(only_a), tuple(only_b)))
+            samples.append(
+                PairedSample(
+                    a,
+                    b,
+                    UNPAIRED,
+                    (),
+                    np.array([va[s] for s in only_a]),
+                    np.array([vb[s] for s in only_b]),
+                    tuple(only_a),
+                    tuple(only_b),
+                )
+            )
         else:
             raise UserInputError(
                 f"{a!r} vs {b!r}: {len(common)} paired seed(s) ({a!r} has {len(va)} seeds, "
                 f"{b!r} has {len(vb)}); a paired comparison needs at least 2 seeds present in "
                 "both groups, an unpaired one (no seed shared) at least 2 seeds in each",
-                source=source, field=seed_col)
+                source=source,
+                field=seed_col,
+            )
     return samples
 
 
@@ -425,8 +491,9 @@ def hedges_correction(df: float) -> float:
     """
     if df <= 1:
         return 0.0
-    return float(math.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2))
-                 / math.sqrt(df / 2))
+    return float(
+        math.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / math.sqrt(df / 2)
+    )
 
 
 def wilcoxon_signed_rank(differences: np.ndarray) -> tuple[float, float, str]:
@@ -440,8 +507,11 @@ def wilcoxon_signed_rank(differences: np.ndarray) -> tuple[float, float, str]:
     nonzero = d[d != 0]
     if len(nonzero) == 0:
         return math.nan, math.nan, "none"
-    exact = (len(d) <= EXACT_RANK_TEST_MAX_N and len(nonzero) == len(d)
-             and len(np.unique(np.abs(d))) == len(d))
+    exact = (
+        len(d) <= EXACT_RANK_TEST_MAX_N
+        and len(nonzero) == len(d)
+        and len(np.unique(np.abs(d))) == len(d)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exact:
@@ -463,8 +533,13 @@ def sign_flip_permutation_test(
     d = np.asarray(differences, dtype=float)
     exact = 2.0 ** len(d) <= EXACT_PERMUTATION_LIMIT
     res = stats.permutation_test(
-        (d, np.zeros_like(d)), _mean_difference, permutation_type="samples", vectorized=True,
-        n_resamples=np.inf if exact else n_resamples, **{_RNG_KEYWORD: _generator(seed)})
+        (d, np.zeros_like(d)),
+        _mean_difference,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=np.inf if exact else n_resamples,
+        **{_RNG_KEYWORD: _generator(seed)},
+    )
     return float(min(res.pvalue, 1.0)), "exact" if exact else "monte carlo"
 
 
@@ -478,9 +553,13 @@ def independent_permutation_test(
     """
     exact = math.comb(len(a) + len(b), len(a)) <= EXACT_PERMUTATION_LIMIT
     res = stats.permutation_test(
-        (np.asarray(a, float), np.asarray(b, float)), _mean_difference,
-        permutation_type="independent", vectorized=True,
-        n_resamples=np.inf if exact else n_resamples, **{_RNG_KEYWORD: _generator(seed)})
+        (np.asarray(a, float), np.asarray(b, float)),
+        _mean_difference,
+        permutation_type="independent",
+        vectorized=True,
+        n_resamples=np.inf if exact else n_resamples,
+        **{_RNG_KEYWORD: _generator(seed)},
+    )
     return float(min(res.pvalue, 1.0)), "exact" if exact else "monte carlo"
 
 
@@ -499,8 +578,11 @@ def violation_ratio(a: np.ndarray, b: np.ndarray) -> float:
     computed exactly on the union of their breakpoints (no grid). NaN if A and B have the
     same quantile function.
     """
-    return float(_violation_ratios(np.sort(np.asarray(a, float))[None, :],
-                                   np.sort(np.asarray(b, float))[None, :])[0])
+    return float(
+        _violation_ratios(
+            np.sort(np.asarray(a, float))[None, :], np.sort(np.asarray(b, float))[None, :]
+        )[0]
+    )
 
 
 def _violation_ratios(a_sorted: np.ndarray, b_sorted: np.ndarray) -> np.ndarray:
@@ -583,8 +665,9 @@ def greenhouse_geisser_epsilon(wide: np.ndarray) -> float:
     s = np.cov(x, rowvar=False)
     h = np.eye(k) - np.ones((k, k)) / k
     sc = h @ s @ h
-    denom = (k - 1) * np.trace(sc @ sc)
-    return float(np.trace(sc) ** 2 / denom) if denom > 0 else math.nan
+    if np.trace(sc) <= 1e-12 * max(np.trace(s), 1e-300):  # no variation between groups
+        return math.nan
+    return float(np.trace(sc) ** 2 / ((k - 1) * np.trace(sc @ sc)))
 
 
 def adjust_p_values(p_values: Sequence[float], correction: str = "holm") -> np.ndarray:
@@ -594,8 +677,10 @@ def adjust_p_values(p_values: Sequence[float], correction: str = "holm") -> np.n
     (a test that could not be computed) stay NaN and do not count in the family.
     """
     if correction not in CORRECTIONS:
-        raise UserInputError(f"unknown correction {correction!r}; choose one of "
-                             f"{list(CORRECTIONS)}", field="correction")
+        raise UserInputError(
+            f"unknown correction {correction!r}; choose one of {list(CORRECTIONS)}",
+            field="correction",
+        )
     p = np.asarray(p_values, dtype=float)
     out = p.copy()
     ok = np.isfinite(p)
@@ -660,16 +745,29 @@ def compare(
 
     Raises ``UserInputError`` for a bad table or option, with ``source`` naming the table.
     """
-    _check_options(alpha=alpha, correction=correction, test=test, seed=seed,
-                   n_resamples=n_resamples, source=source)
-    tidy = tidy_results(table, value_col=value_col, group_col=group_col, seed_col=seed_col,
-                        source=source)
+    _check_options(
+        alpha=alpha,
+        correction=correction,
+        test=test,
+        seed=seed,
+        n_resamples=n_resamples,
+        source=source,
+    )
+    tidy = tidy_results(
+        table, value_col=value_col, group_col=group_col, seed_col=seed_col, source=source
+    )
     resolved = _resolve_pairs(tidy, baseline, pairs, source)
     samples = _pair(tidy, resolved, seed_col, source)
 
     comparisons = [
-        _compare_sample(s, test=test, alpha=alpha, n_resamples=n_resamples, aso=aso,
-                        seed_sequence=_comparison_seed(seed, s.a, s.b))
+        _compare_sample(
+            s,
+            test=test,
+            alpha=alpha,
+            n_resamples=n_resamples,
+            aso=aso,
+            seed_sequence=_comparison_seed(seed, s.a, s.b),
+        )
         for s in samples
     ]
     p_adj = adjust_p_values([c.p for c in comparisons], correction)
@@ -679,47 +777,74 @@ def compare(
         c.reject = bool(np.isfinite(padj) and padj < alpha)
         c.verdict = _verdict(c, alpha=alpha, correction=correction, family=family)
 
-    groups = list(dict.fromkeys(g for pair in resolved for g in pair))
+    involved = {g for pair in resolved for g in pair}
+    groups = [g for g in dict.fromkeys(tidy["group"]) if g in involved]  # table order
     omni, omni_note = None, None
     if len(groups) >= 3:
-        wide = tidy[tidy["group"].isin(groups)].pivot(index="seed", columns="group",
-                                                      values="value")[groups].dropna()
+        wide = (
+            tidy[tidy["group"].isin(groups)]
+            .pivot(index="seed", columns="group", values="value")[groups]
+            .dropna()
+        )
         if len(wide) >= 2:
             omni = omnibus(wide, alpha=alpha)
         else:
-            omni_note = (f"no omnibus test: {len(wide)} seed(s) are present in all "
-                         f"{len(groups)} groups, at least 2 are needed")
+            omni_note = (
+                f"no omnibus test: {len(wide)} seed(s) are present in all "
+                f"{len(groups)} groups, at least 2 are needed"
+            )
     else:
         omni_note = "no omnibus test: fewer than three groups are compared"
 
     settings = {
-        "value_col": value_col, "group_col": group_col, "seed_col": seed_col,
-        "baseline": baseline, "pairs": [list(p) for p in resolved], "alpha": alpha,
-        "correction": correction, "family_size": family, "test": test, "seed": seed,
-        "n_resamples": n_resamples, "aso": aso, "source": source,
+        "value_col": value_col,
+        "group_col": group_col,
+        "seed_col": seed_col,
+        "baseline": baseline,
+        "pairs": [list(p) for p in resolved],
+        "alpha": alpha,
+        "correction": correction,
+        "family_size": family,
+        "test": test,
+        "seed": seed,
+        "n_resamples": n_resamples,
+        "aso": aso,
+        "source": source,
     }
-    return ComparisonReport(comparisons, omni, omni_note, _unpaired_seeds(tidy, groups),
-                            settings)
+    return ComparisonReport(comparisons, omni, omni_note, _unpaired_seeds(tidy, groups), settings)
 
 
-def _check_options(*, alpha: float, correction: str, test: str, seed: Any, n_resamples: int,
-                   source: str | None) -> None:
+def _check_options(
+    *, alpha: float, correction: str, test: str, seed: Any, n_resamples: int, source: str | None
+) -> None:
     if not (isinstance(alpha, int | float) and 0 < alpha < 1):
-        raise UserInputError(f"alpha must be between 0 and 1, got {alpha!r}",
-                             source=source, field="alpha")
+        raise UserInputError(
+            f"alpha must be between 0 and 1, got {alpha!r}", source=source, field="alpha"
+        )
     if correction not in CORRECTIONS:
-        raise UserInputError(f"unknown correction {correction!r}; choose one of "
-                             f"{list(CORRECTIONS)}", source=source, field="correction")
+        raise UserInputError(
+            f"unknown correction {correction!r}; choose one of {list(CORRECTIONS)}",
+            source=source,
+            field="correction",
+        )
     if test not in TESTS:
-        raise UserInputError(f"unknown test {test!r}; choose one of {list(TESTS)}",
-                             source=source, field="test")
+        raise UserInputError(
+            f"unknown test {test!r}; choose one of {list(TESTS)}", source=source, field="test"
+        )
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
-        raise UserInputError(f"seed must be an integer or None, got {seed!r}",
-                             source=source, field="seed")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer) \
-            or n_resamples < 100:
-        raise UserInputError(f"n_resamples must be an integer >= 100, got {n_resamples!r}",
-                             source=source, field="n_resamples")
+        raise UserInputError(
+            f"seed must be an integer or None, got {seed!r}", source=source, field="seed"
+        )
+    if (
+        isinstance(n_resamples, bool)
+        or not isinstance(n_resamples, int | np.integer)
+        or n_resamples < 100
+    ):
+        raise UserInputError(
+            f"n_resamples must be an integer >= 100, got {n_resamples!r}",
+            source=source,
+            field="n_resamples",
+        )
 
 
 def _comparison_seed(seed: int | None, a: str, b: str) -> np.random.SeedSequence:
@@ -730,7 +855,12 @@ def _comparison_seed(seed: int | None, a: str, b: str) -> np.random.SeedSequence
 
 
 def _compare_sample(
-    s: PairedSample, *, test: str, alpha: float, n_resamples: int, aso: bool,
+    s: PairedSample,
+    *,
+    test: str,
+    alpha: float,
+    n_resamples: int,
+    aso: bool,
     seed_sequence: np.random.SeedSequence,
 ) -> Comparison:
     boot_seed, perm_seed, aso_seed = seed_sequence.spawn(3)
@@ -748,18 +878,18 @@ def _compare_sample(
             # The paired t is the one-sample t of the seed-wise differences (= ttest_rel).
             tres = stats.ttest_1samp(d, 0.0)
             ci = tres.confidence_interval(0.95)
+        t_ok = sd_diff > 0
         w, p_w, w_method = wilcoxon_signed_rank(d)
         if w_method == "none":
             notes.append("all paired differences are zero: no Wilcoxon test")
         elif w_method == "approx" and np.any(d == 0):
             notes.append(f"Wilcoxon: {int(np.sum(d == 0))} zero difference(s) dropped")
-        p_perm, perm_method = sign_flip_permutation_test(d, n_resamples=n_resamples,
-                                                         seed=perm_seed)
+        p_perm, perm_method = sign_flip_permutation_test(d, n_resamples=n_resamples, seed=perm_seed)
         # d_z: standardised by the sd of the differences (the paired design's own noise),
         # not by a pooled sd of the two groups (pitfall avoided).
         d_z = mean_diff / sd_diff if sd_diff > 0 else math.nan
         g_z = hedges_correction(n - 1) * d_z
-        if sd_diff == 0:
+        if not t_ok:
             notes.append("the paired differences have zero variance: t and d_z are undefined")
         bca, bca_reason = _bca_interval((d,), np.mean, n_resamples, boot_seed)
         p_greater = float(np.mean(d > 0))
@@ -778,12 +908,17 @@ def _compare_sample(
             warnings.simplefilter("ignore")
             tres = stats.ttest_ind(a, b, equal_var=False)
             ci = tres.confidence_interval(0.95)
+        t_ok = bool(np.ptp(a) > 0 or np.ptp(b) > 0)
+        if not t_ok:
+            notes.append("both groups have zero variance: Welch t and g are undefined")
         u, p_u, u_method = _mann_whitney(a, b)
-        p_perm, perm_method = independent_permutation_test(a, b, n_resamples=n_resamples,
-                                                           seed=perm_seed)
+        p_perm, perm_method = independent_permutation_test(
+            a, b, n_resamples=n_resamples, seed=perm_seed
+        )
         dof = n_a + n_b - 2
-        sd_pooled = float(math.sqrt(((n_a - 1) * np.var(a, ddof=1)
-                                     + (n_b - 1) * np.var(b, ddof=1)) / dof))
+        sd_pooled = float(
+            math.sqrt(((n_a - 1) * np.var(a, ddof=1) + (n_b - 1) * np.var(b, ddof=1)) / dof)
+        )
         g = hedges_correction(dof) * mean_diff / sd_pooled if sd_pooled > 0 else math.nan
         d_z = g_z = None
         w = p_w = w_method = None
@@ -795,33 +930,69 @@ def _compare_sample(
         n = n_a + n_b
         notes.append("the groups share no seed: compared as independent samples")
 
-    p_by_test = {"t": float(tres.pvalue), "wilcoxon": p_w if paired else p_u,
-                 "permutation": p_perm}
+    # Zero variance: scipy returns t = +-inf and p = 0, which no paper should report.
+    t_stat, t_df, p_t = (float(tres.statistic), float(tres.df), float(tres.pvalue))
+    ci95 = [float(ci.low), float(ci.high)]
+    if not t_ok:
+        t_stat, p_t, ci95 = math.nan, math.nan, [math.nan, math.nan]
+    p_by_test = {"t": p_t, "wilcoxon": p_w if paired else p_u, "permutation": p_perm}
     if perm_method == "monte carlo":
         notes.append(f"permutation p from {n_resamples} random permutations")
 
     aso_eps = aso_ratio = None
     if aso:
-        aso_eps, aso_ratio = aso_epsilon_min(a, b, alpha=alpha, n_resamples=n_resamples,
-                                             seed=aso_seed, paired=paired)
+        aso_eps, aso_ratio = aso_epsilon_min(
+            a, b, alpha=alpha, n_resamples=n_resamples, seed=aso_seed, paired=paired
+        )
 
     return Comparison(
-        a=s.a, b=s.b, pairing=s.pairing, test=_TEST_NAMES[s.pairing][test], n=n, n_a=n_a,
-        n_b=n_b, seeds=list(s.seeds), unpaired_a=list(s.unpaired_a),
-        unpaired_b=list(s.unpaired_b), mean_a=float(np.mean(a)), mean_b=float(np.mean(b)),
-        mean_diff=mean_diff, sd_diff=sd_diff, sd_pooled=sd_pooled,
-        ci95=[float(ci.low), float(ci.high)], ci95_bca=bca, ci95_bca_reason=bca_reason,
-        t=float(tres.statistic), df=float(tres.df), p_t=float(tres.pvalue), w=w, p_wilcoxon=p_w,
-        wilcoxon_method=w_method, u=u, p_mannwhitney=p_u, mannwhitney_method=u_method,
-        p_permutation=p_perm, permutation_method=perm_method, d_z=d_z, g_z=g_z, g=g,
-        effect_size=effect, effect_size_name=effect_name, p_greater=p_greater,
-        shapiro_p=shapiro_p, p=float(p_by_test[test]), aso_epsilon_min=aso_eps,
-        aso_violation_ratio=aso_ratio, notes=notes,
+        a=s.a,
+        b=s.b,
+        pairing=s.pairing,
+        test=_TEST_NAMES[s.pairing][test],
+        n=n,
+        n_a=n_a,
+        n_b=n_b,
+        seeds=list(s.seeds),
+        unpaired_a=list(s.unpaired_a),
+        unpaired_b=list(s.unpaired_b),
+        mean_a=float(np.mean(a)),
+        mean_b=float(np.mean(b)),
+        mean_diff=mean_diff,
+        sd_diff=sd_diff,
+        sd_pooled=sd_pooled,
+        ci95=ci95,
+        ci95_bca=bca,
+        ci95_bca_reason=bca_reason,
+        t=t_stat,
+        df=t_df,
+        p_t=p_t,
+        w=w,
+        p_wilcoxon=p_w,
+        wilcoxon_method=w_method,
+        u=u,
+        p_mannwhitney=p_u,
+        mannwhitney_method=u_method,
+        p_permutation=p_perm,
+        permutation_method=perm_method,
+        d_z=d_z,
+        g_z=g_z,
+        g=g,
+        effect_size=effect,
+        effect_size_name=effect_name,
+        p_greater=p_greater,
+        shapiro_p=shapiro_p,
+        p=float(p_by_test[test]),
+        aso_epsilon_min=aso_eps,
+        aso_violation_ratio=aso_ratio,
+        notes=notes,
     )
 
 
 def _bca_interval(
-    data: tuple[np.ndarray, ...], statistic: Any, n_resamples: int,
+    data: tuple[np.ndarray, ...],
+    statistic: Any,
+    n_resamples: int,
     seed: np.random.SeedSequence,
 ) -> tuple[list[float] | None, str | None]:
     """95% BCa bootstrap interval, or (None, reason) when it cannot be computed.
@@ -832,11 +1003,19 @@ def _bca_interval(
     """
     if all(len(np.unique(x)) == 1 for x in data):
         return None, "degenerate: all values are equal, the bootstrap distribution is a point"
+    if any(len(x) < 3 for x in data):
+        return None, "degenerate: fewer than 3 seeds, the bootstrap distribution has a few points"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = stats.bootstrap(data, statistic, method="BCa", n_resamples=n_resamples,
-                              confidence_level=0.95, vectorized=True,
-                              **{_RNG_KEYWORD: _generator(seed)})
+        res = stats.bootstrap(
+            data,
+            statistic,
+            method="BCa",
+            n_resamples=n_resamples,
+            confidence_level=0.95,
+            vectorized=True,
+            **{_RNG_KEYWORD: _generator(seed)},
+        )
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return None, "degenerate: the BCa acceleration or bias correction is undefined"
@@ -848,10 +1027,10 @@ def _mann_whitney(a: np.ndarray, b: np.ndarray) -> tuple[float, float, str]:
     and both groups have at most 50 values, else normal approximation with continuity
     correction."""
     both = np.concatenate([a, b])
-    exact = (max(len(a), len(b)) <= EXACT_RANK_TEST_MAX_N
-             and len(np.unique(both)) == len(both))
-    res = stats.mannwhitneyu(a, b, alternative="two-sided", use_continuity=True,
-                             method="exact" if exact else _ASYMPTOTIC)
+    exact = max(len(a), len(b)) <= EXACT_RANK_TEST_MAX_N and len(np.unique(both)) == len(both)
+    res = stats.mannwhitneyu(
+        a, b, alternative="two-sided", use_continuity=True, method="exact" if exact else _ASYMPTOTIC
+    )
     return float(res.statistic), float(res.pvalue), "exact" if exact else "approx"
 
 
@@ -866,19 +1045,33 @@ def _shapiro(x: np.ndarray) -> float | None:
 
 def _verdict(c: Comparison, *, alpha: float, correction: str, family: int) -> str:
     if not np.isfinite(c.p_adj):
-        return (f"no test possible between {c.a} and {c.b}: {c.test} is undefined "
-                f"({'; '.join(c.notes) or 'degenerate data'})")
-    over = (f"over {c.n} paired seeds" if c.pairing == PAIRED
-            else f"over {c.n_a} and {c.n_b} unpaired seeds")
+        return (
+            f"no test possible between {c.a} and {c.b}: {c.test} is undefined "
+            f"({'; '.join(c.notes) or 'degenerate data'})"
+        )
+    over = (
+        f"over {c.n} paired seeds"
+        if c.pairing == PAIRED
+        else f"over {c.n_a} and {c.n_b} unpaired seeds"
+    )
     adj = f"{CORRECTION_NAMES[correction]}, {family} comparison{'s' * (family != 1)}"
-    numbers = (f"{c.a} - {c.b} = {_fmt(c.mean_diff)} (95% CI {_fmt(c.ci95[0])} to "
-               f"{_fmt(c.ci95[1])}) {over}, {c.test} p_adj = {_fmt_p(c.p_adj)} ({adj})")
+    numbers = (
+        f"{c.a} - {c.b} = {_fmt(c.mean_diff)} (95% CI {_fmt(c.ci95[0])} to "
+        f"{_fmt(c.ci95[1])}) {over}, {c.test} p_adj = {_fmt_p(c.p_adj)} ({adj})"
+    )
     if c.reject:
-        direction = ("higher than" if c.mean_diff > 0 else "lower than" if c.mean_diff < 0
-                     else "different from")
+        direction = (
+            "higher than"
+            if c.mean_diff > 0
+            else "lower than"
+            if c.mean_diff < 0
+            else "different from"
+        )
         return f"{c.a} is {direction} {c.b}: {numbers}: significant at alpha = {alpha:g}"
-    return (f"no significant difference between {c.a} and {c.b}: {numbers}: not significant "
-            f"at alpha = {alpha:g}")
+    return (
+        f"no significant difference between {c.a} and {c.b}: {numbers}: not significant "
+        f"at alpha = {alpha:g}"
+    )
 
 
 def _fmt(x: float) -> str:
@@ -909,8 +1102,8 @@ def omnibus(wide: pd.DataFrame, *, alpha: float = 0.05) -> Omnibus:
     difference ``cd``; the repeated-measures ANOVA ``F`` on (k - 1, (k - 1)(n - 1)) df
     (statsmodels AnovaRM) and its Greenhouse-Geisser corrected p ``p_anova_gg``.
     ``anova_applicable`` is True when Shapiro-Wilk does not reject normality at 0.05 for the
-    differences of every group from the first (``shapiro_p``); False when some test rejects
-    or there are fewer than 3 seeds to test.
+    differences of every group from the first (``shapiro_p``); False when some test rejects,
+    when there are fewer than 3 seeds or a constant difference to test, or F is undefined.
     """
     from statsmodels.stats.anova import AnovaRM
 
@@ -924,32 +1117,68 @@ def omnibus(wide: pd.DataFrame, *, alpha: float = 0.05) -> Omnibus:
     ranks = stats.rankdata(x, axis=1)
     cd, q_alpha = nemenyi_critical_difference(k, n, alpha)
 
-    long = pd.DataFrame({"seed": np.repeat(np.arange(n), k), "group": np.tile(groups, n),
-                         "value": x.ravel()})
+    long = pd.DataFrame(
+        {"seed": np.repeat(np.arange(n), k), "group": np.tile(groups, n), "value": x.ravel()}
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table = AnovaRM(long, depvar="value", subject="seed", within=["group"]).fit()
     row = table.anova_table.iloc[0]
     f_value, df1, df2 = float(row["F Value"]), float(row["Num DF"]), float(row["Den DF"])
     p_anova = float(row["Pr > F"])
+    # No seed x group interaction left (e.g. identical columns): F is 0/0, and AnovaRM
+    # returns noise from roundoff; report it as undefined.
+    residual = x - x.mean(axis=0) - x.mean(axis=1, keepdims=True) + x.mean()
+    if np.sum(residual**2) <= 1e-20 * max(np.sum((x - x.mean()) ** 2), 1e-300):
+        f_value = p_anova = math.nan
+        notes.append(
+            "no residual variance (the groups differ by constants on every seed): "
+            "the ANOVA F is undefined"
+        )
+    if not np.isfinite(q):
+        notes.append("every seed ties all groups: the Friedman test is undefined")
     eps = greenhouse_geisser_epsilon(x)
-    p_gg = (float(stats.f.sf(f_value, eps * df1, eps * df2)) if np.isfinite(eps)
-            and np.isfinite(f_value) else math.nan)
+    p_gg = (
+        float(stats.f.sf(f_value, eps * df1, eps * df2))
+        if np.isfinite(eps) and np.isfinite(f_value)
+        else math.nan
+    )
 
     # Normality of the differences from the first group, not of each group (pitfall avoided).
-    shapiro_p = {f"{g} - {groups[0]}": _shapiro(rank_safe_differences(x[:, j], x[:, 0]))
-                 for j, g in enumerate(groups) if j > 0}
-    tested = [p for p in shapiro_p.values() if p is not None]
+    shapiro_p = {
+        f"{g} - {groups[0]}": _shapiro(rank_safe_differences(x[:, j], x[:, 0]))
+        for j, g in enumerate(groups)
+        if j > 0
+    }
     if n < 3:
         notes.append("normality of the differences cannot be checked with fewer than 3 seeds")
-    applicable = n >= 3 and all(p >= 0.05 for p in tested)
+    elif any(p is None for p in shapiro_p.values()):
+        notes.append("some differences are constant: their normality cannot be checked")
+    applicable = (
+        np.isfinite(f_value)
+        and n >= 3
+        and all(p is not None and p >= 0.05 for p in shapiro_p.values())
+    )
     return Omnibus(
-        groups=groups, k=k, n_seeds_common=n, seeds_common=list(wide.index), q=float(q),
-        p_friedman=float(p_friedman), w_kendall=float(q) / (n * (k - 1)),
+        groups=groups,
+        k=k,
+        n_seeds_common=n,
+        seeds_common=list(wide.index),
+        q=float(q),
+        p_friedman=float(p_friedman),
+        w_kendall=float(q) / (n * (k - 1)),
         mean_ranks=dict(zip(groups, (float(r) for r in ranks.mean(axis=0)), strict=True)),
-        q_alpha=q_alpha, cd=cd, F=f_value, df1=df1, df2=df2, p_anova=p_anova,
-        gg_epsilon=eps, p_anova_gg=p_gg, anova_applicable=bool(applicable),
-        shapiro_p=shapiro_p, notes=notes,
+        q_alpha=q_alpha,
+        cd=cd,
+        F=f_value,
+        df1=df1,
+        df2=df2,
+        p_anova=p_anova,
+        gg_epsilon=eps,
+        p_anova_gg=p_gg,
+        anova_applicable=bool(applicable),
+        shapiro_p=shapiro_p,
+        notes=notes,
     )
 
 
