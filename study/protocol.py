@@ -166,6 +166,58 @@ class AnalysisSection(_Strict):
         return v
 
 
+class SearchRange(_Strict):
+    """A search range of one hyperparameter: [low, high], optionally on a log scale."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> SearchRange:
+        if not self.low < self.high:
+            raise ValueError(f"empty search range: low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        return self
+
+
+class TuneSection(_Strict):
+    """What `study tune` searches, on the validation split, with seeds of its own."""
+
+    arm: str
+    generation: int = Field(default=1, ge=1)
+    temperature: SearchRange | None = None
+    alpha: SearchRange | None = None
+    lr: SearchRange | None = None
+    metric: Literal["val_acc", "val_nll"] = "val_acc"
+    trials: int = Field(default=20, ge=1)
+    seeds: int | list[int] = Field(
+        default=3, description="tuning seeds; a count n means seeds 1000..1000+n-1"
+    )
+    sampler_seed: int = Field(default=0, ge=0)
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    epochs: int | None = Field(default=None, ge=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: int | list[int]) -> int | list[int]:
+        return StudySection._seeds(v)
+
+    @property
+    def seed_list(self) -> list[int]:
+        if isinstance(self.seeds, int):
+            return list(range(TUNING_SEED_BASE, TUNING_SEED_BASE + self.seeds))
+        return list(self.seeds)
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.metric == "val_acc" else "minimize"
+
+
+TUNING_SEED_BASE = 1000
+
+
 class Protocol(_Strict):
     """One study, validated. Build it with ``load_protocol`` (or ``parse_protocol``)."""
 
@@ -175,6 +227,7 @@ class Protocol(_Strict):
     teacher: TeacherSection
     arms: list[ArmSection] = Field(min_length=1)
     analysis: AnalysisSection = AnalysisSection()
+    tune: TuneSection | None = None
     source: str = Field(default="<protocol>", exclude=True)
     sha256: str = Field(default="", exclude=True)
 
@@ -184,6 +237,29 @@ class Protocol(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"arm names must be unique; repeated: {dupes}")
+        return self
+
+    @model_validator(mode="after")
+    def _tuning(self) -> Protocol:
+        t = self.tune
+        if t is None:
+            return self
+        names = [a.name for a in self.arms]
+        if t.arm not in names:
+            raise ValueError(f"tune.arm '{t.arm}' is not an arm; arms: {names}")
+        if t.generation > self.arm(t.arm).generations:
+            raise ValueError(
+                f"tune.generation {t.generation} exceeds arm '{t.arm}''s "
+                f"{self.arm(t.arm).generations} generation(s)"
+            )
+        overlap = sorted(set(t.seed_list) & set(self.seeds))
+        if overlap:
+            raise ValueError(
+                f"tune.seeds overlap the study's evaluation seeds {overlap}: tuning seeds must "
+                "be disjoint so that reported numbers come from seeds the tuning never saw"
+            )
+        if t.temperature is None and t.alpha is None and t.lr is None:
+            raise ValueError("tune needs at least one of temperature, alpha, lr to search")
         return self
 
     @property
@@ -311,6 +387,17 @@ def _check_registries(p: Protocol) -> None:
         check(lambda: get_loss(arm.loss.name), f"{where}.loss.name")
         check(lambda: resolve_loss_params(arm.loss.name, arm.loss.params), f"{where}.loss")
         check(lambda: p.train_for(arm.train), f"{where}.train")
+    if p.tune is not None:
+        arm = p.arm(p.tune.arm)
+        accepted = get_loss(arm.loss.name).params
+        for name in ("temperature", "alpha"):
+            if getattr(p.tune, name) is not None and name not in accepted:
+                raise UserInputError(
+                    f"arm '{arm.name}' uses loss '{arm.loss.name}', which has no {name} to tune; "
+                    f"its parameters: {', '.join(accepted) or 'none'}",
+                    source=p.source,
+                    field=f"tune.{name}",
+                )
 
 
 def resolved_arch(p: Protocol, arm: ArmSection) -> tuple[str, dict[str, Any]]:

@@ -118,3 +118,46 @@ def test_protocol_is_immutable(tiny_protocol_text: str) -> None:
     p = parse_protocol(tiny_protocol_text)
     with pytest.raises(Exception):
         p.train.epochs = 5  # type: ignore[misc]
+
+
+TUNE = """
+[tune]
+arm = "kd"
+temperature = { low = 1.0, high = 20.0, log = true }
+alpha = { low = 0.1, high = 1.0 }
+trials = 4
+seeds = 2
+"""
+
+
+def test_tune_section_defaults_to_seeds_disjoint_from_evaluation(tiny_protocol_text) -> None:
+    p = parse_protocol(tiny_protocol_text + TUNE)
+    assert p.tune is not None and p.tune.seed_list == [1000, 1001]
+    assert not set(p.tune.seed_list) & set(p.seeds)
+    assert p.tune.direction == "maximize"
+
+
+@pytest.mark.parametrize(
+    "old,new,words",
+    [
+        ("seeds = 2", "seeds = [2, 1001]", "overlap the study's evaluation seeds [2]"),
+        ("low = 0.1, high = 1.0", "low = 0.5, high = 0.5", "empty search range"),
+        ("low = 1.0, high = 20.0, log = true", "low = 0.0, high = 2.0, log = true", "log-scale"),
+        ('arm = "kd"', 'arm = "nope"', "is not an arm"),
+        ('arm = "kd"', 'arm = "kd"\ngeneration = 2', "exceeds arm 'kd'"),
+    ],
+)
+def test_bad_tuning_setup_is_refused(tmp_path, tiny_protocol_text, old, new, words) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(tiny_protocol_text + TUNE.replace(old, new))
+    with pytest.raises(UserInputError) as info:
+        load_protocol(path)
+    assert words in info.value.message and str(path) in info.value.message
+
+
+def test_tuning_a_parameter_the_loss_lacks_is_refused(tmp_path, tiny_protocol_text) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(tiny_protocol_text + TUNE.replace('arm = "kd"', 'arm = "ban"'))
+    with pytest.raises(UserInputError) as info:
+        load_protocol(path)
+    assert info.value.field == "tune.alpha" and "has no alpha" in info.value.message
