@@ -181,15 +181,20 @@ def train_role(
     teachers: dict[int, nn.Module] | None = None,
     device: torch.device | None = None,
     on_epoch: EpochCallback | None = None,
+    evaluate_test: bool = True,
 ) -> list[SeedResult]:
-    """Train one role for a pack of seeds; seed s distils from ``teachers[s]``."""
+    """Train one role for a pack of seeds; seed s distils from ``teachers[s]``.
+
+    ``on_epoch`` may raise to stop a seed (a tuning pruner does). With ``evaluate_test``
+    False the test split is never touched: what tuning trials use.
+    """
     if role.kind == "ensemble" or role.train is None:
         raise ValueError(f"role {role.key} is not trained")
     device = device or resolve_device(role.train.device)
     results = []
     for seed in seeds:
         teacher = teachers[seed] if teachers is not None and role.teacher else None
-        results.append(_train_seed(role, seed, data, teacher, device, on_epoch))
+        results.append(_train_seed(role, seed, data, teacher, device, on_epoch, evaluate_test))
     return results
 
 
@@ -200,6 +205,7 @@ def _train_seed(
     teacher: nn.Module | None,
     device: torch.device,
     on_epoch: EpochCallback | None,
+    evaluate_test: bool = True,
 ) -> SeedResult:
     cfg = role.train
     assert cfg is not None
@@ -226,7 +232,8 @@ def _train_seed(
     teacher_val = teacher_test = None
     if teacher is not None:
         teacher_val = predict_probs(teacher, data.val_x, data, batch_size=cfg.eval_batch_size)
-        teacher_test = predict_probs(teacher, data.test_x, data, batch_size=cfg.eval_batch_size)
+        if evaluate_test:
+            teacher_test = predict_probs(teacher, data.test_x, data, batch_size=cfg.eval_batch_size)
 
     result = SeedResult(seed=seed, state_dict={})
     n = len(train_x)
@@ -263,14 +270,21 @@ def _train_seed(
             metrics["lr"] = opt.param_groups[0]["lr"]
             sched.step()
             val_probs = predict_probs(model, data.val_x, data, batch_size=cfg.eval_batch_size)
-            test_probs = predict_probs(model, data.test_x, data, batch_size=cfg.eval_batch_size)
-            for probs, y, prefix in ((val_probs, data.val_y, "val"), (test_probs, data.test_y, "test")):
-                metrics.update({k: v for k, v in evaluate_probs(probs, y, prefix).items() if "ece" not in k})
+            splits = [(val_probs, data.val_y, "val")]
+            if evaluate_test:
+                test_probs = predict_probs(model, data.test_x, data, batch_size=cfg.eval_batch_size)
+                splits.append((test_probs, data.test_y, "test"))
+            for probs, y, prefix in splits:
+                scores = evaluate_probs(probs, y, prefix)
+                metrics.update({k: v for k, v in scores.items() if "ece" not in k})
             result.history.append(metrics)
             if on_epoch is not None:
                 on_epoch(seed, epoch, metrics)
 
-    result.final = final_metrics(val_probs, test_probs, data, teacher_test)
+    if evaluate_test:
+        result.final = final_metrics(val_probs, test_probs, data, teacher_test)
+    else:
+        result.final = {k: v for k, v in evaluate_probs(val_probs, data.val_y, "val").items()}
     if teacher_val is not None and len(data.val_y):
         result.final["val_teacher_agreement"] = agreement_metrics(val_probs, teacher_val)[
             "teacher_agreement"

@@ -121,3 +121,31 @@ def test_ensemble_is_the_mean_of_member_softmaxes(plan, digits) -> None:
     assert got["test_acc"] == pytest.approx((mean.argmax(1) == y).float().mean().item())
     nll = -torch.log(mean[torch.arange(len(y)), y]).mean().item()
     assert got["test_nll"] == pytest.approx(nll, rel=1e-5)
+
+
+def test_tuning_mode_never_touches_the_test_split(plan, digits) -> None:
+    import dataclasses
+
+    poisoned = dataclasses.replace(digits, test_x=None, test_y=None)  # any use would crash
+    seen = []
+    [res] = train_role(
+        plan.role("teacher"),
+        [0],
+        poisoned,
+        device=torch.device("cpu"),
+        on_epoch=lambda s, e, m: seen.append(set(m)),
+        evaluate_test=False,
+    )
+    assert all(not any(k.startswith("test_") for k in keys) for keys in seen)
+    assert set(res.final) == {"val_acc", "val_nll", "val_ece"}
+
+
+def test_on_epoch_can_stop_a_seed(plan, digits) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop(seed, epoch, metrics):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_role(plan.role("teacher"), [0], digits, device=torch.device("cpu"), on_epoch=stop)
