@@ -195,6 +195,184 @@ def _write_report(p, collected) -> None:
     console.print("report: " + ", ".join(str(x) for x in paths))
 
 
+TableArg = Annotated[Path, typer.Argument(help="A tidy CSV table: one row per (group, seed).")]
+ValueCol = Annotated[str, typer.Option("--value-col", help="Column of the values.")]
+GroupCol = Annotated[str, typer.Option("--group-col", help="Column naming the group.")]
+SeedCol = Annotated[str, typer.Option("--seed-col", help="Column of the seeds (pairing key).")]
+Baseline = Annotated[
+    str | None, typer.Option("--baseline", help="Compare every other group against this one.")
+]
+Pairs = Annotated[
+    str | None, typer.Option("--pairs", help="Explicit comparisons A:B,C:D (differences A - B).")
+]
+Alpha = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level.")]
+TestName = Annotated[
+    str, typer.Option("--test", help="Primary test: t, wilcoxon or permutation.")
+]
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise UserInputError("table file not found", source=str(path)) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserInputError(f"not a readable CSV table: {e}", source=str(path)) from None
+
+
+def _pairs(text: str | None) -> list[tuple[str, str]] | None:
+    if not text:
+        return None
+    out = []
+    for item in text.split(","):
+        a, sep, b = item.strip().partition(":")
+        if not sep or not a or not b:
+            raise UserInputError(
+                f"'{item}' is not of the form A:B", source="command line", field="--pairs"
+            )
+        out.append((a, b))
+    return out
+
+
+@app.command()
+@user_errors
+def compare(
+    table: TableArg,
+    value_col: ValueCol = "value",
+    group_col: GroupCol = "group",
+    seed_col: SeedCol = "seed",
+    baseline: Baseline = None,
+    pairs: Pairs = None,
+    alpha: Alpha = 0.05,
+    correction: Annotated[
+        str, typer.Option("--correction", help="holm, bh, bonferroni or none.")
+    ] = "holm",
+    test: TestName = "t",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every resampling.")] = 0,
+    aso: Annotated[
+        bool, typer.Option("--aso", help="Also Almost Stochastic Order (epsilon_min).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Paired comparisons across seeds of any tidy table (seed, group, value)."""
+    import json
+
+    from study.analysis.stats import compare as run_compare
+
+    result = run_compare(
+        _read_table(table),
+        value_col=value_col,
+        group_col=group_col,
+        seed_col=seed_col,
+        baseline=baseline,
+        pairs=_pairs(pairs),
+        alpha=alpha,
+        correction=correction,
+        test=test,
+        seed=seed,
+        aso=aso,
+        source=str(table),
+    )
+    data = result.to_dict()
+    if as_json:
+        print(json.dumps(data, indent=2, allow_nan=False))
+        return
+    out = Table(title=f"{table}: {value_col} by {group_col}, {correction} correction")
+    for col in ("A", "B", "pairing", "n", "mean diff", "95% CI", "effect", "p", "p adj", ""):
+        out.add_column(col)
+    for c in data["comparisons"]:
+        lo, hi = c["ci95"] or (None, None)
+        out.add_row(
+            c["a"],
+            c["b"],
+            c["pairing"],
+            str(c["n"]),
+            _fmt(c["mean_diff"]),
+            f"[{_fmt(lo)}, {_fmt(hi)}]",
+            f"{(c['effect_size_name'] or '').split(' ')[0]} {_fmt(c['effect_size'], 2)}",
+            _fmt_p(c["p"]),
+            _fmt_p(c["p_adj"]),
+            "reject" if c["reject"] else "",
+        )
+    console.print(out)
+    for c in data["comparisons"]:
+        console.print(f"- {c['verdict']}", highlight=False)
+    om = data.get("omnibus")
+    if om:
+        console.print(
+            f"omnibus over {om['k']} groups, {om['n_seeds_common']} common seeds: Friedman "
+            f"Q = {_fmt(om['q'], 3)}, p = {_fmt_p(om['p_friedman'])}, Kendall's W = "
+            f"{_fmt(om['w_kendall'], 3)}, Nemenyi CD = {_fmt(om['cd'], 3)}",
+            highlight=False,
+        )
+
+
+@app.command("plan-seeds")
+@user_errors
+def plan_seeds(
+    table: TableArg,
+    effect: Annotated[
+        float, typer.Option("--effect", help="Smallest difference worth detecting (value units).")
+    ],
+    value_col: ValueCol = "value",
+    group_col: GroupCol = "group",
+    seed_col: SeedCol = "seed",
+    baseline: Baseline = None,
+    pairs: Pairs = None,
+    alpha: Alpha = 0.05,
+    power: Annotated[float, typer.Option("--power", min=0.0, max=1.0)] = 0.8,
+    test: TestName = "t",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Seeds needed to detect an effect, from the observed sd of paired differences."""
+    from study.analysis.power import plan_seeds as run_plan
+
+    if effect <= 0:
+        raise UserInputError(f"must be > 0, got {effect}", source="command line", field="--effect")
+    frame = run_plan(
+        _read_table(table),
+        effect=effect,
+        alpha=alpha,
+        power=power,
+        test=test,
+        value_col=value_col,
+        group_col=group_col,
+        seed_col=seed_col,
+        baseline=baseline,
+        pairs=_pairs(pairs),
+        source=str(table),
+    )
+    if as_json:
+        print(frame.to_json(orient="records", indent=2))
+        return
+    out = Table(title=f"seeds for effect {effect} at alpha {alpha}, power {power} ({test})")
+    for col in ("A", "B", "n", "sd diff", "seeds needed", "MDE at n", "power at n"):
+        out.add_column(col)
+    for r in frame.itertuples():
+        out.add_row(
+            r.a, r.b, str(r.n), _fmt(r.sd_diff), str(r.n_required), _fmt(r.mde),
+            _fmt(r.power_at_n, 3),
+        )
+    console.print(out)
+    for r in frame.itertuples():
+        if isinstance(r.warning, str) and r.warning:
+            err_console.print(f"[yellow]warning:[/] {r.a} vs {r.b}: {r.warning}", highlight=False)
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _fmt_p(p) -> str:
+    if p is None or p != p:
+        return "-"
+    return f"{p:.2e}" if p < 1e-4 else f"{p:.4f}"
+
+
 class _ProgressView:
     """Runs, epochs and an ETA, drawn with rich."""
 

@@ -11,10 +11,10 @@ allowed. Nothing downstream ever sees an invalid protocol.
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from study.data import dataset_names
@@ -367,9 +367,9 @@ def load_protocol(path: str | Path) -> Protocol:
 def _check_registries(p: Protocol) -> None:
     """Names and parameters that live in registries: architectures, losses, train overrides."""
 
-    def check(fn, field: str) -> None:
+    def check(field: str, fn, *args) -> None:
         try:
-            fn()
+            fn(*args)
         except UserInputError as e:
             inner = f"{field}.{e.field}" if e.field else field
             raise UserInputError(e.reason, source=p.source, field=inner) from None
@@ -378,15 +378,14 @@ def _check_registries(p: Protocol) -> None:
             full = f"{field}.{inner.field}" if inner.field else field
             raise UserInputError(inner.reason, source=p.source, field=full) from None
 
-    check(lambda: validate_model_kwargs(p.teacher.arch, p.teacher.kwargs), "teacher")
-    check(lambda: p.train_for(p.teacher.train), "teacher.train")
+    check("teacher", validate_model_kwargs, p.teacher.arch, p.teacher.kwargs)
+    check("teacher.train", p.train_for, p.teacher.train)
     for i, arm in enumerate(p.arms):
         where = f"arms[{i}] ('{arm.name}')"
-        arch, kwargs = resolved_arch(p, arm)
-        check(lambda: validate_model_kwargs(arch, kwargs), where)
-        check(lambda: get_loss(arm.loss.name), f"{where}.loss.name")
-        check(lambda: resolve_loss_params(arm.loss.name, arm.loss.params), f"{where}.loss")
-        check(lambda: p.train_for(arm.train), f"{where}.train")
+        check(where, validate_model_kwargs, *resolved_arch(p, arm))
+        check(f"{where}.loss.name", get_loss, arm.loss.name)
+        check(f"{where}.loss", resolve_loss_params, arm.loss.name, arm.loss.params)
+        check(f"{where}.train", p.train_for, arm.train)
     if p.tune is not None:
         arm = p.arm(p.tune.arm)
         accepted = get_loss(arm.loss.name).params

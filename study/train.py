@@ -20,7 +20,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from study.data import DataSplits, augment_batch, normalize
@@ -89,7 +88,9 @@ def _optimizer(model: nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _scheduler(opt: torch.optim.Optimizer, cfg: TrainSection) -> torch.optim.lr_scheduler.LRScheduler:
+def _scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainSection
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped once per epoch."""
     if cfg.schedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.milestones, gamma=cfg.gamma)
@@ -223,9 +224,11 @@ def _train_seed(
     def stream(name: str) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(derive_seed(seed, role.generation, name))
 
-    order, augment, loss_rng = torch.Generator().manual_seed(
-        derive_seed(seed, role.generation, "order")
-    ), stream("augment"), stream("loss")
+    order, augment, loss_rng = (
+        torch.Generator().manual_seed(derive_seed(seed, role.generation, "order")),
+        stream("augment"),
+        stream("loss"),
+    )
     dropout_seed = derive_seed(seed, role.generation, "dropout")
 
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
@@ -298,16 +301,19 @@ def evaluate_ensemble(
 ) -> dict[str, float]:
     """Final metrics of the mean-softmax ensemble of already trained members."""
     val = torch.stack([predict_probs(m, data.val_x, data, batch_size=batch_size) for m in members])
-    test = torch.stack([predict_probs(m, data.test_x, data, batch_size=batch_size) for m in members])
+    test = torch.stack(
+        [predict_probs(m, data.test_x, data, batch_size=batch_size) for m in members]
+    )
     teacher_test = (
         predict_probs(teacher, data.test_x, data, batch_size=batch_size) if teacher else None
     )
     return final_metrics(val.mean(0), test.mean(0), data, teacher_test)
 
 
-def load_model(role: Role, data: DataSplits, state_dict: dict[str, Tensor], device: torch.device) -> nn.Module:
+def load_model(
+    role: Role, data: DataSplits, state_dict: dict[str, Tensor], device: torch.device
+) -> nn.Module:
     """A trained model of a role from its checkpoint, in eval mode."""
     model = build_model(role, data)
     model.load_state_dict(state_dict)
     return model.to(device).eval()
-

@@ -101,7 +101,7 @@ NEUTRAL_CHANGES = [
     ('name = "tiny"', 'name = "renamed"'),
     ("[study]", '[study]\ndescription = "words"'),
     ('device = "cpu"', 'device = "auto"'),
-    ("[[arms]]", "[analysis]\nalpha = 0.01\ncorrection = \"bh\"\n\n[[arms]]"),
+    ("[[arms]]", '[analysis]\nalpha = 0.01\ncorrection = "bh"\n\n[[arms]]'),
     ("kwargs = { hidden = [16] }", "kwargs = { hidden = [16], dropout = 0.0 }"),  # a default
     ("temperature = 4.0", "temperature = 4"),  # same value, other TOML type
 ]

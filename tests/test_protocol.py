@@ -64,27 +64,55 @@ BAD = [
     # (old, new, field named, words in the reason)
     ("[study]", "[study", None, "malformed TOML"),
     ("epochs = 2", "epochs = 2\nfoo = 1", "train.foo", "unknown key 'foo'; allowed keys: epochs"),
-    ('arch = "mlp"\nkwargs = { hidden = [16] }', 'arch = "resnet9000"', "arms[1] ('kd')",
-     "unknown model 'resnet9000'; allowed models:"),
+    (
+        'arch = "mlp"\nkwargs = { hidden = [16] }',
+        'arch = "resnet9000"',
+        "arms[1] ('kd')",
+        "unknown model 'resnet9000'; allowed models:",
+    ),
     ('loss = "ban"', 'loss = "nope"', "arms[0] ('ban').loss.name", "unknown loss 'nope'; allowed:"),
     ("alpha = 0.9", "alpha = 1.5", "arms[1] ('kd').loss.alpha", "alpha must be in [0, 1], got 1.5"),
-    ("temperature = 4.0", "temperature = 0.0", "arms[1] ('kd').loss.temperature",
-     "temperature must be > 0"),
-    ("temperature = 4.0", "temperature = -2.0", "arms[1] ('kd').loss.temperature",
-     "temperature must be > 0"),
+    (
+        "temperature = 4.0",
+        "temperature = 0.0",
+        "arms[1] ('kd').loss.temperature",
+        "temperature must be > 0",
+    ),
+    (
+        "temperature = 4.0",
+        "temperature = -2.0",
+        "arms[1] ('kd').loss.temperature",
+        "temperature must be > 0",
+    ),
     ("epochs = 2", "epochs = -3", "train.epochs", "greater than or equal to 1"),
     ("seeds = 3", "seeds = 0", "study.seeds", "count >= 1"),
     ("seeds = 3", "seeds = []", "study.seeds", "non-empty list"),
     ("seeds = 3", "seeds = [1, 1]", "study.seeds", "distinct"),
     ('dataset = "digits"', 'dataset = "imagenet"', "data.dataset", "allowed: cifar10, cifar100"),
-    ("kwargs = { hidden = [32] }", "kwargs = { hidden = [32], depth = 3 }", "teacher",
-     "does not accept kwarg 'depth'"),
-    ('loss = "ban"', 'loss = "ban"\ntrain = { lr = -1 }', "arms[0] ('ban').train.lr",
-     "greater than 0"),
-    ('loss = "ban"', 'loss = "ban"\ntrain = { lrr = 1 }', "arms[0] ('ban').train.lrr",
-     "unknown key 'lrr'"),
-    ("temperature = 4.0, alpha", "tempreature = 4.0, alpha", "arms[1] ('kd').loss.tempreature",
-     "unknown parameter"),
+    (
+        "kwargs = { hidden = [32] }",
+        "kwargs = { hidden = [32], depth = 3 }",
+        "teacher",
+        "does not accept kwarg 'depth'",
+    ),
+    (
+        'loss = "ban"',
+        'loss = "ban"\ntrain = { lr = -1 }',
+        "arms[0] ('ban').train.lr",
+        "greater than 0",
+    ),
+    (
+        'loss = "ban"',
+        'loss = "ban"\ntrain = { lrr = 1 }',
+        "arms[0] ('ban').train.lrr",
+        "unknown key 'lrr'",
+    ),
+    (
+        "temperature = 4.0, alpha",
+        "tempreature = 4.0, alpha",
+        "arms[1] ('kd').loss.tempreature",
+        "unknown parameter",
+    ),
     ('name = "tiny"', 'nme = "tiny"', "study.nme", "unknown key 'nme'"),
     ('name = "ban"', 'name = "kd"', None, "arm names must be unique"),
     ('schedule = "cosine"', 'schedule = "cosine"\nmilestones = [5]', "train", "milestones"),
@@ -116,7 +144,9 @@ def test_missing_protocol_file_is_a_user_error(tmp_path: Path) -> None:
 
 def test_protocol_is_immutable(tiny_protocol_text: str) -> None:
     p = parse_protocol(tiny_protocol_text)
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
         p.train.epochs = 5  # type: ignore[misc]
 
 

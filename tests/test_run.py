@@ -28,7 +28,7 @@ def study(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def finished_study(tmp_path_factory, tiny_protocol_text_module) -> tuple[Path, subprocess.CompletedProcess]:
+def finished_study(tmp_path_factory, tiny_protocol_text_module):
     cwd = tmp_path_factory.mktemp("study")
     (cwd / "tiny.toml").write_text(tiny_protocol_text_module)
     proc = study("run", "tiny.toml", cwd=cwd)
@@ -86,8 +86,15 @@ def test_runs_log_metrics_params_and_artifacts(finished_study) -> None:
     client, runs = _runs(cwd)
     student = next(r for r in runs if r.data.tags.get("role") == "ban/gen2")
     m = student.data.metrics
-    for key in ("test_acc", "test_nll", "test_ece", "val_acc", "val_nll",
-                "teacher_agreement", "teacher_kl"):
+    for key in (
+        "test_acc",
+        "test_nll",
+        "test_ece",
+        "val_acc",
+        "val_nll",
+        "teacher_agreement",
+        "teacher_kl",
+    ):
         assert key in m, key
     assert 0 <= m["test_acc"] <= 1 and m["teacher_kl"] >= 0
     history = client.get_metric_history(student.info.run_id, "val_acc")
@@ -154,3 +161,29 @@ def test_validate_prints_the_plan(tmp_path: Path, tiny_protocol_text) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "5 roles x 3 seeds = 15 runs, 24 epochs in total" in proc.stdout
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_export_then_report_from_the_export_alone(finished_study) -> None:
+    cwd, _ = finished_study
+    proc = study("export", "tiny.toml", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    import pandas as pd
+
+    runs = pd.read_csv(cwd / "results" / "tiny" / "runs.csv")
+    assert len(runs) == len(ROLES) * len(SEEDS)
+    assert set(runs["status"]) == {"FINISHED"}
+    assert {"role", "seed", "arm", "generation", "fingerprint", "test_acc", "teacher_kl"} <= set(
+        runs.columns
+    )
+    curves = pd.read_csv(cwd / "results" / "tiny" / "curves.csv")
+    assert set(curves["epoch"]) == {1, 2} and "val_acc" in set(curves["metric"])
+    # the tracker is gone: the report comes from the export alone
+    (cwd / "mlflow.db").rename(cwd / "mlflow.db.away")
+    try:
+        (cwd / "reports" / "tiny" / "report.md").unlink()
+        proc = study("report", "tiny.toml", "--from-export", cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+        assert (cwd / "reports" / "tiny" / "report.md").exists()
+        assert not (cwd / "mlflow.db").exists()
+    finally:
+        (cwd / "mlflow.db.away").rename(cwd / "mlflow.db")

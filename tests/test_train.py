@@ -101,7 +101,7 @@ def test_ece_matches_an_independent_computation() -> None:
     conf, pred = probs.max(1), probs.argmax(1)
     ece = 0.0
     for b in range(15):
-        m = (np.minimum((conf * 15).astype(int), 14) == b)
+        m = np.minimum((conf * 15).astype(int), 14) == b
         if m.any():
             ece += m.mean() * abs(conf[m].mean() - (pred[m] == y[m]).mean())
     got = expected_calibration_error(torch.tensor(probs), torch.tensor(y))
