@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -106,6 +107,9 @@ def run(
     tracker = Tracker(tracking_uri)
     with _ProgressView() as view:
         summary = run_study(p, tracker, progress=view.update, device=device, data=data)
+    index = Path("results") / p.study.name / "run.json"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text(json.dumps(summary.index(), indent=2, sort_keys=True) + "\n")
     if summary.trained == 0 and not summary.failed and not summary.skipped:
         console.print(
             f"nothing to train: all {summary.reused} runs of '{p.study.name}' are already "
@@ -257,8 +261,6 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Paired comparisons across seeds of any tidy table (seed, group, value)."""
-    import json
-
     from study.analysis.stats import compare as run_compare
 
     result = run_compare(

@@ -63,6 +63,11 @@ class RunSummary:
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    runs: dict[str, dict[str, str]] = field(default_factory=dict)  # "role@seed" -> ids
+
+    def index(self) -> dict[str, Any]:
+        """What the study's runs are, without timings: the same after a run that reused all."""
+        return {"study": self.study, "experiment_id": self.experiment_id, "runs": self.runs}
 
 
 def load_study_data(protocol: Protocol) -> DataSplits:
@@ -109,10 +114,19 @@ def run_study(
             run_ids[(role_key, seed)] = hit.run_id
     todo = [k for k in fingerprints if k not in run_ids]
     summary = RunSummary(protocol.study.name, exp_id, None, reused=len(run_ids))
+
+    def index_runs() -> None:
+        summary.runs = {
+            f"{role}@{seed}": {"run_id": run_ids[(role, seed)], "fingerprint": fp}
+            for (role, seed), fp in fingerprints.items()
+            if (role, seed) in run_ids
+        }
+
     epochs_todo = sum(plan.role(r).train.epochs for r, _ in todo if plan.role(r).train)
     emit(Progress("start", total_runs=len(todo), total_epochs=epochs_todo))
     if not todo:
         summary.seconds = time.time() - start
+        index_runs()
         return summary
 
     env = environment()
@@ -144,6 +158,7 @@ def run_study(
     finally:
         tracker.end_run(parent, status)
         summary.seconds = time.time() - start
+        index_runs()
     return summary
 
 
