@@ -105,8 +105,16 @@ def run(
     data = load_study_data(p)
     check_writable(tracking_uri)
     tracker = Tracker(tracking_uri)
-    with _ProgressView() as view:
-        summary = run_study(p, tracker, progress=view.update, device=device, data=data)
+    try:
+        with _ProgressView() as view:
+            summary = run_study(p, tracker, progress=view.update, device=device, data=data)
+    except KeyboardInterrupt:
+        err_console.print(
+            "[yellow]interrupted:[/] the runs in progress are marked KILLED and their last "
+            f"complete epoch is saved; run 'study run {protocol}' again to resume them",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
     index = Path("results") / p.study.name / "run.json"
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps(summary.index(), indent=2, sort_keys=True) + "\n")
@@ -406,6 +414,11 @@ class _ProgressView:
                 )
         elif event.kind == "epoch":
             self.progress.advance(self.epochs)
+        elif event.kind == "resumed":
+            self.progress.advance(self.epochs, event.epoch or 0)
+            console.print(f"{event.role} seed {event.seed}: resumed after epoch {event.epoch}")
+        elif event.kind == "note":
+            err_console.print(f"[yellow]{event.role} seed {event.seed}:[/] {event.message}")
         elif event.kind in ("done", "fail", "skip"):
             self.progress.advance(self.runs)
             self.done += 1

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from study.checkpoint import CheckpointStore
 from study.data import DataSplits, load_data
 from study.errors import UserInputError
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
-from study.repro import environment
+from study.repro import environment, pip_freeze, resolve_deterministic
 from study.track import Tracker
 from study.train import (
     TrainingDiverged,
@@ -38,7 +39,7 @@ from study.train import (
 
 @dataclass(frozen=True)
 class Progress:
-    """One progress event: 'start', 'epoch', 'done', 'skip' or 'fail'."""
+    """One progress event: 'start', 'epoch', 'resumed', 'note', 'done', 'skip' or 'fail'."""
 
     kind: str
     role: str = ""
@@ -176,10 +177,13 @@ class _Session:
         self.env = env
         self.emit: ProgressCallback = emit
         self.device = torch.device("cpu")
+        self.checkpoints = CheckpointStore(tracker.checkpoint_root())
+        self.interrupted = tracker.interrupted_runs(exp_id)
         self.states: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
         self.protocol_files = {
             "protocol/protocol.json": plan.protocol.model_dump_json(indent=2),
             "environment/environment.json": json.dumps(env, indent=2),
+            "environment/pip-freeze.txt": "\n".join(pip_freeze()) + "\n",
         }
         try:
             with open(plan.protocol.source) as f:
@@ -208,6 +212,9 @@ class _Session:
             "teacher_run_id": teacher_run,
             "data_identity": self.data.identity,
             "device": str(self.device),
+            "deterministic": resolve_deterministic(role.train.deterministic, self.device)
+            if role.train
+            else None,
             "members_run_ids": ",".join(self.run_ids.get((m, seed), "") for m in role.members)
             or None,
         }
@@ -230,15 +237,31 @@ class _Session:
         self.tracker.log_files(run_id, self.protocol_files)
         return run_id
 
+    def _start_or_resume(self, role: Role, seed: int) -> tuple[str, int]:
+        """A new run, or the interrupted run of the same fingerprint reopened.
+
+        Returns the run id and the last epoch already logged to it (0 for a new run).
+        """
+        hit = self.interrupted.get((role.key, self.fingerprints[(role.key, seed)]))
+        if hit is None:
+            return self._start(role, seed), 0
+        self.tracker.reopen(hit.run_id)
+        return hit.run_id, self.tracker.last_step(hit.run_id, "val_acc")
+
     def train_pack(self, role: Role, seeds: list[int], summary: RunSummary) -> None:
         seeds = [s for s in seeds if not self._missing_dependency(role, s, summary)]
         if not seeds:
             return
         teachers = {s: self.model(role.teacher, s) for s in seeds} if role.teacher else None
-        runs = {s: self._start(role, s) for s in seeds}
+        started = {s: self._start_or_resume(role, s) for s in seeds}
+        runs = {s: run_id for s, (run_id, _) in started.items()}
+        logged = {s: last for s, (_, last) in started.items()}
+        slots = {s: self.checkpoints.slot(self.fingerprints[(role.key, s)]) for s in seeds}
 
         def on_epoch(seed: int, epoch: int, metrics: dict[str, float]) -> None:
-            self.tracker.log_metrics(runs[seed], metrics, step=epoch)
+            if epoch > logged[seed]:
+                self.tracker.log_metrics(runs[seed], metrics, step=epoch)
+                logged[seed] = epoch
             self.emit(Progress("epoch", role.key, seed, epoch, metrics=metrics))
 
         # A pack trains its seeds one after another today; train them one call each so
@@ -252,6 +275,7 @@ class _Session:
                     teachers=teachers,
                     device=self.device,
                     on_epoch=on_epoch,
+                    checkpoints={seed: slots[seed]},
                 )
             except TrainingDiverged as e:
                 self._fail(role, seed, runs[seed], str(e), summary)
@@ -265,13 +289,24 @@ class _Session:
                 reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
                 self._fail(role, seed, runs[seed], reason, summary)
                 continue
+            finally:
+                for note in slots[seed].notes:
+                    self.emit(Progress("note", role.key, seed, message=note))
+                slots[seed].notes.clear()
             run_id = runs[seed]
+            if result.resumed_from:
+                self.tracker.set_tags(run_id, {"resumed_from_epoch": result.resumed_from})
+                self.emit(Progress("resumed", role.key, seed, epoch=result.resumed_from))
+            # epochs restored from the checkpoint that the killed process had not yet logged
+            for epoch in range(logged[seed] + 1, result.resumed_from + 1):
+                self.tracker.log_metrics(run_id, result.history[epoch - 1], step=epoch)
             # the last epoch's metrics are already logged at this step; add the rest
             last = result.history[-1] if result.history else {}
             extra = {k: v for k, v in result.final.items() if k not in last}
             self.tracker.log_metrics(run_id, extra, step=role.train.epochs)
             self.tracker.log_checkpoint(run_id, result.state_dict)
             self.tracker.end_run(run_id)
+            slots[seed].clear()
             self.states[(role.key, seed)] = result.state_dict
             self.run_ids[(role.key, seed)] = run_id
             summary.trained += 1

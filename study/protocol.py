@@ -93,6 +93,9 @@ class TrainSection(_Strict):
     gamma: float = Field(default=0.1, gt=0, le=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    deterministic: bool | None = Field(
+        default=None, description="deterministic algorithms; default: on for CPU, off for GPU"
+    )
 
     @model_validator(mode="after")
     def _schedule(self) -> TrainSection:

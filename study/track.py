@@ -94,6 +94,33 @@ class Tracker:
             if not token:
                 return runs
 
+    def checkpoint_root(self) -> Path:
+        """Per-epoch checkpoints: beside a local sqlite store, else in ./.study/checkpoints."""
+        if self.uri.startswith("sqlite:///"):
+            db = Path(self.uri.removeprefix("sqlite:///"))
+            return db.resolve().parent / "checkpoints"
+        return Path(".study") / "checkpoints"
+
+    def interrupted_runs(self, experiment_id: str) -> dict[tuple[str, str], FinishedRun]:
+        """(role, seed) runs that were killed or left RUNNING by a crash, newest first."""
+        found: dict[tuple[str, str], FinishedRun] = {}
+        runs = self._search(experiment_id, "attributes.status != 'FINISHED'")
+        for r in sorted(runs, key=lambda r: -r.info.start_time):
+            tags = r.data.tags
+            if r.info.status not in ("RUNNING", "KILLED") or "fingerprint" not in tags:
+                continue
+            run = FinishedRun(r.info.run_id, tags["role"], int(tags["seed"]), tags["fingerprint"])
+            found.setdefault((run.role, run.fingerprint), run)
+        return found
+
+    def reopen(self, run_id: str) -> None:
+        """Mark an interrupted run as running again (it is being resumed)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def last_step(self, run_id: str, key: str) -> int:
+        steps = [m.step for m in self.client.get_metric_history(run_id, key)]
+        return max(steps, default=0)
+
     def finished_runs(self, experiment_id: str) -> dict[tuple[str, str], FinishedRun]:
         """FINISHED (role, seed) runs of the experiment, by (role, fingerprint)."""
         found: dict[tuple[str, str], FinishedRun] = {}

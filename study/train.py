@@ -15,18 +15,22 @@ evaluated and logged, never used to choose anything.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from study.checkpoint import CheckpointSlot
 from study.data import DataSplits, augment_batch, normalize
 from study.losses import get_loss
 from study.models import create_model
 from study.plan import Role, derive_seed
 from study.protocol import TrainSection
+from study.repro import deterministic_mode
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]  # (seed, epoch, metrics)
 
@@ -47,6 +51,7 @@ class SeedResult:
     state_dict: dict[str, Tensor]
     history: list[dict[str, float]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
+    resumed_from: int = 0  # the epoch a resumed run continued after (0: from scratch)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -183,11 +188,14 @@ def train_role(
     device: torch.device | None = None,
     on_epoch: EpochCallback | None = None,
     evaluate_test: bool = True,
+    checkpoints: dict[int, CheckpointSlot] | None = None,
 ) -> list[SeedResult]:
     """Train one role for a pack of seeds; seed s distils from ``teachers[s]``.
 
     ``on_epoch`` may raise to stop a seed (a tuning pruner does). With ``evaluate_test``
-    False the test split is never touched: what tuning trials use.
+    False the test split is never touched: what tuning trials use. With ``checkpoints``,
+    each seed saves its complete state at the end of every epoch into its slot and, if the
+    slot already holds a state, resumes from it instead of starting over.
     """
     if role.kind == "ensemble" or role.train is None:
         raise ValueError(f"role {role.key} is not trained")
@@ -195,7 +203,10 @@ def train_role(
     results = []
     for seed in seeds:
         teacher = teachers[seed] if teachers is not None and role.teacher else None
-        results.append(_train_seed(role, seed, data, teacher, device, on_epoch, evaluate_test))
+        slot = checkpoints.get(seed) if checkpoints else None
+        results.append(
+            _train_seed(role, seed, data, teacher, device, on_epoch, evaluate_test, slot)
+        )
     return results
 
 
@@ -207,6 +218,7 @@ def _train_seed(
     device: torch.device,
     on_epoch: EpochCallback | None,
     evaluate_test: bool = True,
+    slot: CheckpointSlot | None = None,
 ) -> SeedResult:
     cfg = role.train
     assert cfg is not None
@@ -240,9 +252,16 @@ def _train_seed(
 
     result = SeedResult(seed=seed, state_dict={})
     n = len(train_x)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), deterministic_mode(cfg.deterministic, device):
         torch.manual_seed(dropout_seed)
-        for epoch in range(1, cfg.epochs + 1):
+        generators = {"order": order, "augment": augment, "loss": loss_rng}
+        saved = slot.load() if slot is not None else None
+        if saved is not None:
+            _restore(saved, model, opt, sched, scaler, generators, cuda)
+            result.history = list(saved["history"])
+            result.resumed_from = int(saved["epoch"])
+        for epoch in range(len(result.history) + 1, cfg.epochs + 1):
             model.train()
             perm = torch.randperm(n, generator=order).to(device)
             loss_sum = torch.zeros((), device=device)
@@ -272,18 +291,17 @@ def _train_seed(
             metrics = {"train_loss": train_loss, "train_acc": float(correct) / n}
             metrics["lr"] = opt.param_groups[0]["lr"]
             sched.step()
-            val_probs = predict_probs(model, data.val_x, data, batch_size=cfg.eval_batch_size)
-            splits = [(val_probs, data.val_y, "val")]
-            if evaluate_test:
-                test_probs = predict_probs(model, data.test_x, data, batch_size=cfg.eval_batch_size)
-                splits.append((test_probs, data.test_y, "test"))
-            for probs, y, prefix in splits:
-                scores = evaluate_probs(probs, y, prefix)
-                metrics.update({k: v for k, v in scores.items() if "ece" not in k})
+            metrics.update(_evaluate(model, data, cfg, evaluate_test))
             result.history.append(metrics)
+            if slot is not None:
+                slot.save(_capture(epoch, result.history, model, opt, sched, scaler, generators))
             if on_epoch is not None:
                 on_epoch(seed, epoch, metrics)
 
+    val_probs = predict_probs(model, data.val_x, data, batch_size=cfg.eval_batch_size)
+    test_probs = None
+    if evaluate_test:
+        test_probs = predict_probs(model, data.test_x, data, batch_size=cfg.eval_batch_size)
     if evaluate_test:
         result.final = final_metrics(val_probs, test_probs, data, teacher_test)
     else:
@@ -294,6 +312,47 @@ def _train_seed(
         ]
     result.state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return result
+
+
+def _evaluate(model: nn.Module, data: DataSplits, cfg: TrainSection, test: bool) -> dict:
+    """An epoch's evaluation: accuracy and NLL on validation (and test, unless tuning)."""
+    out: dict[str, float] = {}
+    splits = [(data.val_x, data.val_y, "val")] + ([(data.test_x, data.test_y, "test")] * test)
+    for x, y, prefix in splits:
+        probs = predict_probs(model, x, data, batch_size=cfg.eval_batch_size)
+        out.update({k: v for k, v in evaluate_probs(probs, y, prefix).items() if "ece" not in k})
+    return out
+
+
+def _capture(epoch, history, model, opt, sched, scaler, generators) -> dict:
+    """Everything needed to continue after ``epoch`` exactly as if never interrupted."""
+    return {
+        "epoch": epoch,
+        "history": history,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "generators": {k: g.get_state() for k, g in generators.items()},
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python_rng": random.getstate(),
+        "numpy_rng": np.random.get_state(),
+    }
+
+
+def _restore(state, model, opt, sched, scaler, generators, cuda) -> None:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])
+    torch.set_rng_state(state["torch_rng"])
+    if cuda and state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    random.setstate(state["python_rng"])
+    np.random.set_state(state["numpy_rng"])
 
 
 def evaluate_ensemble(

@@ -1,0 +1,96 @@
+"""Per-epoch training checkpoints that survive a crash and detect their own corruption.
+
+One directory per (role, seed) fingerprint. Each epoch's state is written to a temporary
+file and renamed into place (a reader never sees half a file), with its sha256 in a
+sidecar file; the two newest epochs are kept, so a checkpoint that is corrupt or truncated
+(checksum mismatch) falls back to the one before it, and the caller is told.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+KEEP = 2
+_NAME = re.compile(r"^epoch-(\d{5})\.pt$")
+
+
+@dataclass
+class CheckpointSlot:
+    """The checkpoints of one (role, seed), identified by its fingerprint."""
+
+    directory: Path
+    notes: list[str] = field(default_factory=list)  # what loading had to say (corruption)
+
+    def _epochs(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        found = (_NAME.match(p.name) for p in self.directory.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def _path(self, epoch: int) -> Path:
+        return self.directory / f"epoch-{epoch:05d}.pt"
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write the state of a completed epoch (``state['epoch']``) atomically."""
+        epoch = int(state["epoch"])
+        self.directory.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        blob = buffer.getvalue()
+        path = self._path(epoch)
+        for target, content in (
+            (path.with_suffix(".sha256"), hashlib.sha256(blob).hexdigest().encode()),
+            (path, blob),
+        ):
+            tmp = target.with_name(target.name + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        for old in self._epochs()[:-KEEP]:
+            self._path(old).unlink(missing_ok=True)
+            self._path(old).with_suffix(".sha256").unlink(missing_ok=True)
+
+    def load(self) -> dict[str, Any] | None:
+        """The newest checkpoint whose checksum holds, or None (then training starts over)."""
+        for epoch in reversed(self._epochs()):
+            path = self._path(epoch)
+            try:
+                blob = path.read_bytes()
+                expected = path.with_suffix(".sha256").read_text().strip()
+            except OSError as e:
+                self.notes.append(f"checkpoint {path} is unreadable ({e}); trying an older one")
+                continue
+            if hashlib.sha256(blob).hexdigest() != expected:
+                self.notes.append(
+                    f"checkpoint {path} is corrupt (checksum mismatch); trying an older one"
+                )
+                continue
+            return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+        if self._epochs():
+            self.notes.append(f"no intact checkpoint in {self.directory}: training starts over")
+        return None
+
+    def clear(self) -> None:
+        """Remove the checkpoints once the run is finished (its final model is tracked)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class CheckpointStore:
+    """Where the per-epoch checkpoints of a tracking store live."""
+
+    root: Path
+
+    def slot(self, fingerprint: str) -> CheckpointSlot:
+        return CheckpointSlot(self.root / fingerprint)
