@@ -24,6 +24,7 @@ import torch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
@@ -112,6 +113,12 @@ class Tracker:
             run = FinishedRun(r.info.run_id, tags["role"], int(tags["seed"]), tags["fingerprint"])
             found.setdefault((run.role, run.fingerprint), run)
         return found
+
+    def find_runs(self, experiment_id: str, tags: dict[str, Any]) -> list[str]:
+        """Ids of the experiment's runs that carry all these tags, oldest first."""
+        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in _str(tags).items())
+        runs = self._search(experiment_id, where)
+        return [r.info.run_id for r in sorted(runs, key=lambda r: r.info.start_time)]
 
     def reopen(self, run_id: str) -> None:
         """Mark an interrupted run as running again (it is being resumed)."""

@@ -15,7 +15,9 @@ evaluated and logged, never used to choose anything.
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,6 +35,19 @@ from study.protocol import TrainSection
 from study.repro import deterministic_mode
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]  # (seed, epoch, metrics)
+
+# Fault injection for the crash tests: "N:KILL" or "N:INT" sends that signal to this process
+# after N training steps in all (SIGKILL is a real crash: no cleanup, no flush).
+_FAULT = os.environ.get("STUDY_TEST_SIGNAL_AFTER_STEPS", "")
+_steps_taken = 0
+
+
+def _maybe_fault() -> None:
+    global _steps_taken
+    _steps_taken += 1
+    after, _, name = _FAULT.partition(":")
+    if _steps_taken == int(after):
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
 
 class TrainingDiverged(RuntimeError):
@@ -285,6 +300,8 @@ def _train_seed(
                 scaler.update()
                 loss_sum += loss.detach() * len(idx)
                 correct += (logits.detach().argmax(1) == yb).sum()
+                if _FAULT:
+                    _maybe_fault()
             train_loss = float(loss_sum) / n
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(seed, epoch, train_loss)

@@ -1,0 +1,147 @@
+"""Crash, interrupt and resume: a resumed study ends bit for bit like an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.checkpoint import CheckpointSlot
+
+PROTOCOL = """
+[study]
+name = "resume"
+seeds = 2
+
+[data]
+dataset = "digits"
+val_size = 0.15
+
+[train]
+epochs = 4
+batch_size = 128
+lr = 0.05
+schedule = "multistep"
+milestones = [2]
+device = "cpu"
+
+[teacher]
+arch = "mlp"
+kwargs = { hidden = [32], dropout = 0.2 }
+
+[[arms]]
+name = "ban"
+loss = "dkpp"
+"""
+# digits: 1222 training images at batch 128 = 10 steps per epoch
+STEPS_PER_EPOCH = 10
+
+
+def study(cwd: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("STUDY_TEST_SIGNAL_AFTER_STEPS", None)
+    if fault:
+        env["STUDY_TEST_SIGNAL_AFTER_STEPS"] = fault
+    return subprocess.run(
+        [sys.executable, "-m", "study.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _runs(cwd: Path) -> dict:
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("resume")
+    runs = client.search_runs([exp.experiment_id], "tags.fingerprint != ''", max_results=100)
+    return {(r.data.tags["role"], r.data.tags["seed"]): r for r in runs}
+
+
+def _final(runs: dict) -> dict:
+    return {k: dict(r.data.metrics) for k, r in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("clean")
+    (cwd / "p.toml").write_text(PROTOCOL)
+    proc = study(cwd, "run", "p.toml", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    return cwd
+
+
+def test_sigkill_mid_epoch_resumes_and_ends_bit_identical(tmp_path: Path, uninterrupted) -> None:
+    (tmp_path / "p.toml").write_text(PROTOCOL)
+    kill_step = 2 * STEPS_PER_EPOCH + 4  # teacher seed 0, in the middle of epoch 3
+    proc = study(tmp_path, "run", "p.toml", "--no-report", fault=f"{kill_step}:KILL")
+    assert proc.returncode == -signal.SIGKILL
+    [killed] = _runs(tmp_path).values()
+    assert killed.info.status == "RUNNING"  # a crash leaves no chance to say otherwise
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(killed.info.run_id, "val_acc")] == [1, 2]
+
+    proc = study(tmp_path, "run", "p.toml", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed after epoch 2" in proc.stdout
+    runs = _runs(tmp_path)
+    resumed = runs[("teacher", "0")]
+    assert resumed.info.run_id == killed.info.run_id  # the same run, continued
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.tags["resumed_from_epoch"] == "2"
+    steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "val_acc")]
+    assert sorted(steps) == [1, 2, 3, 4]  # epochs 1-2 were not trained or logged again
+    # bit for bit: every final metric of every run equals the uninterrupted study's
+    assert _final(runs) == _final(_runs(uninterrupted))
+    assert not any((tmp_path / "checkpoints").iterdir())  # finished runs clear checkpoints
+
+
+def test_ctrl_c_marks_the_run_killed_and_says_how_to_continue(
+    tmp_path: Path, uninterrupted
+) -> None:
+    (tmp_path / "p.toml").write_text(PROTOCOL)
+    step = 4 * STEPS_PER_EPOCH * 2 + STEPS_PER_EPOCH + 3  # student seed 0, epoch 2
+    proc = study(tmp_path, "run", "p.toml", "--no-report", fault=f"{step}:INT")
+    assert proc.returncode == 130, proc.stderr
+    assert "again to resume" in proc.stderr
+    runs = _runs(tmp_path)
+    assert runs[("ban/gen1", "0")].info.status == "KILLED"
+    assert runs[("teacher", "1")].info.status == "FINISHED"
+    proc = study(tmp_path, "run", "p.toml", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed after epoch 1" in proc.stdout
+    assert _final(_runs(tmp_path)) == _final(_runs(uninterrupted))
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_good_one(tmp_path: Path) -> None:
+    slot = CheckpointSlot(tmp_path / "fp")
+    for epoch in (1, 2, 3):
+        slot.save({"epoch": epoch, "payload": list(range(epoch))})
+    assert sorted(p.name for p in slot.directory.glob("*.pt")) == [
+        "epoch-00002.pt",
+        "epoch-00003.pt",
+    ]
+    newest = slot.directory / "epoch-00003.pt"
+    newest.write_bytes(newest.read_bytes()[:-7])  # truncated
+    state = slot.load()
+    assert state is not None and state["epoch"] == 2
+    assert any("epoch-00003.pt is corrupt" in n for n in slot.notes)
+    (slot.directory / "epoch-00002.pt").write_bytes(b"garbage")
+    assert slot.load() is None
+    assert any("starts over" in n for n in slot.notes)
+
+
+def test_same_seed_in_two_processes_gives_identical_metrics(tmp_path: Path, uninterrupted) -> None:
+    (tmp_path / "p.toml").write_text(PROTOCOL)
+    proc = study(tmp_path, "run", "p.toml", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    again = _runs(tmp_path)
+    assert _final(again) == _final(_runs(uninterrupted))
+    assert all(r.data.tags["deterministic"] == "True" for r in again.values())
