@@ -221,6 +221,25 @@ class Tracker:
         df["generation"] = pd.to_numeric(df["generation"]).astype("Int64")
         return df
 
+    def run_record(self, run_id: str) -> dict[str, Any]:
+        """A run's tags, params, final metrics and status, as plain data."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as e:  # noqa: BLE001 - MLflow raises its own exception types
+            raise UserInputError(f"no such run in {self.uri}: {e}", source=f"run {run_id}") from None
+        return {
+            "run_id": run_id,
+            "experiment_id": run.info.experiment_id,
+            "status": run.info.status,
+            "tags": dict(run.data.tags),
+            "params": dict(run.data.params),
+            "metrics": dict(run.data.metrics),
+        }
+
+    def read_artifact_text(self, run_id: str, path: str) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(self.client.download_artifacts(run_id, path, tmp)).read_text()
+
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
 

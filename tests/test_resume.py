@@ -145,3 +145,27 @@ def test_same_seed_in_two_processes_gives_identical_metrics(tmp_path: Path, unin
     again = _runs(tmp_path)
     assert _final(again) == _final(_runs(uninterrupted))
     assert all(r.data.tags["deterministic"] == "True" for r in again.values())
+
+
+def test_reproduce_a_finished_run_reports_identical_metrics(uninterrupted: Path) -> None:
+    run = _runs(uninterrupted)[("ban/gen1", "1")]
+    proc = study(uninterrupted, "reproduce", run.info.run_id)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "identical: every final metric is bit-for-bit the same" in proc.stdout
+    assert "test_acc" in proc.stdout and "teacher_kl" in proc.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{uninterrupted / 'mlflow.db'}")
+    scratch = client.get_experiment_by_name("resume-reproduce")
+    [again] = client.search_runs([scratch.experiment_id])
+    assert again.data.tags["reproduces"] == run.info.run_id
+    assert again.data.metrics["test_acc"] == run.data.metrics["test_acc"]
+
+
+def test_env_prints_the_provenance_snapshot(tmp_path: Path) -> None:
+    import json
+
+    proc = study(tmp_path, "env", "--json")
+    assert proc.returncode == 0, proc.stderr
+    snap = json.loads(proc.stdout)
+    for key in ("python", "torch", "cuda", "cudnn", "gpu", "cpu", "git_commit", "git_dirty"):
+        assert key in snap
+    assert any(line.startswith("torch==") for line in snap["pip_freeze"])

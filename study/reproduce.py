@@ -1,0 +1,129 @@
+"""`study reproduce RUN_ID`: re-train one tracked run from what the tracker logged.
+
+The run's resolved protocol (an artifact), its role and seed (tags) and its teacher's
+checkpoint (through ``teacher_run_id``) are all that is used: nothing from the working
+directory but the data files, whose identity is checked against the run's. The new run
+goes into a scratch experiment ``<study>-reproduce`` and the final metrics of both are
+compared side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from study.errors import UserInputError
+from study.execute import load_study_data
+from study.plan import Plan, expand
+from study.protocol import Protocol
+from study.repro import environment
+from study.track import FINAL_METRICS, Tracker
+from study.train import evaluate_ensemble, load_model, resolve_device, train_role
+
+
+@dataclass
+class Reproduction:
+    original_run_id: str
+    new_run_id: str
+    role: str
+    seed: int
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metric, original, reproduced
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return bool(self.rows) and all(r["original"] == r["reproduced"] for r in self.rows)
+
+
+def _plan_of(run: dict[str, Any], protocol: Protocol) -> Plan:
+    """The plan as it was trained: tuned loss parameters come from the run's own params."""
+    tuned: dict[str, float] = {}
+    for key, value in run["params"].items():
+        if key.startswith("loss_params."):
+            try:
+                tuned[key.removeprefix("loss_params.")] = float(value)
+            except ValueError:
+                pass
+    return expand(protocol, tuned=tuned or None)
+
+
+def reproduce_run(
+    run_id: str, tracker: Tracker, *, device: str | None = None
+) -> Reproduction:
+    """Re-train (or re-evaluate, for an ensemble) one run and compare its final metrics."""
+    run = tracker.run_record(run_id)
+    tags = run["tags"]
+    if "fingerprint" not in tags or "role" not in tags:
+        raise UserInputError(
+            "this run is not a (role, seed) run of a study (no role/fingerprint tags)",
+            source=f"run {run_id}",
+        )
+    text = tracker.read_artifact_text(run_id, "protocol/protocol.json")
+    protocol = Protocol.model_validate_json(text).model_copy(
+        update={"source": tags.get("protocol_file", "<logged protocol>")}
+    )
+    plan = _plan_of(run, protocol)
+    role, seed = plan.role(tags["role"]), int(tags["seed"])
+    data = load_study_data(protocol)
+    result = Reproduction(run_id, "", role.key, seed)
+    if data.identity != tags.get("data_identity"):
+        result.notes.append(
+            "the data read now differs from the data the run was trained on "
+            f"(identity {data.identity[:12]} vs {str(tags.get('data_identity'))[:12]})"
+        )
+    dev = resolve_device(device or (role.train.device if role.train else "auto"))
+
+    def model_of(dep_run_id: str, key: str) -> torch.nn.Module:
+        state = tracker.load_checkpoint(dep_run_id)
+        return load_model(plan.role(key), data, state, dev)
+
+    exp_id = tracker.experiment_id(f"{protocol.study.name}-reproduce")
+    assert exp_id is not None
+    new_tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
+    new_tags.update({"reproduces": run_id, "device": str(dev)})
+    new_id = tracker.start_run(
+        exp_id, parent_id=None, name=f"reproduce {role.key}/seed{seed}", tags=new_tags,
+        params=run["params"],
+    )
+    result.new_run_id = new_id
+    tracker.log_files(new_id, {"environment/environment.json": json.dumps(environment())})
+    try:
+        if role.kind == "ensemble":
+            member_ids = tags["members_run_ids"].split(",")
+            members = [model_of(r, k) for r, k in zip(member_ids, role.members, strict=True)]
+            teacher_id = _teacher_of_first_member(tracker, member_ids[0])
+            teacher = model_of(teacher_id, "teacher") if teacher_id else None
+            final = evaluate_ensemble(
+                members, data, batch_size=protocol.train.eval_batch_size, teacher=teacher
+            )
+        else:
+            teachers = None
+            if role.teacher:
+                teachers = {seed: model_of(tags["teacher_run_id"], role.teacher)}
+            [trained] = train_role(role, [seed], data, teachers=teachers, device=dev)
+            final = trained.final
+            tracker.log_checkpoint(new_id, trained.state_dict)
+        tracker.log_metrics(new_id, final, step=role.train.epochs if role.train else 0)
+        tracker.end_run(new_id)
+    except BaseException:
+        tracker.end_run(new_id, "FAILED")
+        raise
+    for name in FINAL_METRICS:
+        if name in run["metrics"] or name in final:
+            original, new = run["metrics"].get(name), final.get(name)
+            result.rows.append({"metric": name, "original": original, "reproduced": new})
+    return result
+
+
+def _teacher_of_first_member(tracker: Tracker, member_run_id: str) -> str | None:
+    """The teacher run of an ensemble's seed: follow generation 1's teacher_run_id up."""
+    tags = tracker.run_record(member_run_id)["tags"]
+    while tags.get("role") != "teacher" and tags.get("teacher_run_id"):
+        teacher_id = tags["teacher_run_id"]
+        tags = tracker.run_record(teacher_id)["tags"]
+        if tags.get("role") == "teacher":
+            return teacher_id
+    return None
