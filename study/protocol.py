@@ -221,6 +221,39 @@ class TuneSection(_Strict):
 TUNING_SEED_BASE = 1000
 
 
+class SlurmSection(_Strict):
+    """Resources of each Slurm job (one job per independent chain of a seed pack)."""
+
+    partition: str | None = None
+    gpus_per_job: int = Field(default=1, ge=0)
+    cpus_per_job: int = Field(default=4, ge=1)
+    mem_gb: float = Field(default=16, gt=0)
+    time_min: int = Field(default=24 * 60, ge=1)
+    account: str | None = None
+    folder: str = "slurm-logs"
+
+
+class ExecutionSection(_Strict):
+    """How the plan runs. Nothing here changes results, so nothing here enters fingerprints."""
+
+    executor: Literal["local", "slurm"] = "local"
+    pack: int | Literal["auto"] = Field(
+        default=1, description="seeds trained together as one fused computation"
+    )
+    slurm: SlurmSection = SlurmSection()
+    heartbeat_s: float = Field(default=30.0, gt=0, description="claim heartbeat interval")
+    stale_after_s: float = Field(
+        default=300.0, gt=0, description="a claim whose heartbeat is older is taken over"
+    )
+
+    @field_validator("pack")
+    @classmethod
+    def _pack(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"pack must be >= 1 or 'auto', got {v}")
+        return v
+
+
 class Protocol(_Strict):
     """One study, validated. Build it with ``load_protocol`` (or ``parse_protocol``)."""
 
@@ -231,6 +264,7 @@ class Protocol(_Strict):
     arms: list[ArmSection] = Field(min_length=1)
     analysis: AnalysisSection = AnalysisSection()
     tune: TuneSection | None = None
+    execution: ExecutionSection = ExecutionSection()
     source: str = Field(default="<protocol>", exclude=True)
     sha256: str = Field(default="", exclude=True)
 
