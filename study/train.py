@@ -67,6 +67,7 @@ class SeedResult:
     history: list[dict[str, float]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
     resumed_from: int = 0  # the epoch a resumed run continued after (0: from scratch)
+    failure: str | None = None  # why this seed failed (divergence), None when it trained
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -207,6 +208,9 @@ def train_role(
 ) -> list[SeedResult]:
     """Train one role for a pack of seeds; seed s distils from ``teachers[s]``.
 
+    A seed whose loss becomes NaN or infinite comes back with ``failure`` set, and the
+    other seeds of the pack are unaffected.
+
     ``on_epoch`` may raise to stop a seed (a tuning pruner does). With ``evaluate_test``
     False the test split is never touched: what tuning trials use. With ``checkpoints``,
     each seed saves its complete state at the end of every epoch into its slot and, if the
@@ -219,9 +223,12 @@ def train_role(
     for seed in seeds:
         teacher = teachers[seed] if teachers is not None and role.teacher else None
         slot = checkpoints.get(seed) if checkpoints else None
-        results.append(
-            _train_seed(role, seed, data, teacher, device, on_epoch, evaluate_test, slot)
-        )
+        try:
+            results.append(
+                _train_seed(role, seed, data, teacher, device, on_epoch, evaluate_test, slot)
+            )
+        except TrainingDiverged as e:  # this seed fails alone; the pack goes on
+            results.append(SeedResult(seed=seed, state_dict={}, failure=str(e)))
     return results
 
 
