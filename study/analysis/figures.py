@@ -1,0 +1,263 @@
+"""The report's figures, drawn from tidy tables into PNG bytes.
+
+Each function takes plain data (DataFrames, dicts) and returns the PNG as bytes, so the
+report can both write it next to report.md and embed it in report.html. Figures are drawn
+on matplotlib's Agg canvas directly (no pyplot, no display, no global backend switch):
+safe in a CLI, a test and a notebook alike. Seaborn styles them and draws the
+distributions.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import stats
+
+DPI = 100
+KIND_COLOURS = {"teacher": "#4c72b0", "student": "#dd8452", "ensemble": "#55a868"}
+_STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.9)}
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # Agg, explicitly: renders to memory, never to a display
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    # No 'Software' key: the same data gives the same bytes whatever matplotlib's version.
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _style():
+    import matplotlib
+
+    return matplotlib.rc_context(_STYLE)
+
+
+def distributions(
+    values: pd.DataFrame, order: Sequence[str], kinds: dict[str, str], label: str
+) -> bytes:
+    """Box plot and one point per seed for each role.
+
+    ``values``: columns role, seed, value (already in display units), ``order``: roles
+    left to right, ``kinds``: role -> teacher / student / ensemble (the colour).
+    """
+    order = [r for r in order if r in set(values["role"])]
+    with _style():
+        fig = _figure(max(5.0, 0.75 * len(order) + 2.0), 4.0)
+        ax = fig.add_subplot()
+        palette = {r: KIND_COLOURS.get(kinds.get(r, ""), "#8c8c8c") for r in order}
+        data = values[values["role"].isin(order)]
+        sns.boxplot(
+            data=data,
+            x="role",
+            y="value",
+            order=order,
+            hue="role",
+            hue_order=order,
+            palette=palette,
+            showfliers=False,
+            width=0.55,
+            boxprops={"alpha": 0.45},
+            legend=False,
+            ax=ax,
+        )
+        # One point per seed, spread evenly across a narrow band in seed order (a
+        # deterministic jitter: the same data draws the same figure).
+        for i, role in enumerate(order):
+            v = data.loc[data["role"] == role].sort_values("seed")["value"].to_numpy(float)
+            offsets = np.linspace(-0.14, 0.14, len(v)) if len(v) > 1 else np.zeros(len(v))
+            ax.scatter(i + offsets, v, s=12, color="#222222", alpha=0.8, zorder=3, lw=0)
+        ax.set_xlabel("")
+        ax.set_ylabel(label)
+        ax.tick_params(axis="x", labelrotation=30 if len(order) > 5 else 0)
+        return _png(fig)
+
+
+def paired_lines(
+    values: pd.DataFrame, chains: Sequence[tuple[str, Sequence[str]]], label: str
+) -> bytes:
+    """One line per seed across the roles of each chain (teacher -> gen1 -> gen2 ...).
+
+    ``chains``: (panel title, roles in x order). A seed missing a role breaks its line there.
+    The thick line is the mean over the seeds present at each role.
+    """
+    n = len(chains)
+    widest = max(len(roles) for _, roles in chains)
+    with _style():
+        fig = _figure(max(4.5, 1.0 * widest + 1.5) * min(n, 2), 3.6 * math.ceil(n / 2))
+        axes = fig.subplots(math.ceil(n / 2), min(n, 2), squeeze=False, sharey=True).ravel()
+        for ax, (title, roles) in zip(axes, chains, strict=False):
+            roles = list(roles)
+            wide = (
+                values[values["role"].isin(roles)]
+                .pivot(index="seed", columns="role", values="value")
+                .reindex(columns=roles)
+            )
+            x = np.arange(len(roles))
+            for _, row in wide.iterrows():
+                ax.plot(
+                    x,
+                    row.to_numpy(dtype=float),
+                    color="#7f7f7f",
+                    lw=0.8,
+                    alpha=0.6,
+                    marker="o",
+                    ms=2.5,
+                )
+            ax.plot(
+                x,
+                wide.mean(axis=0).to_numpy(dtype=float),
+                color="#c44e52",
+                lw=2.4,
+                marker="o",
+                ms=5,
+                label="mean over seeds",
+            )
+            ax.set_xticks(x, roles)
+            ax.set_xlim(-0.3, len(roles) - 0.7)
+            ax.set_title(f"{title} ({len(wide)} seeds)")
+            ax.set_ylabel(label)
+            ax.legend(loc="best", fontsize="small")
+        for ax in axes[n:]:
+            ax.set_visible(False)
+        return _png(fig)
+
+
+def learning_curves(
+    curves: pd.DataFrame,
+    roles: Sequence[str],
+    panels: Sequence[tuple[str, str, float, bool]],
+) -> bytes | None:
+    """Mean over seeds per epoch with a 95% t band, one line per role, one panel per metric.
+
+    ``curves``: long table role, seed, epoch, metric, value; ``panels``: (metric, y label,
+    factor applied to the values, log scale). None when there is no curve to draw.
+    """
+    panels = [p for p in panels if (curves["metric"] == p[0]).any()] if len(curves) else []
+    roles = [r for r in roles if r in set(curves["role"])] if len(curves) else []
+    if not panels or not roles:
+        return None
+    colours = dict(zip(roles, sns.color_palette("tab10", len(roles)), strict=True))
+    with _style():
+        fig = _figure(5.0 * len(panels), 3.8)
+        axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+        for ax, (metric, label, factor, log) in zip(axes, panels, strict=True):
+            for role in roles:
+                c = curves[(curves["role"] == role) & (curves["metric"] == metric)]
+                if not len(c):
+                    continue
+                band = curve_band(c, factor)
+                ax.plot(band["epoch"], band["mean"], color=colours[role], lw=1.6, label=role)
+                ax.fill_between(
+                    band["epoch"], band["low"], band["high"], color=colours[role], alpha=0.18, lw=0
+                )
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+            # Losses of different roles (CE, KD with its T^2 factor) span decades: log scale.
+            if log and (curves.loc[curves["metric"] == metric, "value"] > 0).all():
+                ax.set_yscale("log")
+        axes[-1].legend(
+            loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", frameon=False
+        )
+        return _png(fig)
+
+
+def curve_band(c: pd.DataFrame, factor: float = 1.0) -> pd.DataFrame:
+    """Per epoch: n seeds, mean and the 95% t interval of the mean (NaN with one seed)."""
+    g = c.groupby("epoch")["value"]
+    out = pd.DataFrame({"n": g.count(), "mean": g.mean(), "sd": g.std(ddof=1)}).reset_index()
+    half = stats.t.ppf(0.975, np.maximum(out["n"] - 1, 1)) * out["sd"] / np.sqrt(out["n"])
+    half = half.where(out["n"] > 1)
+    out["low"] = (out["mean"] - half) * factor
+    out["high"] = (out["mean"] + half) * factor
+    out["mean"] = out["mean"] * factor
+    return out
+
+
+def critical_difference(mean_ranks: dict[str, float], cd: float, caption: str) -> bytes:
+    """The critical-difference diagram of Demsar (2006).
+
+    The axis carries the mean ranks; each group is a tick with its name on the left (lower
+    half of the ranks) or on the right (upper half); thick bars join groups whose mean ranks
+    differ by less than ``cd`` (not significantly different by the Nemenyi test).
+    """
+    items = sorted(mean_ranks.items(), key=lambda kv: (kv[1], kv[0]))
+    names = [k for k, _ in items]
+    ranks = np.array([v for _, v in items], dtype=float)
+    k = len(items)
+    cliques = cd_cliques(ranks, cd)
+    hi = float(max(k, 1 + cd)) if math.isfinite(cd) else float(k)
+    half = math.ceil(k / 2)
+    rows = max(half, k - half)
+    step = 0.32
+    bar_base = -0.35
+    label_top = bar_base - 0.22 * (len(cliques) + 1)
+    bottom = label_top - step * (rows - 1) - 0.3
+    span = hi - 1
+    pad = 0.55 * span + 0.5
+    with _style():
+        fig = _figure(9.0, 1.3 + 0.32 * rows + 0.18 * len(cliques))
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        ax.set_xlim(1 - pad, hi + pad)
+        ax.set_ylim(bottom, 0.95)
+        ax.plot([1, hi], [0, 0], color="black", lw=1.2)
+        for r in range(1, int(math.floor(hi)) + 1):
+            ax.plot([r, r], [0, 0.08], color="black", lw=1.0)
+            ax.text(r, 0.13, str(r), ha="center", va="bottom", fontsize=9)
+        if math.isfinite(cd):
+            ax.plot([1, 1 + cd], [0.62, 0.62], color="black", lw=1.6)
+            for end in (1, 1 + cd):
+                ax.plot([end, end], [0.56, 0.68], color="black", lw=1.2)
+            ax.text(1 + cd / 2, 0.72, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=9)
+        for i, (name, r) in enumerate(zip(names, ranks, strict=True)):
+            left = i < half
+            row = i if left else k - 1 - i
+            y = label_top - step * row
+            x_edge = 1 - 0.15 * pad if left else hi + 0.15 * pad
+            ax.plot([r, r, x_edge], [0, y, y], color="#333333", lw=0.9)
+            ax.text(
+                x_edge + (-0.05 if left else 0.05),
+                y,
+                f"{name} ({r:.2f})" if not left else f"({r:.2f}) {name}",
+                ha="right" if left else "left",
+                va="center",
+                fontsize=9,
+            )
+        for j, (i0, i1) in enumerate(cliques):
+            y = bar_base - 0.22 * j
+            ax.plot(
+                [ranks[i0] - 0.03, ranks[i1] + 0.03],
+                [y, y],
+                color="#c44e52",
+                lw=4,
+                solid_capstyle="round",
+            )
+        ax.set_title(caption, fontsize=10)
+        return _png(fig)
+
+
+def cd_cliques(sorted_ranks: np.ndarray, cd: float) -> list[tuple[int, int]]:
+    """Maximal runs (i, j) of sorted mean ranks whose range is below ``cd`` (j > i)."""
+    if not math.isfinite(cd):
+        return []
+    out: list[tuple[int, int]] = []
+    k = len(sorted_ranks)
+    for i in range(k):
+        j = i
+        while j + 1 < k and sorted_ranks[j + 1] - sorted_ranks[i] < cd:
+            j += 1
+        if j > i and not (out and out[-1][1] >= j):
+            out.append((i, j))
+    return out

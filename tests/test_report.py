@@ -1,0 +1,327 @@
+"""The study report, from hand-built tidy results with a known structure (no training)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+from study.analysis import figures, report
+from study.analysis.collect import Collected, read_export, write_export
+from study.analysis.report import build_report, format_p, render_markdown, write_report
+from study.plan import expand
+from study.protocol import Protocol, parse_protocol
+from study.track import FINAL_METRICS
+
+PROTOCOL = """
+[study]
+name = "synthetic"
+description = "Hand-built results: gen1 = teacher + 1 point, gen2 = gen1 - 0.2 points."
+seeds = {seeds}
+
+[teacher]
+arch = "mlp"
+kwargs = {{ hidden = [16] }}
+
+[[arms]]
+name = "ban"
+loss = "ban"
+generations = 2
+ensemble = {ensemble}
+
+[[arms]]
+name = "kd"
+loss = {{ name = "kd", temperature = 4.0, alpha = 0.9 }}
+
+[analysis]
+test = "{test}"
+min_effect = 0.005
+"""
+# The known structure: a seed effect shared by every role, a role offset, small noise.
+OFFSET = {"teacher": 0.0, "ban/gen1": 0.01, "ban/gen2": 0.008, "ban/ens2": 0.012, "kd/gen1": 0.004}
+
+
+def protocol(seeds: int = 10, *, ensemble: bool = True, test: str = "t") -> Protocol:
+    text = PROTOCOL.format(seeds=seeds, ensemble=str(ensemble).lower(), test=test)
+    return parse_protocol(text, source="synthetic.toml")
+
+
+def synthetic(
+    p: Protocol,
+    *,
+    noise: float = 0.002,
+    status: dict[tuple[str, int], tuple[str, str]] | None = None,
+    epochs: int = 3,
+) -> Collected:
+    """One row per planned (role, seed): value = 0.9 + seed effect + role offset + noise."""
+    plan = expand(p)
+    rng = np.random.default_rng(0)
+    seed_effect = {s: rng.normal(0, 0.004) for s in plan.seeds}
+    status = status or {}
+    rows, curves = [], []
+    for role in plan.roles:
+        for seed in plan.seeds:
+            acc = 0.9 + seed_effect[seed] + OFFSET[role.key] + rng.normal(0, noise)
+            st, reason = status.get((role.key, seed), ("FINISHED", ""))
+            done = st == "FINISHED"
+            row = {
+                "role": role.key,
+                "kind": role.kind,
+                "arm": role.arm,
+                "generation": role.generation,
+                "seed": seed,
+                "status": st,
+                "run_id": f"run{role.key.replace('/', '')}{seed}" if st != "ABSENT" else "",
+                "fingerprint": f"fp-{role.key}-{seed}",
+                "reason": reason,
+                **{m: np.nan for m in FINAL_METRICS},
+            }
+            if done:
+                row.update(test_acc=acc, test_nll=1.2 - acc, test_ece=0.02, val_acc=acc + 0.01)
+                row.update(val_nll=1.1 - acc)
+                if role.kind != "teacher":
+                    row.update(teacher_agreement=0.97, teacher_kl=0.05)
+            rows.append(row)
+            if done and role.kind != "ensemble":
+                for epoch in range(1, epochs + 1):
+                    curves.append((role.key, seed, epoch, "val_acc", acc - 0.1 / epoch))
+                    curves.append((role.key, seed, epoch, "train_loss", 1.0 / epoch))
+    return Collected(
+        runs=pd.DataFrame(rows),
+        curves=pd.DataFrame(curves, columns=["role", "seed", "epoch", "metric", "value"]),
+        meta={
+            "study": p.study.name,
+            "protocol_sha": p.sha256,
+            "data_identity": "synthetic-data",
+            "tracking_uri": "sqlite:///synthetic.db",
+            "experiment_id": "7",
+        },
+    )
+
+
+def row_of(markdown: str, *cells: str) -> str:
+    """The Markdown table line whose first cells are ``cells`` (padding ignored)."""
+    pattern = r"^\|\s*" + r"\s*\|\s*".join(re.escape(c) for c in cells) + r"\s*\|.*$"
+    found = re.findall(pattern, markdown, flags=re.MULTILINE)
+    assert len(found) == 1, (cells, found)
+    return found[0]
+
+
+def section(markdown: str, heading: str) -> str:
+    """The text under a Markdown heading, up to the next heading of any level."""
+    after = markdown.split(f"\n{heading}\n", 1)[1]
+    return re.split(r"^#+ ", after, maxsplit=1, flags=re.MULTILINE)[0]
+
+
+def cells(row: str) -> list[str]:
+    return [x.strip() for x in row.strip().strip("|").split("|")]
+
+
+def paired(c: Collected, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    t = c.table.pivot(index="seed", columns="role", values="test_acc")[[a, b]].dropna()
+    return t[a].to_numpy(), t[b].to_numpy()
+
+
+# The report machine's environment, fixed: the git commit may move while tests run.
+ENVIRONMENT = {
+    "git_commit": "0123456789abcdef",
+    "git_dirty": False,
+    "python": "3.x",
+    "torch": "2.x",
+    "platform": "test-platform",
+    "packages": {"numpy": "1", "scipy": "1", "statsmodels": "0", "pandas": "2"},
+}
+
+
+@pytest.fixture(autouse=True)
+def fixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "environment", lambda: ENVIRONMENT)
+
+
+def markdown_of(p: Protocol, c: Collected) -> str:
+    """report.md's text without drawing the figures (the figures have tests of their own)."""
+    return render_markdown(build_report(p, c), [])
+
+
+@pytest.fixture(scope="module")
+def ten_seeds(tmp_path_factory) -> tuple[Collected, Path, list[Path]]:
+    p = protocol(10)
+    c = synthetic(p)
+    out = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "environment", lambda: ENVIRONMENT)
+        return c, out, write_report(build_report(p, c), out)
+
+
+def test_report_writes_markdown_html_and_figures(ten_seeds) -> None:
+    _, out, paths = ten_seeds
+    names = {p.relative_to(out).as_posix() for p in paths}
+    assert {"report.md", "report.html"} <= names
+    for fig in ("distributions", "paired_seeds", "learning_curves", "critical_difference"):
+        assert f"figures/{fig}.png" in names
+        assert (out / "figures" / f"{fig}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(figures/{fig}.png)" in (out / "report.md").read_text()
+
+
+def test_comparison_row_carries_the_paired_t_test_of_the_data(ten_seeds) -> None:
+    c, out, _ = ten_seeds
+    md = (out / "report.md").read_text()
+    a, b = paired(c, "ban/gen1", "teacher")
+    res = stats.ttest_rel(a, b)
+    row = row_of(md, "ban/gen1", "teacher", "vs teacher", "10")
+    assert format_p(res.pvalue) in cells(row)
+    assert f"{100 * np.mean(a - b):+.2f}" in row  # the difference, in points
+    lo, hi = res.confidence_interval(0.95)
+    assert f"[{100 * lo:+.2f}, {100 * hi:+.2f}]" in row
+    assert "significantly higher" in row  # +1 point over sd ~0.3: unmistakable
+
+
+def test_p_values_are_holm_corrected_across_all_comparisons(ten_seeds) -> None:
+    c, out, _ = ten_seeds
+    md = (out / "report.md").read_text()
+    pairs = [
+        ("ban/gen1", "teacher"),
+        ("ban/gen2", "teacher"),
+        ("ban/ens2", "teacher"),
+        ("kd/gen1", "teacher"),
+        ("ban/gen2", "ban/gen1"),
+        ("ban/gen1", "kd/gen1"),
+    ]
+    raw = [stats.ttest_rel(*paired(c, a, b)).pvalue for a, b in pairs]
+    holm = multipletests(raw, method="holm")[1]
+    table = section(md, "## Comparisons")
+    header = cells(row_of(table, "A", "B"))
+    for (a, b), p, p_adj in zip(pairs, raw, holm, strict=True):
+        row = dict(zip(header, cells(row_of(table, a, b)), strict=True))
+        assert row["p"] == format_p(p) and row["p adj."] == format_p(p_adj), (a, b, row)
+    assert "Holm-corrected" in md and "the 6 comparisons below" in md
+
+
+def test_summary_has_the_t_interval_of_each_role_in_percent(ten_seeds) -> None:
+    c, out, _ = ten_seeds
+    md = (out / "report.md").read_text()
+    v = c.table.loc[c.table["role"] == "teacher", "test_acc"].to_numpy()
+    lo, hi = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+    row = row_of(md, "teacher", "teacher", "10")
+    assert f"{100 * v.mean():.2f}" in row and f"[{100 * lo:.2f}, {100 * hi:.2f}]" in row
+
+
+def test_omnibus_block_reports_friedman_and_the_critical_difference(ten_seeds) -> None:
+    c, out, _ = ten_seeds
+    md = (out / "report.md").read_text()
+    wide = c.table.pivot(index="seed", columns="role", values="test_acc")
+    q, p = stats.friedmanchisquare(*wide.to_numpy().T)
+    assert f"Friedman chi-square = {q:.2f} (df = 4), p = {format_p(p)}" in md
+    assert "Kendall's W" in md and "CD = " in md
+
+
+def test_html_is_self_contained(ten_seeds) -> None:
+    _, out, _ = ten_seeds
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html)
+    assert not re.search(r"url\(|@import|<link|<script", html)
+    md = (out / "report.md").read_text()
+    # The same numbers in both renderings.
+    for cell in cells(row_of(section(md, "## Comparisons"), "ban/gen1", "teacher"))[3:11]:
+        assert f">{cell}<" in html
+
+
+def test_markdown_tables_are_aligned_for_plain_text(ten_seeds) -> None:
+    _, out, _ = ten_seeds
+    block: list[str] = []
+    for line in [*(out / "report.md").read_text().splitlines(), ""]:
+        if line.startswith("|") and not line.startswith("| |"):
+            block.append(line)
+        elif block:
+            assert len({len(x) for x in block}) == 1, block[:3]
+            block = []
+
+
+def test_missing_and_failed_runs_are_listed_and_left_out() -> None:
+    p = protocol(6)
+    c = synthetic(
+        p,
+        status={
+            ("ban/gen2", 3): ("FAILED", "CUDA out of memory\nTraceback ..."),
+            ("ban/gen2", 4): ("ABSENT", "no run with this fingerprint"),
+        },
+    )
+    md = markdown_of(p, c)
+    missing = section(md, "## Missing or failed runs")
+    assert "CUDA out of memory Traceback ..." in row_of(missing, "ban/gen2", "3", "FAILED")
+    assert "no run with this fingerprint" in row_of(missing, "ban/gen2", "4", "ABSENT")
+    assert "2 of 30 planned runs have no finished result" in md
+    assert row_of(md, "ban/gen2", "student", "4")  # n = 4 finished seeds
+    assert row_of(md, "ban/gen2", "teacher", "vs teacher", "4")  # paired on the 4 seeds
+    assert "seeds of teacher without a pair, left out: 3-4" in md
+
+
+def test_single_seed_study_renders_with_not_testable_comparisons(tmp_path: Path) -> None:
+    p = protocol(1)
+    paths = write_report(build_report(p, synthetic(p)), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "not testable" in row_of(md, "ban/gen1", "teacher", "vs teacher", "1")
+    assert "not testable: 1 paired seed (ban/gen1: 1, teacher: 1)" in md
+    assert "No omnibus test: 1 seed" in md and "no power analysis" in md
+    assert row_of(md, "teacher", "teacher", "1").count("–") >= 2  # no sd, no CI
+    assert (tmp_path / "report.html").exists() and len(paths) >= 2
+
+
+def test_zero_variance_differences_say_no_test_possible(tmp_path: Path) -> None:
+    p = protocol(5)
+    c = synthetic(p, noise=0.0)  # every difference between roles is the same on every seed
+    write_report(build_report(p, c), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "no test possible" in row_of(md, "ban/gen1", "teacher", "vs teacher")
+    assert "zero variance" in md
+
+
+def test_study_without_ensemble_or_curves_renders(tmp_path: Path) -> None:
+    p = protocol(4, ensemble=False)
+    c = synthetic(p)
+    c.curves = c.curves.iloc[0:0]
+    paths = write_report(build_report(p, c), tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "/ens" not in md
+    assert "No per-epoch metrics" in md
+    assert not any("learning_curves" in x.name for x in paths)
+
+
+def test_wilcoxon_with_five_seeds_warns_that_it_cannot_reach_alpha() -> None:
+    p = protocol(5, test="wilcoxon")
+    md = markdown_of(p, synthetic(p))
+    assert "cannot go below p = 0.0625" in md
+    assert "Wilcoxon signed-rank" in md
+
+
+def test_power_table_survives_differences_far_below_min_effect() -> None:
+    # sd of the differences ~1e-5 against min_effect 0.005: the seeds-needed solver has no
+    # root above 2 seeds; the report must still render the row.
+    p = protocol(4)
+    md = markdown_of(p, synthetic(p, noise=1e-5))
+    assert row_of(section(md, "## Power and seeds"), "ban/gen1", "teacher", "4")
+
+
+def test_report_from_the_export_is_the_report_from_the_tracker(tmp_path: Path) -> None:
+    p = protocol(5)
+    c = synthetic(p, status={("kd/gen1", 2): ("FAILED", "boom, with a comma")})
+    write_export(c, tmp_path / "export")
+    again = read_export(tmp_path / "export")
+
+    def text(collected: Collected) -> list[str]:
+        return [x for x in markdown_of(p, collected).splitlines() if "**generated**" not in x]
+
+    assert text(again) == text(c)
+
+
+def test_cd_cliques_join_roles_closer_than_the_critical_difference() -> None:
+    ranks = np.array([1.0, 1.5, 2.4, 3.9, 4.2])
+    assert figures.cd_cliques(ranks, 1.0) == [(0, 1), (1, 2), (3, 4)]
+    assert figures.cd_cliques(ranks, 1.5) == [(0, 2), (3, 4)]  # (1, 2) lies inside (0, 2)
+    assert figures.cd_cliques(ranks, float("nan")) == []
