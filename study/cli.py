@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -49,7 +50,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserInputError as e:
-            err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+            message = escape(e.message)  # "[tune]" in a message is text, not rich markup
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -61,9 +63,10 @@ def validate(protocol: ProtocolArg) -> None:
     """Validate a protocol and print its plan (roles x seeds = runs) without training."""
     from study.plan import expand
     from study.protocol import load_protocol
+    from study.tune import tuned_values
 
     p = load_protocol(protocol)
-    plan = expand(p)
+    plan = expand(p, tuned=tuned_values(p))
     table = Table(title=f"study '{p.study.name}': {p.data.dataset}, {len(plan.seeds)} seeds")
     for col in ("role", "kind", "arch", "loss", "teacher", "epochs"):
         table.add_column(col)
@@ -93,21 +96,51 @@ def run(
         str | None, typer.Option(help="Override [train] device: auto, cpu, cuda, cuda:N.")
     ] = None,
     report: Annotated[bool, typer.Option(help="Write the report when done.")] = True,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help="local (this process), slurm (submitit jobs, one per seed pack) or "
+            "slurm-local (the same jobs as local subprocesses). Default: [execution] executor."
+        ),
+    ] = None,
 ) -> None:
-    """Train every role of the protocol for every seed, logging to MLflow."""
+    """Train every role of the protocol for every seed, logging to MLflow.
+
+    Several `study run` processes on one protocol and tracking store share the work.
+    """
     from study.execute import run_study
     from study.protocol import load_protocol
     from study.track import Tracker, check_writable
 
     p = load_protocol(protocol)
     from study.execute import load_study_data
+    from study.plan import expand
+    from study.tune import tuned_values
 
+    plan = expand(p, tuned=tuned_values(p))
+    plan.require_trainable()
     data = load_study_data(p)
     check_writable(tracking_uri)
     tracker = Tracker(tracking_uri)
+    executor = executor or p.execution.executor
+    if executor not in ("local", "slurm", "slurm-local"):
+        raise UserInputError(
+            f"unknown executor '{executor}'; allowed: local, slurm, slurm-local",
+            source="command line",
+            field="--executor",
+        )
+    if executor != "local":
+        _run_jobs(p, tracker, executor, device)
+        if report:
+            from study.analysis.collect import collect
+
+            _write_report(p, collect(plan, tracker, data.identity))
+        return
     try:
         with _ProgressView() as view:
-            summary = run_study(p, tracker, progress=view.update, device=device, data=data)
+            summary = run_study(
+                p, tracker, progress=view.update, device=device, data=data, plan=plan
+            )
     except KeyboardInterrupt:
         err_console.print(
             "[yellow]interrupted:[/] the runs in progress are marked KILLED and their last "
@@ -136,11 +169,182 @@ def run(
         err_console.print(f"[yellow]skipped:[/] {line}", highlight=False)
     if report:
         from study.analysis.collect import collect
-        from study.plan import expand
 
-        _write_report(p, collect(expand(p), tracker, data.identity))
+        _write_report(p, collect(plan, tracker, data.identity))
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _run_jobs(p, tracker, executor: str, device: str | None) -> None:
+    from study.execute import submit_study
+
+    console.print(f"submitting '{p.study.name}' through submitit ({executor})")
+    results = submit_study(p, tracker.uri, local=executor == "slurm-local", device=device)
+    failed = False
+    for r in results:
+        console.print(
+            f"job {r['job_id']} seeds {r['seeds']}: trained {r['trained']}, reused "
+            f"{r['reused']}, failed {len(r['failed'])}, skipped {len(r['skipped'])}",
+            highlight=False,
+        )
+        for line in r["failed"]:
+            err_console.print(f"[red]failed:[/] {line}", highlight=False)
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def status(protocol: ProtocolArg, tracking_uri: TrackingUri = None) -> None:
+    """Per role: how many seeds are done, running, failed or waiting."""
+    from study.execute import load_study_data, study_status
+    from study.plan import expand
+    from study.protocol import load_protocol
+    from study.track import Tracker, check_writable
+    from study.tune import tuned_values
+
+    p = load_protocol(protocol)
+    plan = expand(p, tuned=tuned_values(p))
+    data = load_study_data(p)
+    check_writable(tracking_uri)
+    rows = study_status(plan, Tracker(tracking_uri), data.identity, p.execution.stale_after_s)
+    out = Table(title=f"study '{p.study.name}': {len(plan.seeds)} seeds per role")
+    for col in ("role", "done", "running", "failed", "waiting", "failed seeds", "jobs"):
+        out.add_column(col)
+    for r in rows:
+        out.add_row(
+            r["role"],
+            *(str(len(r[k])) for k in ("done", "running", "failed", "waiting")),
+            ",".join(map(str, r["failed"])) or "-",
+            ",".join(r["jobs"]) or "-",
+        )
+    console.print(out)
+
+
+@app.command()
+def server(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    backend_store_uri: Annotated[
+        str, typer.Option(help="The database behind the server.")
+    ] = "sqlite:///mlflow-server.db",
+    artifacts: Annotated[
+        str, typer.Option(help="Where the server keeps artifacts (checkpoints).")
+    ] = "./mlartifacts-server",
+) -> None:
+    """Start an MLflow tracking server for a team (a database backend, served artifacts).
+
+    Workers then use `--tracking-uri http://HOST:PORT`; checkpoints travel through the
+    server, so workers on other machines can load their teachers.
+    """
+    import os
+
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", artifacts,
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    console.print("starting: " + " ".join(command[2:]), highlight=False)
+    os.execv(sys.executable, command)
+
+
+@app.command()
+@user_errors
+def tune(
+    protocol: ProtocolArg,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Finished trials the study should hold in total (default: [tune] trials)."
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage: a journal file ending in .log, or a database URL "
+            "(default: optuna-journal.log beside the MLflow database)."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Start no new trial after this many seconds.")
+    ] = None,
+    tracking_uri: TrackingUri = None,
+    device: Annotated[
+        str | None, typer.Option(help="Override [train] device: auto, cpu, cuda, cuda:N.")
+    ] = None,
+) -> None:
+    """Search the [tune] ranges on the validation split; write results/<study>/tuned.json."""
+    from study.execute import load_study_data
+    from study.protocol import load_protocol
+    from study.tune import TuningError, plan_tuning
+    from study.tune import tune as run_tuning
+
+    p = load_protocol(protocol)
+    tuning = plan_tuning(p, trials=trials, storage=storage, tracking_uri=tracking_uri)
+    data = load_study_data(p)
+    spec = tuning.spec
+    console.print(
+        f"tuning {', '.join(tuning.space)} of arm '{spec.arm}' generation {spec.generation} "
+        f"on seeds {tuning.seeds}: {spec.direction} {spec.metric}, {tuning.trials} trials, "
+        f"pruner {spec.pruner}; Optuna study '{tuning.study_name}' in {tuning.storage.url}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        summary = run_tuning(
+            tuning, data=data, progress=_print_tuning, timeout=timeout, device=device
+        )
+    except KeyboardInterrupt:
+        err_console.print(
+            "[yellow]interrupted:[/] the trial in progress is marked failed; run "
+            f"'study tune {protocol}' again to continue the same study",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
+    except TuningError as e:
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    r = summary.result
+    counts = ", ".join(f"{n} {state}" for state, n in r["n_trials_by_state"].items() if n)
+    if r["best_params"]:
+        values = ", ".join(f"{k}={v:.4g}" for k, v in r["best_params"].items())
+        console.print(
+            f"best {r['metric']} {r['best_value']:.4f} (trial {r['best_trial']}): {values}",
+            highlight=False,
+        )
+    else:
+        err_console.print("[yellow]no trial completed:[/] there are no tuned values yet")
+    console.print(
+        f"{r['n_trials']} trials ({counts}); this run: {summary.ran} trials in "
+        f"{summary.seconds:.1f} s; result: {summary.path}; MLflow parent run "
+        f"{summary.parent_run_id}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _print_tuning(event) -> None:
+    if event.kind == "start" and event.finished:
+        console.print(f"{event.finished}/{event.total} trials already finished", highlight=False)
+    elif event.kind == "teacher":
+        console.print(event.message, highlight=False)
+    elif event.kind == "trial":
+        value = "-" if event.value is None else f"{event.value:.4f}"
+        best = "-" if event.best_value is None else f"{event.best_value:.4f}"
+        eta = "-" if event.eta_s is None else _minutes(event.eta_s)
+        console.print(
+            f"trial {event.number}: {event.state} (value {value} at step {event.step}); "
+            f"best {best} (trial {event.best_number}); {event.finished}/{event.total} "
+            f"finished; ETA {eta}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
 
 
 ExportDir = Annotated[
@@ -193,11 +397,14 @@ def _collect(protocol: Path, tracking_uri: str | None):
     from study.plan import expand
     from study.protocol import load_protocol
     from study.track import Tracker, check_writable
+    from study.tune import tuned_values
 
     p = load_protocol(protocol)
+    plan = expand(p, tuned=tuned_values(p))
+    plan.require_trainable()
     data = load_study_data(p)
     check_writable(tracking_uri)
-    return p, collect(expand(p), Tracker(tracking_uri), data.identity)
+    return p, collect(plan, Tracker(tracking_uri), data.identity)
 
 
 def _write_report(p, collected) -> None:
@@ -381,6 +588,57 @@ def _fmt_p(p) -> str:
     if p is None or p != p:
         return "-"
     return f"{p:.2e}" if p < 1e-4 else f"{p:.4f}"
+
+
+@app.command()
+@user_errors
+def reproduce(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run id of a (role, seed) run.")],
+    tracking_uri: TrackingUri = None,
+    device: Annotated[str | None, typer.Option(help="Override the run's device.")] = None,
+) -> None:
+    """Re-train a run from its logged config and teacher; compare final metrics."""
+    from study.reproduce import reproduce_run
+    from study.track import Tracker, check_writable
+
+    check_writable(tracking_uri)
+    result = reproduce_run(run_id, Tracker(tracking_uri), device=device)
+    out = Table(title=f"{result.role} seed {result.seed}: run {run_id} vs {result.new_run_id}")
+    for col in ("metric", "original", "reproduced", "difference"):
+        out.add_column(col)
+    for r in result.rows:
+        a, b = r["original"], r["reproduced"]
+        diff = "-" if a is None or b is None else f"{b - a:+.3g}"
+        out.add_row(r["metric"], repr(a), repr(b), diff)
+    console.print(out)
+    for note in result.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if result.identical:
+        console.print("identical: every final metric is bit-for-bit the same")
+    else:
+        console.print("NOT identical: see the differences above")
+        raise typer.Exit(1)
+
+
+@app.command()
+def env(as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False) -> None:
+    """The environment snapshot every run records, for this machine."""
+    from study.repro import environment, pip_freeze
+
+    snapshot = {**environment(), "pip_freeze": pip_freeze()}
+    if as_json:
+        print(json.dumps(snapshot, indent=2))
+        return
+    out = Table(title="environment")
+    out.add_column("what")
+    out.add_column("value")
+    for key, value in snapshot.items():
+        if key == "packages":
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif key == "pip_freeze":
+            value = f"{len(value)} distributions (--json lists them)"
+        out.add_row(key, str(value))
+    console.print(out)
 
 
 class _ProgressView:

@@ -12,10 +12,15 @@ Progress is reported through a callback with plain events; the CLI draws them.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,9 +32,9 @@ from study.errors import UserInputError
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
 from study.repro import environment, pip_freeze, resolve_deterministic
-from study.track import Tracker
+from study.track import Claim, Tracker
 from study.train import (
-    TrainingDiverged,
+    SeedResult,
     evaluate_ensemble,
     load_model,
     resolve_device,
@@ -95,31 +100,54 @@ def run_study(
     tracker: Tracker,
     *,
     progress: ProgressCallback | None = None,
-    pack_size: int = 1,
+    pack_size: int | None = None,
     device: str | None = None,
     data: DataSplits | None = None,
+    plan: Plan | None = None,
+    seeds: list[int] | None = None,
+    poll_s: float = 2.0,
 ) -> RunSummary:
-    """Train every (role, seed) of the protocol that the tracker does not already hold."""
+    """Train every (role, seed) of the protocol that the tracker does not already hold.
+
+    ``plan`` replaces ``expand(protocol)``: one with tuned values resolved, or a part of
+    the roles for other seeds (the teachers that `study tune` needs). ``seeds`` restricts
+    this worker to some of the plan's seeds (a Slurm job's chain).
+
+    Several workers may run the same plan against one tracking store at once: each
+    (role, seed) is claimed before it is trained (see ``Tracker.try_claim``), a student
+    waits for a teacher that another worker is still training, and a claim whose worker
+    stopped sending heartbeats is taken over and resumed from its checkpoint.
+    """
     emit = progress or (lambda event: None)
     start = time.time()
-    plan = expand(protocol)
+    plan = plan or expand(protocol)
+    plan.require_trainable()
     data = data or load_study_data(protocol)
     fingerprints = plan.fingerprints(data.identity)
-    exp_id = tracker.experiment_id(protocol.study.name)
+    study = protocol.study.name
+    exp_id = tracker.experiment_id(study)
     assert exp_id is not None
-    finished = tracker.finished_runs(exp_id)
+    mine = [k for k in fingerprints if seeds is None or k[1] in seeds]
     run_ids: dict[tuple[str, int], str] = {}
-    for (role_key, seed), fp in fingerprints.items():
-        hit = finished.get((role_key, fp))
-        if hit is not None:
-            run_ids[(role_key, seed)] = hit.run_id
-    todo = [k for k in fingerprints if k not in run_ids]
-    summary = RunSummary(protocol.study.name, exp_id, None, reused=len(run_ids))
+
+    def refresh() -> None:
+        finished = tracker.finished_runs(exp_id)
+        for key, fp in fingerprints.items():
+            hit = finished.get((key[0], fp))
+            if hit is not None:
+                run_ids.setdefault(key, hit.run_id)
+
+    refresh()
+    todo = [k for k in mine if k not in run_ids]
+    summary = RunSummary(study, exp_id, None, reused=len(mine) - len(todo))
 
     def index_runs() -> None:
         summary.runs = {
-            f"{role}@{seed}": {"run_id": run_ids[(role, seed)], "fingerprint": fp}
-            for (role, seed), fp in fingerprints.items()
+            f"{role}@{seed}": {
+                "run_id": run_ids[(role, seed)],
+                "fingerprint": fingerprints[(role, seed)],
+            }
+            for (role, seed) in mine
             if (role, seed) in run_ids
         }
 
@@ -130,37 +158,135 @@ def run_study(
         index_runs()
         return summary
 
-    env = environment()
+    execution = protocol.execution
+    size = pack_size or (execution.pack if isinstance(execution.pack, int) else 1)
     parent = tracker.start_parent(
-        exp_id,
-        protocol.study.name,
-        {"protocol_sha": protocol.sha256, "protocol_file": protocol.source, "runs": len(todo)},
+        exp_id, study, {"protocol_sha": protocol.sha256, "protocol_file": protocol.source}
     )
     summary.parent_run_id = parent
-    session = _Session(plan, data, tracker, exp_id, parent, fingerprints, run_ids, env, emit)
+    session = _Session(
+        plan, data, tracker, exp_id, parent, fingerprints, run_ids, environment(), emit
+    )
     session.device = resolve_device(device or protocol.train.device)
+    board = _ClaimBoard(tracker, study, execution.heartbeat_s, execution.stale_after_s)
     status = "FINISHED"
+    given_up: set[tuple[str, int]] = set()  # failed or blocked in this invocation
     try:
-        for role in plan.roles:
-            seeds = [s for s in plan.seeds if (role.key, s) in todo]
-            if not seeds:
+        while True:
+            refresh()
+            remaining = [k for k in mine if k not in run_ids and k not in given_up]
+            if not remaining:
+                break
+            claims = tracker.claims(study)
+            session.interrupted = tracker.interrupted_runs(exp_id)
+            worked = False
+            for role in plan.roles:
+                ready = [
+                    s
+                    for (key, s) in remaining
+                    if key == role.key
+                    and all((d, s) in run_ids for d in plan.dependencies(role.key))
+                ]
+                for i in range(0, len(ready), size):
+                    won = board.claim(
+                        [(s, fingerprints[(role.key, s)]) for s in ready[i : i + size]], claims
+                    )
+                    if not won:
+                        continue
+                    worked = True
+                    try:
+                        if role.kind == "ensemble":
+                            for seed in won:
+                                session.evaluate_ensemble(role, seed, summary)
+                        else:
+                            session.train_pack(role, list(won), summary)
+                    finally:
+                        board.release(won.values())
+                    given_up.update((role.key, s) for s in won if (role.key, s) not in run_ids)
+            if worked:
                 continue
-            if role.kind == "ensemble":
-                for seed in seeds:
-                    session.evaluate_ensemble(role, seed, summary)
-            else:
-                for i in range(0, len(seeds), pack_size):
-                    session.train_pack(role, seeds[i : i + pack_size], summary)
+            if board.others_active(claims, [fingerprints[k] for k in fingerprints]):
+                time.sleep(poll_s)  # another worker trains something we need: wait for it
+                continue
+            for role_key, seed in remaining:  # nobody works on them and they cannot start
+                missing = [d for d in plan.dependencies(role_key) if (d, seed) not in run_ids]
+                summary.skipped.append(f"{role_key} seed {seed} (needs {', '.join(missing)})")
+                emit(Progress("skip", role_key, seed, message=f"needs {', '.join(missing)}"))
+            break
         if summary.failed:
             status = "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
+        board.stop()
         tracker.end_run(parent, status)
         summary.seconds = time.time() - start
         index_runs()
     return summary
+
+
+class _ClaimBoard:
+    """This worker's claims: taking them, keeping their heartbeats fresh, releasing them."""
+
+    def __init__(self, tracker: Tracker, study: str, heartbeat_s: float, stale_after_s: float):
+        self.tracker, self.study = tracker, study
+        self.stale_after_s = stale_after_s
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.held: dict[str, str] = {}  # claim experiment id -> fingerprint
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True)
+        self._thread.start()
+
+    def _beat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with self._lock:
+                ids = list(self.held)
+            try:
+                self.tracker.heartbeat(ids)
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
+                pass
+
+    def _fresh(self, claim: Claim | None) -> bool:
+        return (
+            claim is not None
+            and claim.active
+            and time.time() - claim.heartbeat < self.stale_after_s
+        )
+
+    def claim(self, items: list[tuple[int, str]], claims: dict[str, Claim]) -> dict[int, str]:
+        """Claim (seed, fingerprint) items nobody alive holds; {seed: claim id} of those won."""
+        won: dict[int, str] = {}
+        for seed, fp in items:
+            current = claims.get(fp)
+            if self._fresh(current):
+                continue
+            attempt = (current.attempt if current else 0) + 1
+            claim_id = self.tracker.try_claim(self.study, fp, attempt, self.worker)
+            if claim_id is not None:
+                won[seed] = claim_id
+                with self._lock:
+                    self.held[claim_id] = fp
+        return won
+
+    def release(self, claim_ids) -> None:
+        for claim_id in list(claim_ids):
+            with self._lock:
+                self.held.pop(claim_id, None)
+            self.tracker.release(claim_id)
+
+    def others_active(self, claims: dict[str, Claim], fingerprints: list[str]) -> bool:
+        return any(self._fresh(claims.get(fp)) for fp in fingerprints)
+
+    def stop(self) -> None:
+        """Stop the heartbeats; claims still held are released (their runs are KILLED)."""
+        self._stop.set()
+        for claim_id in list(self.held):
+            try:
+                self.release([claim_id])
+            except Exception:  # noqa: BLE001 - a stale claim is taken over anyway
+                pass
 
 
 class _Session:
@@ -212,6 +338,7 @@ class _Session:
             "teacher_run_id": teacher_run,
             "data_identity": self.data.identity,
             "device": str(self.device),
+            "job_id": job_id(),
             "deterministic": resolve_deterministic(role.train.deterministic, self.device)
             if role.train
             else None,
@@ -264,35 +391,33 @@ class _Session:
                 logged[seed] = epoch
             self.emit(Progress("epoch", role.key, seed, epoch, metrics=metrics))
 
-        # A pack trains its seeds one after another today; train them one call each so
-        # that a seed that diverges fails alone.
-        for seed in seeds:
-            try:
-                [result] = train_role(
-                    role,
-                    [seed],
-                    self.data,
-                    teachers=teachers,
-                    device=self.device,
-                    on_epoch=on_epoch,
-                    checkpoints={seed: slots[seed]},
-                )
-            except TrainingDiverged as e:
-                self._fail(role, seed, runs[seed], str(e), summary)
-                continue
-            except KeyboardInterrupt:
-                for s in seeds:
-                    if (role.key, s) not in self.run_ids:
-                        self.tracker.end_run(runs[s], "KILLED")
-                raise
-            except Exception as e:  # noqa: BLE001 - one seed's crash must not sink the study
-                reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
-                self._fail(role, seed, runs[seed], reason, summary)
-                continue
-            finally:
+        try:
+            results = train_role(
+                role,
+                seeds,
+                self.data,
+                teachers=teachers,
+                device=self.device,
+                on_epoch=on_epoch,
+                checkpoints=slots,
+            )
+        except KeyboardInterrupt:
+            for s in seeds:
+                self.tracker.end_run(runs[s], "KILLED")
+            raise
+        except Exception as e:  # noqa: BLE001 - one pack's crash must not sink the study
+            reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+            results = [SeedResult(seed=s, state_dict={}, failure=reason) for s in seeds]
+        finally:
+            for seed in seeds:
                 for note in slots[seed].notes:
                     self.emit(Progress("note", role.key, seed, message=note))
                 slots[seed].notes.clear()
+        for result in results:
+            seed = result.seed
+            if result.failure is not None:
+                self._fail(role, seed, runs[seed], result.failure, summary)
+                continue
             run_id = runs[seed]
             if result.resumed_from:
                 self.tracker.set_tags(run_id, {"resumed_from_epoch": result.resumed_from})
@@ -328,7 +453,118 @@ class _Session:
         self.emit(Progress("done", role.key, seed, metrics=final))
 
     def _fail(self, role: Role, seed: int, run_id: str, reason: str, summary: RunSummary) -> None:
+        # a retry starts over: resuming a diverged run would only diverge again
+        self.checkpoints.slot(self.fingerprints[(role.key, seed)]).clear()
         self.tracker.set_tags(run_id, {"failure": reason[:4000]})
         self.tracker.end_run(run_id, "FAILED")
         summary.failed.append(f"{role.key} seed {seed}: {reason.splitlines()[0]}")
         self.emit(Progress("fail", role.key, seed, message=reason.splitlines()[0]))
+
+
+def job_id() -> str | None:
+    """The scheduler's id of the job this worker runs in (Slurm, or submitit's local one)."""
+    return os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+
+
+def run_worker(
+    protocol_path: str, tracking_uri: str, seeds: list[int], cwd: str, device: str | None = None
+) -> dict[str, Any]:
+    """One scheduled job: a worker that trains the chains of some seeds (all their roles)."""
+    from study.protocol import load_protocol
+    from study.tune import tuned_values
+
+    os.chdir(cwd)
+    protocol = load_protocol(protocol_path)
+    plan = expand(protocol, tuned=tuned_values(protocol))
+    summary = run_study(protocol, Tracker(tracking_uri), seeds=seeds, device=device, plan=plan)
+    return {
+        "seeds": seeds,
+        "trained": summary.trained,
+        "reused": summary.reused,
+        "failed": summary.failed,
+        "skipped": summary.skipped,
+        "job_id": job_id(),
+    }
+
+
+def submit_study(
+    protocol: Protocol,
+    tracking_uri: str,
+    *,
+    local: bool = False,
+    device: str | None = None,
+    wait: bool = True,
+) -> list[dict[str, Any]]:
+    """Submit the plan through submitit: one job per independent chain of a seed pack.
+
+    Each job is an ordinary worker restricted to its seeds (teacher -> generations ->
+    ensembles of those seeds), so claims, resume and failure handling are the same as in
+    a local run. ``local`` uses submitit's local executor (real subprocesses on this
+    machine, the same code path as Slurm) for tests and for trying a setup out.
+    """
+    import submitit
+
+    execution = protocol.execution
+    slurm = execution.slurm
+    folder = Path(slurm.folder) / protocol.study.name
+    if local:
+        executor = submitit.LocalExecutor(folder=str(folder))
+        executor.update_parameters(timeout_min=slurm.time_min)
+    else:
+        executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+        params: dict[str, Any] = {
+            "timeout_min": slurm.time_min,
+            "gpus_per_node": slurm.gpus_per_job,
+            "cpus_per_task": slurm.cpus_per_job,
+            "mem_gb": slurm.mem_gb,
+            "name": f"study-{protocol.study.name}",
+        }
+        if slurm.partition:
+            params["slurm_partition"] = slurm.partition
+        if slurm.account:
+            params["slurm_account"] = slurm.account
+        executor.update_parameters(**params)
+    size = execution.pack if isinstance(execution.pack, int) else 1
+    seeds = protocol.seeds
+    chunks = [seeds[i : i + size] for i in range(0, len(seeds), size)]
+    cwd = str(Path.cwd())
+    jobs = [
+        executor.submit(
+            run_worker, str(Path(protocol.source).resolve()), tracking_uri, c, cwd, device
+        )
+        for c in chunks
+    ]
+    if not wait:
+        return [{"seeds": c, "job_id": j.job_id} for c, j in zip(chunks, jobs, strict=True)]
+    return [j.result() for j in jobs]
+
+
+def study_status(
+    plan: Plan, tracker: Tracker, data_identity: str, stale_after_s: float
+) -> list[dict[str, Any]]:
+    """Per role: how many seeds are done, running, failed or waiting, and which."""
+    fingerprints = plan.fingerprints(data_identity)
+    study = plan.protocol.study.name
+    runs = tracker.runs_frame(study)
+    claims = tracker.claims(study)
+    now = time.time()
+    rows = []
+    for role in plan.roles:
+        states: dict[str, list[int]] = {"done": [], "running": [], "failed": [], "waiting": []}
+        jobs: set[str] = set()
+        for seed in plan.seeds:
+            fp = fingerprints[(role.key, seed)]
+            mine = runs[(runs["role"] == role.key) & (runs["fingerprint"] == fp)]
+            claim = claims.get(fp)
+            if (mine["status"] == "FINISHED").any():
+                state = "done"
+            elif claim and claim.active and now - claim.heartbeat < stale_after_s:
+                state = "running"
+            elif len(mine) and mine.sort_values("start_time")["status"].iloc[-1] == "FAILED":
+                state = "failed"
+            else:
+                state = "waiting"
+            states[state].append(seed)
+            jobs.update(j for j in mine.get("job_id", []) if isinstance(j, str) and j)
+        rows.append({"role": role.key, **states, "jobs": sorted(jobs)})
+    return rows

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from study import __version__
-from study.losses import resolve_loss_params
+from study.errors import UserInputError
+from study.losses import TUNED, resolve_loss_params
 from study.models import resolve_model_kwargs
 from study.protocol import Protocol, TrainSection, resolved_arch
 
@@ -115,6 +117,22 @@ class Plan:
         role = self.role(key)
         return [role.teacher] if role.teacher else list(role.members)
 
+    def require_trainable(self) -> None:
+        """UserInputError naming file and field when a loss parameter is still "tuned"."""
+        p = self.protocol
+        for role in self.trained_roles:
+            pending = [k for k, v in role.loss_params.items() if v == TUNED]
+            if not pending:
+                continue
+            index = next(i for i, a in enumerate(p.arms) if a.name == role.arm)
+            hint = "" if p.tune is not None else " (add a [tune] section for this arm)"
+            raise UserInputError(
+                f"{pending[0]} is '{TUNED}' but there is no tuning result for it: run "
+                f"'study tune {p.source}' first{hint}",
+                source=p.source,
+                field=f"arms[{index}] ('{role.arm}').loss.{pending[0]}",
+            )
+
 
 def fingerprint(role: Role, seed: int, dep_fingerprints: list[str], data_identity: str) -> str:
     """Hash of everything that determines one (role, seed)'s result."""
@@ -140,8 +158,14 @@ def derive_seed(seed: int, generation: int, stream: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def expand(protocol: Protocol) -> Plan:
-    """The protocol's roles in dependency order: teacher, then each arm's chain."""
+def expand(protocol: Protocol, tuned: Mapping[str, float] | None = None) -> Plan:
+    """The protocol's roles in dependency order: teacher, then each arm's chain.
+
+    A loss parameter given as "tuned" takes its number from ``tuned`` (the best values of
+    `study tune`: ``study.tune.tuned_values``), so that fingerprints hold the number trained
+    with. Without one it stays "tuned": the plan can be shown but not trained
+    (``Plan.require_trainable`` says why).
+    """
     teacher = Role(
         key=TEACHER,
         kind="teacher",
@@ -154,10 +178,10 @@ def expand(protocol: Protocol) -> Plan:
         train=protocol.train_for(protocol.teacher.train),
     )
     roles: list[Role] = [teacher]
-    for arm in protocol.arms:
+    for index, arm in enumerate(protocol.arms):
         arch, kwargs = resolved_arch(protocol, arm)
         kwargs = resolve_model_kwargs(arch, kwargs)
-        params = resolve_loss_params(arm.loss.name, arm.loss.params)
+        params = _with_tuned(protocol, index, tuned)
         train = protocol.train_for(arm.train)
         previous = TEACHER
         generations: list[str] = []
@@ -190,6 +214,25 @@ def expand(protocol: Protocol) -> Plan:
                     )
                 )
     return Plan(protocol=protocol, roles=tuple(roles), seeds=tuple(protocol.seeds))
+
+
+def _with_tuned(
+    protocol: Protocol, index: int, tuned: Mapping[str, float] | None
+) -> dict[str, Any]:
+    """An arm's loss parameters, "tuned" replaced by the tuned number where there is one."""
+    arm = protocol.arms[index]
+    given = {
+        k: tuned[k] if tuned and v == TUNED and k in tuned else v
+        for k, v in arm.loss.params.items()
+    }
+    try:
+        return resolve_loss_params(arm.loss.name, given)
+    except UserInputError as e:  # a tuned number outside the loss's range
+        raise UserInputError(
+            f"tuned value: {e.reason}",
+            source=protocol.source,
+            field=f"arms[{index}] ('{arm.name}').loss.{e.field}",
+        ) from None
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -33,7 +33,17 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from study.errors import UserInputError  # noqa: E402
 
 CHECKPOINT = "checkpoint/model.pt"
-TAG_KEYS = ("study", "arm", "generation", "role", "kind", "seed", "fingerprint", "protocol_sha")
+TAG_KEYS = (
+    "study",
+    "arm",
+    "generation",
+    "role",
+    "kind",
+    "seed",
+    "fingerprint",
+    "protocol_sha",
+    "job_id",
+)
 FINAL_METRICS = (
     "test_acc",
     "test_nll",
@@ -50,6 +60,18 @@ def resolve_uri(uri: str | None = None) -> str:
     if uri:
         return uri
     return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The latest claim on a (role, seed) fingerprint: who trains it, and are they alive."""
+
+    fingerprint: str
+    attempt: int
+    experiment_id: str
+    worker: str
+    heartbeat: float  # seconds since the epoch
+    active: bool  # False once released (the run finished, failed or was given up)
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,73 @@ class Tracker:
             db = Path(self.uri.removeprefix("sqlite:///"))
             return db.resolve().parent / "checkpoints"
         return Path(".study") / "checkpoints"
+
+    # -- claims: several workers sharing one plan --------------------------------------
+    #
+    # A claim on a fingerprint is an MLflow experiment named
+    # "<study>/_claims/<fingerprint>/<attempt>". Experiment names are unique in every
+    # tracking store (a database constraint, also behind a tracking server), so creating
+    # one is an atomic test-and-set: of two workers creating the same attempt, exactly one
+    # succeeds. The winner keeps a heartbeat tag fresh; a claim whose heartbeat is stale
+    # is taken over with the next attempt number. A released claim is deleted (its name
+    # stays reserved, so attempt numbers only grow).
+
+    def _claim_prefix(self, study: str) -> str:
+        return f"{study}/_claims/"
+
+    def claims(self, study: str) -> dict[str, Claim]:
+        """The latest claim of every fingerprint of the study."""
+        from mlflow.entities import ViewType
+
+        prefix = self._claim_prefix(study)
+        latest: dict[str, Claim] = {}
+        token = None
+        while True:
+            page = self.client.search_experiments(
+                view_type=ViewType.ALL,
+                filter_string=f"name LIKE '{prefix}%'",
+                max_results=1000,
+                page_token=token,
+            )
+            for exp in page:
+                fp, _, attempt = exp.name.removeprefix(prefix).partition("/")
+                claim = Claim(
+                    fingerprint=fp,
+                    attempt=int(attempt),
+                    experiment_id=exp.experiment_id,
+                    worker=exp.tags.get("worker", ""),
+                    heartbeat=float(exp.tags.get("heartbeat", 0)),
+                    active=exp.lifecycle_stage == "active",
+                )
+                if fp not in latest or claim.attempt > latest[fp].attempt:
+                    latest[fp] = claim
+            token = page.token
+            if not token:
+                return latest
+
+    def try_claim(self, study: str, fingerprint: str, attempt: int, worker: str) -> str | None:
+        """Create claim number ``attempt``; its experiment id if we won, None if we lost."""
+        from mlflow.exceptions import MlflowException
+
+        name = f"{self._claim_prefix(study)}{fingerprint}/{attempt}"
+        try:
+            return self.client.create_experiment(
+                name,
+                artifact_location=self._artifact_root(f"{study}-claims"),
+                tags={"worker": worker, "heartbeat": repr(time.time())},
+            )
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_ALREADY_EXISTS" or "already exists" in str(e):
+                return None
+            raise
+
+    def heartbeat(self, claim_ids: list[str]) -> None:
+        now = repr(time.time())
+        for exp_id in claim_ids:
+            self.client.set_experiment_tag(exp_id, "heartbeat", now)
+
+    def release(self, claim_id: str) -> None:
+        self.client.delete_experiment(claim_id)
 
     def interrupted_runs(self, experiment_id: str) -> dict[tuple[str, str], FinishedRun]:
         """(role, seed) runs that were killed or left RUNNING by a crash, newest first."""
@@ -226,7 +315,9 @@ class Tracker:
         try:
             run = self.client.get_run(run_id)
         except Exception as e:  # noqa: BLE001 - MLflow raises its own exception types
-            raise UserInputError(f"no such run in {self.uri}: {e}", source=f"run {run_id}") from None
+            raise UserInputError(
+                f"no such run in {self.uri}: {e}", source=f"run {run_id}"
+            ) from None
         return {
             "run_id": run_id,
             "experiment_id": run.info.experiment_id,
@@ -248,14 +339,31 @@ class Tracker:
         return {"tracking_uri": self.uri, "experiment_id": exp_id}
 
 
-def check_writable(uri: str | None = None) -> None:
-    """Fail fast with a clear message when the tracking store cannot be used."""
+def check_writable(uri: str | None = None, *, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any training, when the tracking store cannot be used.
+
+    A tracking server is asked for its /health first with a short timeout: MLflow's own
+    client retries with exponential backoff for minutes before it gives up.
+    """
+    resolved = resolve_uri(uri)
+    if resolved.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            answer = requests.get(f"{resolved.rstrip('/')}/health", timeout=timeout_s)
+            answer.raise_for_status()
+        except requests.RequestException as e:
+            raise UserInputError(
+                f"tracking server is not reachable: {type(e).__name__}: {e}",
+                source=resolved,
+                field="tracking-uri",
+            ) from None
     try:
-        MlflowClient(tracking_uri=resolve_uri(uri)).search_experiments(max_results=1)
+        MlflowClient(tracking_uri=resolved).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means "not usable"
         raise UserInputError(
             f"tracking store is not reachable or not usable: {type(e).__name__}: {e}",
-            source=resolve_uri(uri),
+            source=resolved,
             field="tracking-uri",
         ) from None
 

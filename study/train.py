@@ -40,6 +40,9 @@ EpochCallback = Callable[[int, int, dict[str, float]], None]  # (seed, epoch, me
 # after N training steps in all (SIGKILL is a real crash: no cleanup, no flush).
 _FAULT = os.environ.get("STUDY_TEST_SIGNAL_AFTER_STEPS", "")
 _steps_taken = 0
+# Fault injection for the failure tests: seeds listed here train with an absurd learning
+# rate (x 1e12), so that their loss diverges while the others train normally.
+_DIVERGE = {int(x) for x in os.environ.get("STUDY_TEST_DIVERGE_SEEDS", "").split(",") if x}
 
 
 def _maybe_fault() -> None:
@@ -219,6 +222,19 @@ def train_role(
     if role.kind == "ensemble" or role.train is None:
         raise ValueError(f"role {role.key} is not trained")
     device = device or resolve_device(role.train.device)
+    from study.pack import packable, train_pack  # the fused pack imports this module
+
+    if len(seeds) > 1 and packable(role):
+        return train_pack(
+            role,
+            seeds,
+            data,
+            teachers=teachers,
+            device=device,
+            on_epoch=on_epoch,
+            evaluate_test=evaluate_test,
+            checkpoints=checkpoints,
+        )
     results = []
     for seed in seeds:
         teacher = teachers[seed] if teachers is not None and role.teacher else None
@@ -252,6 +268,9 @@ def _train_seed(
     if teacher is not None:
         teacher = teacher.to(device).eval().requires_grad_(False)
     opt = _optimizer(model, cfg)
+    if seed in _DIVERGE:
+        for group in opt.param_groups:
+            group["lr"] *= 1e12
     sched = _scheduler(opt, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 

@@ -1,0 +1,781 @@
+"""Everything Optuna: `study tune` searches an arm's loss settings on the validation split.
+
+The protocol's ``[tune]`` section names an arm, one of its generations g, the ranges to
+search (temperature, alpha, lr), the metric (val_acc or val_nll) and seeds of its own,
+disjoint from the evaluation seeds (the protocol refuses an overlap), so that no number
+in the report comes from a seed the tuning has seen.
+
+A trial trains generation g of the arm with the trial's values on every tuning seed,
+seed s distilling from seed s of generation g-1 (the teacher for g = 1), and returns the
+mean validation metric over the tuning seeds. The teachers are ordinary runs of the
+study: found in the tracker by fingerprint, trained first when missing (logged in the
+study's experiment with the tuning seeds, which the report never collects). Trials never
+compute a test metric (``train_role(..., evaluate_test=False)``).
+
+What the pruner sees. The seeds of a trial are trained one after another, so a trial's
+steps are (seed index, epoch) in that order: step ``i * E + e`` is epoch e of the i-th
+tuning seed (E epochs per seed). The value reported at a step is the *running estimate
+of the objective*: the mean of the finished seeds' final metric and the current seed's
+metric at epoch e. Two trials at the same step have trained the same seeds for the same
+epochs from the same initialisation and data order (the random streams depend on seed
+and generation, not on the loss), so the median pruner compares like with like, can
+stop a bad trial during its first seed, and the value at the last step is exactly the
+trial's objective. The last step is never pruned (its work is done).
+
+Several workers. Trials live in an Optuna storage: by default a journal file
+(``optuna-journal.log``, next to the MLflow sqlite database), which several processes on
+one machine may share; ``--storage`` also takes a database URL for workers on several
+machines. ``--trials N`` asks for N finished trials (complete, pruned or failed) in the
+study in total: a worker starts a trial only while finished + running trials number fewer
+than N, so a rerun after an interruption runs only the remainder and two workers never
+overshoot. On one machine that check and the one-time setup (the MLflow store, the
+teachers, the parent run) are serialised by a lock file next to the storage. The sampler
+of trial n is TPE seeded from (sampler_seed, n): one worker's study is reproducible, a
+resumed study samples what an uninterrupted one would have, and concurrent workers do not
+draw the same values.
+
+Tracking. One parent MLflow run per tuning study (tags ``kind = tuning``, ``arm``,
+``generation``, ``optuna_study``, ``storage``), shared by every invocation and worker; one
+nested run per trial with the trial's values as parameters, per-step metrics (the
+current seed's ``val_acc``, ``val_nll``, ``train_loss``, ``train_acc`` and the running
+``objective``), tags ``trial_number`` and ``trial_state`` (complete, pruned, fail), and
+status FINISHED (complete), KILLED (pruned: stopped on purpose, its metrics are partial;
+also an interrupted trial) or FAILED. Trial runs carry no fingerprint: the executor and
+the report never take them for a (role, seed) run.
+
+The result, ``results/<study>/tuned.json``, is what ``study run`` reads where an arm's loss
+says ``temperature = "tuned"`` or ``alpha = "tuned"`` (see ``load_tuned``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from study.data import DataSplits
+from study.errors import UserInputError
+from study.execute import Progress, load_study_data, run_study
+from study.losses import TUNED
+from study.plan import TEACHER, Plan, Role, derive_seed, expand
+from study.protocol import Protocol, SearchRange, TrainSection, TuneSection
+from study.track import Tracker, check_writable, resolve_uri
+from study.train import TrainingDiverged, load_model, resolve_device, train_role
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: workers on one machine are not serialised
+    fcntl = None
+
+JOURNAL_FILE = "optuna-journal.log"
+TUNED_FILE = "tuned.json"
+SEARCHABLE = ("temperature", "alpha", "lr")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+class TuningError(RuntimeError):
+    """Tuning cannot go on (a teacher failed to train): not the user's input, not a bug."""
+
+
+# -- where the Optuna study lives ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Storage:
+    """An Optuna storage: a journal file (safe for several processes) or a database URL."""
+
+    url: str  # the journal file's absolute path, or the database URL
+    journal: bool
+    lock: Path | None  # serialises the workers of one machine; None for a remote database
+
+    def open(self) -> optuna.storages.BaseStorage | str:
+        if self.journal:
+            Path(self.url).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(self.url))
+        return self.url
+
+
+def resolve_storage(spec: str | None, tracking_uri: str) -> Storage:
+    """``--storage`` as given, else a journal file next to the MLflow sqlite database."""
+    if spec is None:
+        if tracking_uri.startswith("sqlite:///"):
+            base = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent
+        else:
+            base = Path.cwd()
+        spec = str(base / JOURNAL_FILE)
+    if "://" in spec:
+        if spec.startswith("sqlite:///") and spec != "sqlite:///":
+            path = Path(spec.removeprefix("sqlite:///")).resolve()
+            return Storage(f"sqlite:///{path}", False, path.with_name(path.name + ".workers.lock"))
+        if spec.startswith("sqlite:"):
+            raise UserInputError(
+                f"'{spec}' is not a sqlite file URL; use sqlite:///path/optuna.db",
+                field="--storage",
+            )
+        return Storage(spec, False, None)
+    if spec.endswith(".log"):
+        path = Path(spec).expanduser().resolve()
+        return Storage(str(path), True, path.with_name(path.name + ".workers.lock"))
+    raise UserInputError(
+        f"'{spec}' is neither a database URL (sqlite:///optuna.db, postgresql://...) nor a "
+        "journal file path ending in .log",
+        field="--storage",
+    )
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path | None) -> Iterator[None]:
+    """Hold the workers' lock file (released by the kernel if this process dies)."""
+    if lock is None or fcntl is None:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# -- what is tuned ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TuningPlan:
+    """One tuning study, resolved and checked: nothing is created or trained yet."""
+
+    protocol: Protocol
+    spec: TuneSection
+    trials: int  # finished trials the study should hold in total
+    storage: Storage
+    tracking_uri: str
+    study_name: str  # the Optuna study's name
+    student: Role  # the tuned role as the protocol gives it; trial values go on top
+    teachers: Plan  # the roles the student distils from, for the tuning seeds
+    epochs: int  # per seed, per trial
+    results_dir: Path
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.teachers.seeds)
+
+    @property
+    def space(self) -> dict[str, SearchRange]:
+        return {k: getattr(self.spec, k) for k in SEARCHABLE if getattr(self.spec, k)}
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * len(self.seeds)
+
+    @property
+    def result_path(self) -> Path:
+        return self.results_dir / self.protocol.study.name / TUNED_FILE
+
+
+def optuna_study_name(protocol: Protocol) -> str:
+    spec = _spec(protocol)
+    return f"{protocol.study.name}-tune-{spec.arm}-gen{spec.generation}"
+
+
+def _spec(protocol: Protocol) -> TuneSection:
+    if protocol.tune is None:
+        raise UserInputError(
+            "the protocol has no [tune] section: add one naming the arm and the ranges to "
+            "search (see README, 'Tuning')",
+            source=protocol.source,
+            field="tune",
+        )
+    return protocol.tune
+
+
+def plan_tuning(
+    protocol: Protocol,
+    *,
+    trials: int | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    results_dir: Path = Path("results"),
+) -> TuningPlan:
+    """Resolve and check a tuning study; raises UserInputError before anything is created."""
+    spec = _spec(protocol)
+    n_trials = spec.trials if trials is None else trials
+    if n_trials < 1:
+        raise UserInputError(f"must be >= 1, got {n_trials}", field="--trials")
+    uri = resolve_uri(tracking_uri)
+    where = resolve_storage(storage, uri)
+    plan = expand(protocol, tuned=tuned_values(protocol, results_dir))
+    student = plan.role(f"{spec.arm}/gen{spec.generation}")
+    for name, value in student.loss_params.items():
+        if value == TUNED and getattr(spec, name, None) is None:
+            raise UserInputError(
+                f"arm '{spec.arm}' gives {name} = 'tuned' but [tune] does not search it: add a "
+                f"tune.{name} range, or give {name} a number",
+                source=protocol.source,
+                field=f"tune.{name}",
+            )
+    chain = [plan.role(TEACHER)] + [
+        plan.role(f"{spec.arm}/gen{k}") for k in range(1, spec.generation)
+    ]
+    seeds = spec.seed_list
+    copy = protocol.model_copy(
+        update={"study": protocol.study.model_copy(update={"seeds": list(seeds)})}
+    )
+    teachers = Plan(protocol=copy, roles=tuple(chain), seeds=tuple(seeds))
+    teachers.require_trainable()
+    return TuningPlan(
+        protocol=protocol,
+        spec=spec,
+        trials=n_trials,
+        storage=where,
+        tracking_uri=uri,
+        study_name=optuna_study_name(protocol),
+        student=student,
+        teachers=teachers,
+        epochs=spec.epochs or student.train.epochs,
+        results_dir=results_dir,
+    )
+
+
+def trial_role(student: Role, values: Mapping[str, float], epochs: int) -> Role:
+    """The student with a trial's values, trained for ``epochs`` epochs.
+
+    A shorter budget compresses the schedule: cosine anneals over the trial's epochs, and
+    multistep milestones are scaled by epochs / the recipe's epochs.
+    """
+    train = student.train
+    assert train is not None
+    update: dict[str, Any] = {"epochs": epochs}
+    if "lr" in values:
+        update["lr"] = float(values["lr"])
+    if epochs != train.epochs and train.milestones:
+        scaled = {max(1, round(m * epochs / train.epochs)) for m in train.milestones}
+        update["milestones"] = sorted(m for m in scaled if m <= epochs)
+    loss = {k: float(values[k]) if k in values else v for k, v in student.loss_params.items()}
+    return dataclasses.replace(
+        student, loss_params=loss, train=TrainSection(**{**train.model_dump(), **update})
+    )
+
+
+# -- progress --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TuneProgress:
+    """One progress event: 'start', 'teacher', 'trial' or 'stop'."""
+
+    kind: str
+    number: int | None = None  # the trial's number
+    state: str = ""  # complete, pruned, fail
+    value: float | None = None
+    step: int | None = None  # the last step reported (where a pruned trial stopped)
+    best_value: float | None = None
+    best_number: int | None = None
+    finished: int = 0  # finished trials in the study, all workers
+    total: int = 0  # the finished trials asked for
+    eta_s: float | None = None
+    message: str = ""
+
+
+TuneProgressCallback = Callable[[TuneProgress], None]
+
+
+@dataclass
+class TuneSummary:
+    result: dict[str, Any]  # the content of tuned.json
+    path: Path
+    ran: int  # trials this invocation ran
+    seconds: float
+    experiment_id: str
+    parent_run_id: str
+
+
+# -- the tuning loop -------------------------------------------------------------------
+
+
+def tune(
+    tuning: TuningPlan,
+    *,
+    data: DataSplits | None = None,
+    progress: TuneProgressCallback | None = None,
+    timeout: float | None = None,
+    device: str | None = None,
+) -> TuneSummary:
+    """Run trials until the study holds ``tuning.trials`` finished ones; write tuned.json.
+
+    ``timeout`` (seconds) stops starting new trials; the one in progress finishes.
+    """
+    emit = progress or (lambda event: None)
+    start = time.time()
+    data = data or load_study_data(tuning.protocol)
+    dev = resolve_device(device or tuning.protocol.train.device)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        # One worker at a time: creating the MLflow store, the teachers, the parent run.
+        with _exclusive(tuning.storage.lock):
+            check_writable(tuning.tracking_uri)
+            tracker = Tracker(tuning.tracking_uri)
+            exp_id = tracker.experiment_id(tuning.protocol.study.name)
+            assert exp_id is not None
+            storage = tuning.storage.open()
+            study = _open_study(tuning, storage)
+            emit(TuneProgress("start", finished=_count(study), total=tuning.trials))
+            teachers = _teachers(tuning, tracker, exp_id, data, dev, device, emit)
+            parent = _parent_run(tuning, tracker, exp_id, study)
+        worker = _Worker(tuning, storage, tracker, exp_id, parent, data, teachers, dev, emit)
+        status = "FAILED"
+        try:
+            while timeout is None or time.time() - start < timeout:
+                trial = worker.reserve()
+                if trial is None:
+                    break
+                worker.run(trial)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            tracker.end_run(parent, status)
+        result = tuning_result(tuning, study, tracker.experiment_info(tuning.protocol.study.name))
+        result["mlflow"]["parent_run_id"] = parent
+        path = write_tuned(result, tuning.result_path)
+        tracker.log_files(parent, {TUNED_FILE: json.dumps(result, indent=2) + "\n"})
+        if result["best_params"]:
+            tracker.set_tags(parent, {"best_params": json.dumps(result["best_params"])})
+        emit(TuneProgress("stop", finished=_count(study), total=tuning.trials))
+        return TuneSummary(result, path, worker.ran, time.time() - start, exp_id, parent)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _open_study(tuning: TuningPlan, storage) -> optuna.Study:
+    study = optuna.create_study(
+        storage=storage,
+        study_name=tuning.study_name,
+        direction=tuning.spec.direction,
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != tuning.spec.direction:
+        raise UserInputError(
+            f"the Optuna study '{tuning.study_name}' in {tuning.storage.url} was created to "
+            f"{study.direction.name.lower()}, but tune.metric '{tuning.spec.metric}' needs to "
+            f"{tuning.spec.direction}: use another --storage",
+            source=tuning.protocol.source,
+            field="tune.metric",
+        )
+    return study
+
+
+def _count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _sampler(tuning: TuningPlan, number: int) -> optuna.samplers.BaseSampler:
+    """TPE seeded from (sampler_seed, trial number): see the module docstring."""
+    seed = derive_seed(tuning.spec.sampler_seed, number, "tpe") % 2**32
+    # TPE's random start-up phase: a third of the budget, between 3 and 10 trials
+    startup = min(10, max(3, tuning.spec.trials // 3))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+
+
+def make_pruner(tuning: TuningPlan) -> optuna.pruners.BasePruner:
+    """Median: judge a trial from its second half of the first seed's epochs on, once a
+    few trials (a quarter of the budget, 2 to 5) have completed."""
+    if tuning.spec.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=min(5, max(2, tuning.spec.trials // 4)),
+            n_warmup_steps=tuning.epochs // 2,
+        )
+    if tuning.spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tuning.steps)
+    return optuna.pruners.NopPruner()
+
+
+def _teachers(
+    tuning: TuningPlan,
+    tracker: Tracker,
+    exp_id: str,
+    data: DataSplits,
+    device,
+    device_spec: str | None,
+    emit: TuneProgressCallback,
+) -> dict[int, nn.Module]:
+    """Seed s's teacher for the tuned generation: from the tracker, trained if missing."""
+    plan = tuning.teachers
+
+    def relay(event: Progress) -> None:
+        if event.kind in ("done", "fail", "skip"):
+            what = "trained" if event.kind == "done" else event.kind
+            val = event.metrics.get("val_acc")
+            extra = f" (val_acc {val:.4f})" if val is not None else f" {event.message}"
+            emit(TuneProgress("teacher", message=f"{event.role} seed {event.seed}: {what}{extra}"))
+
+    fingerprints = plan.fingerprints(data.identity)
+    finished = tracker.finished_runs(exp_id)
+    if any((key, fp) not in finished for (key, _), fp in fingerprints.items()):
+        summary = run_study(
+            plan.protocol, tracker, plan=plan, progress=relay, device=device_spec, data=data
+        )
+        if summary.failed or summary.skipped:
+            raise TuningError(
+                "the teachers of the tuned generation could not be trained: "
+                + "; ".join(summary.failed + summary.skipped)
+            )
+        finished = tracker.finished_runs(exp_id)
+    key = plan.roles[-1].key
+    out = {}
+    for seed in plan.seeds:
+        run = finished[(key, fingerprints[(key, seed)])]
+        state = tracker.load_checkpoint(run.run_id)
+        out[seed] = load_model(plan.role(key), data, state, device)
+    return out
+
+
+def _parent_run(tuning: TuningPlan, tracker: Tracker, exp_id: str, study: optuna.Study) -> str:
+    """The tuning study's parent run, its id kept in the Optuna study: one per study."""
+    known = study.user_attrs.get(PARENT_ATTR)
+    found = tracker.find_runs(exp_id, {"kind": "tuning", "optuna_study": tuning.study_name})
+    if known in found:
+        tracker.reopen(known)
+        return known
+    spec = tuning.spec
+    params: dict[str, Any] = {
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "trials": spec.trials,
+        "seeds": ",".join(map(str, tuning.seeds)),
+        "epochs": tuning.epochs,
+        "sampler": "tpe",
+        "sampler_seed": spec.sampler_seed,
+        "pruner": spec.pruner,
+    }
+    for name, r in tuning.space.items():
+        params[f"space.{name}"] = f"[{r.low}, {r.high}]" + (" log" if r.log else "")
+    parent = tracker.start_run(
+        exp_id,
+        parent_id=None,
+        name=tuning.study_name,
+        tags={
+            "study": tuning.protocol.study.name,
+            "kind": "tuning",
+            "arm": spec.arm,
+            "generation": spec.generation,
+            "optuna_study": tuning.study_name,
+            "storage": tuning.storage.url,
+            "protocol_sha": tuning.protocol.sha256,
+        },
+        params=params,
+    )
+    study.set_user_attr(PARENT_ATTR, parent)
+    return parent
+
+
+class _Worker:
+    """This process's share of the study: reserves trials and runs them."""
+
+    def __init__(self, tuning, storage, tracker, exp_id, parent, data, teachers, device, emit):
+        self.tuning: TuningPlan = tuning
+        self.storage = storage
+        self.tracker: Tracker = tracker
+        self.exp_id: str = exp_id
+        self.parent: str = parent
+        self.data: DataSplits = data
+        self.teachers: dict[int, nn.Module] = teachers
+        self.device = device
+        self.emit: TuneProgressCallback = emit
+        self.pruner = make_pruner(tuning)
+        self.ran = 0
+        self.durations: list[float] = []
+
+    def _view(self, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+        return optuna.load_study(
+            study_name=self.tuning.study_name,
+            storage=self.storage,
+            sampler=sampler,
+            pruner=self.pruner,
+        )
+
+    def reserve(self) -> optuna.Trial | None:
+        """A new trial, or None when finished + running trials already make the total."""
+        with _exclusive(self.tuning.storage.lock):
+            study = self._view()
+            for number in fail_orphaned_trials(study):
+                for run_id in self.tracker.find_runs(
+                    self.exp_id, {"optuna_study": self.tuning.study_name, "trial_number": number}
+                ):
+                    self.tracker.set_tags(run_id, {"trial_state": "fail", "failure": "worker died"})
+                    self.tracker.end_run(run_id, "KILLED")
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            if finished + running >= self.tuning.trials:
+                return None
+            # the sampler of trial n depends on n only (the next number: the trials so far)
+            trial = self._view(_sampler(self.tuning, len(trials))).ask()
+            try:
+                trial.set_user_attr("worker", WORKER)
+            except BaseException:
+                trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
+        return trial
+
+    def run(self, trial: optuna.Trial) -> FrozenTrial:
+        """Train the trial's student on every tuning seed; tell Optuna and MLflow the end."""
+        t0 = time.time()
+        run_id = None
+        tags: dict[str, Any] = {}
+        try:
+            values = {
+                name: trial.suggest_float(name, r.low, r.high, log=r.log)
+                for name, r in self.tuning.space.items()
+            }
+            role = trial_role(self.tuning.student, values, self.tuning.epochs)
+            run_id = self._start(trial, values, role)
+            value = self._objective(trial, role, run_id)
+        except optuna.TrialPruned as e:
+            frozen = trial.study.tell(trial, state=TrialState.PRUNED)
+            state, status, tags = "pruned", "KILLED", {"pruned": str(e)}
+        except TrainingDiverged as e:
+            frozen = trial.study.tell(trial, state=TrialState.FAIL)
+            state, status, tags = "fail", "FAILED", {"failure": str(e)}
+        except BaseException as e:  # interrupted, or a bug: the trial fails, then re-raise
+            trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if run_id is not None:
+                interrupted = isinstance(e, KeyboardInterrupt)
+                reason = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
+                self.tracker.set_tags(run_id, {"trial_state": "fail", "failure": reason[:4000]})
+                self.tracker.end_run(run_id, "KILLED" if interrupted else "FAILED")
+            raise
+        else:
+            frozen = trial.study.tell(trial, value)
+            state, status = "complete", "FINISHED"
+        self.tracker.set_tags(run_id, {"trial_state": state, **tags})
+        self.tracker.end_run(run_id, status)
+        self.ran += 1
+        self.durations.append(time.time() - t0)
+        self._report(trial.study, frozen, state)
+        return frozen
+
+    def _start(self, trial: optuna.Trial, values: dict[str, float], role: Role) -> str:
+        return self.tracker.start_run(
+            self.exp_id,
+            parent_id=self.parent,
+            name=f"trial {trial.number}",
+            tags={
+                "study": self.tuning.protocol.study.name,
+                "kind": "trial",
+                "arm": self.tuning.spec.arm,
+                "generation": self.tuning.spec.generation,
+                "optuna_study": self.tuning.study_name,
+                "trial_number": trial.number,
+                "worker": WORKER,
+            },
+            params={
+                **values,
+                "loss": role.loss,
+                **{f"loss.{k}": v for k, v in role.loss_params.items()},
+                "train.lr": role.train.lr,
+                "epochs": role.train.epochs,
+                "seeds": ",".join(map(str, self.tuning.seeds)),
+            },
+        )
+
+    def _objective(self, trial: optuna.Trial, role: Role, run_id: str) -> float:
+        """Mean final validation metric over the tuning seeds, reported step by step."""
+        metric = self.tuning.spec.metric
+        epochs = role.train.epochs
+        last = self.tuning.steps
+        finals: list[float] = []
+        for i, seed in enumerate(self.tuning.seeds):
+
+            def on_epoch(seed: int, epoch: int, metrics: dict[str, float], i: int = i) -> None:
+                step = i * epochs + epoch
+                running = (sum(finals) + metrics[metric]) / (len(finals) + 1)
+                self.tracker.log_metrics(run_id, {**metrics, "objective": running}, step=step)
+                trial.report(running, step)
+                if step < last and trial.should_prune():
+                    raise optuna.TrialPruned(
+                        f"pruned at step {step} (seed {seed}, epoch {epoch}): "
+                        f"running {metric} {running:.4f}"
+                    )
+
+            [result] = train_role(
+                role,
+                [seed],
+                self.data,
+                teachers={seed: self.teachers[seed]},
+                device=self.device,
+                on_epoch=on_epoch,
+                evaluate_test=False,
+            )
+            finals.append(result.final[metric])
+            self.tracker.log_metrics(run_id, {f"seed_{seed}.{metric}": finals[-1]}, step=last)
+        return sum(finals) / len(finals)
+
+    def _report(self, study: optuna.Study, frozen: FrozenTrial, state: str) -> None:
+        finished = _count(study)
+        best = _best(study)
+        if best is not None:
+            self.tracker.log_metrics(
+                self.parent, {f"best_{self.tuning.spec.metric}": best.value}, step=finished
+            )
+        mean = sum(self.durations) / len(self.durations)
+        self.emit(
+            TuneProgress(
+                "trial",
+                number=frozen.number,
+                state=state,
+                value=frozen.value,
+                step=frozen.last_step,
+                best_value=best.value if best else None,
+                best_number=best.number if best else None,
+                finished=finished,
+                total=self.tuning.trials,
+                eta_s=max(0, self.tuning.trials - finished) * mean,
+            )
+        )
+
+
+def fail_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker, on this machine, is dead (a kill -9).
+
+    Without this a killed worker's trial would count as running for ever, and the study
+    would never reach its total. Returns the numbers of the trials marked.
+    """
+    host, marked = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        name, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if name != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        marked.append(t.number)
+    return marked
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _best(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no complete trial yet
+        return None
+
+
+# -- the result ------------------------------------------------------------------------
+
+
+def tuning_result(
+    tuning: TuningPlan, study: optuna.Study, mlflow: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The content of tuned.json, from the Optuna study (every worker's trials)."""
+    trials = study.get_trials(deepcopy=False)
+    by_state = {s.name.lower(): 0 for s in TrialState}
+    for t in trials:
+        by_state[t.state.name.lower()] += 1
+    best = _best(study)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    spec = tuning.spec
+    return {
+        "study": tuning.protocol.study.name,
+        "protocol": tuning.protocol.source,
+        "arm": spec.arm,
+        "generation": spec.generation,
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "split": "validation",
+        "best_params": dict(best.params) if best else {},
+        "best_value": best.value if best else None,
+        "best_trial": best.number if best else None,
+        "n_trials": len(trials),
+        "n_trials_by_state": by_state,
+        "storage": tuning.storage.url,
+        "optuna_study": tuning.study_name,
+        "sampler": "tpe",
+        "sampler_seed": spec.sampler_seed,
+        "pruner": spec.pruner,
+        "seeds": tuning.seeds,
+        "epochs": tuning.epochs,
+        "search_space": {k: r.model_dump() for k, r in tuning.space.items()},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "history": [
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "params": dict(t.params),
+                "last_step": t.last_step,
+                "duration_s": t.duration.total_seconds() if t.duration else None,
+            }
+            for t in sorted(trials, key=lambda t: t.number)
+        ],
+        "importances": _importances(study, spec.sampler_seed) if len(complete) >= 2 else {},
+        "mlflow": dict(mlflow or {}),
+    }
+
+
+def _importances(study: optuna.Study, seed: int) -> dict[str, float]:
+    """fANOVA importances over the complete trials; {} when they cannot be told apart."""
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    try:
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (ValueError, RuntimeError):  # e.g. a single distinct value per parameter
+        return {}
+    return {k: float(v) for k, v in found.items()}
+
+
+def write_tuned(result: dict[str, Any], path: Path) -> Path:
+    """Write tuned.json atomically (a reader, or a second worker, never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_tuned(protocol: Protocol, results_dir: Path = Path("results")) -> dict | None:
+    """The protocol's tuning result (results/<study>/tuned.json), None if there is none.
+
+    A file written for another arm or generation than the protocol's [tune] names counts
+    as none: it answers another question.
+    """
+    path = results_dir / protocol.study.name / TUNED_FILE
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserInputError(f"cannot read the tuning result: {e}", source=str(path)) from None
+    if protocol.tune is not None and result.get("optuna_study") != optuna_study_name(protocol):
+        return None
+    return result
+
+
+def tuned_values(protocol: Protocol, results_dir: Path = Path("results")) -> dict[str, float]:
+    """The best values found by `study tune`, for ``plan.expand(protocol, tuned=...)``."""
+    result = load_tuned(protocol, results_dir)
+    return dict(result.get("best_params") or {}) if result else {}
