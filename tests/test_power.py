@@ -146,3 +146,17 @@ def test_bad_planning_input_is_rejected():
         with pytest.raises(UserInputError) as err:
             plan_seeds(table, source="pilot.csv", **kwargs)
         assert err.value.field == field and err.value.source == "pilot.csv"
+
+
+def test_effect_far_larger_than_the_sd_needs_the_fewest_seeds() -> None:
+    # sd of differences 1e-5 against an effect of 0.005: the root-finder gives up (NaN);
+    # the plan must still answer with the smallest n whose power reaches 0.8.
+    import pandas as pd
+
+    from study.analysis.power import plan_seeds
+
+    rows = [(s, "a", 0.9 + 1e-5 * ((s * 7) % 3)) for s in range(3)]
+    rows += [(s, "b", 0.9) for s in range(3)]
+    table = pd.DataFrame(rows, columns=["seed", "group", "value"])
+    [row] = plan_seeds(table, effect=0.005).to_dict("records")
+    assert row["n_required"] == 2

@@ -217,11 +217,26 @@ def _paired_plan(n: int, sd: float, *, effect: float, alpha: float, power: float
     )
     mde = analysis.solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided")
     at_n = analysis.power(effect_size=effect / sd, nobs=n, alpha=alpha, alternative="two-sided")
+    def power_at(k: int) -> float:
+        return analysis.power(effect_size=effect / sd, nobs=k, alpha=alpha, alternative="two-sided")
+
     return {
-        "n_required": max(2, math.ceil(float(n_req) - 1e-9)),
+        "n_required": _required_n(n_req, power_at, power),
         "mde": float(mde) * sd,
         "power_at_n": float(at_n),
     }
+
+
+def _required_n(solved: float, power_at, power: float) -> float:
+    """The solver's answer rounded up; where it found none (an effect many sds wide makes
+    the root-finder fail), the smallest n >= 2 whose power reaches the target by scanning."""
+    solved = float(solved)
+    if math.isfinite(solved):
+        return max(2, math.ceil(solved - 1e-9))
+    for k in range(2, 10_001):
+        if power_at(k) >= power:
+            return k
+    return math.nan
 
 
 def _unpaired_plan(
@@ -239,8 +254,13 @@ def _unpaired_plan(
     at_n = analysis.power(
         effect_size=effect / sd, nobs1=n_a, ratio=n_b / n_a, alpha=alpha, alternative="two-sided"
     )
+    def power_at(k: int) -> float:
+        return analysis.power(
+            effect_size=effect / sd, nobs1=k, ratio=1.0, alpha=alpha, alternative="two-sided"
+        )
+
     return {
-        "n_required": max(2, math.ceil(float(n_req) - 1e-9)),
+        "n_required": _required_n(n_req, power_at, power),
         "mde": float(mde) * sd,
         "power_at_n": float(at_n),
     }
