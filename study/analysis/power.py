@@ -28,6 +28,19 @@ from study.analysis.stats import (
 )
 from study.errors import UserInputError
 
+PLAN_COLUMNS = [
+    "a",
+    "b",
+    "pairing",
+    "n",
+    "sd_diff",
+    "n_required",
+    "mde",
+    "power_at_n",
+    "min_p_possible",
+    "warning",
+]
+
 
 def min_p_value(test: str, n: int, *, n_b: int | None = None, n_resamples: int = 10_000) -> float:
     """The smallest two-sided p-value ``test`` can produce with n seeds.
@@ -191,21 +204,7 @@ def plan_seeds(
                 "warning": warning,
             }
         )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "a",
-            "b",
-            "pairing",
-            "n",
-            "sd_diff",
-            "n_required",
-            "mde",
-            "power_at_n",
-            "min_p_possible",
-            "warning",
-        ],
-    )
+    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
 
 
 def _paired_plan(n: int, sd: float, *, effect: float, alpha: float, power: float) -> dict:

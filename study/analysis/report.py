@@ -29,7 +29,7 @@ from scipy import stats as sps
 from study import __version__
 from study.analysis import figures
 from study.analysis.collect import Collected
-from study.analysis.power import plan_seeds
+from study.analysis.power import PLAN_COLUMNS, plan_seeds
 from study.analysis.stats import CORRECTION_NAMES, PAIRED, compare, omnibus
 from study.plan import TEACHER, Plan, expand
 from study.protocol import Protocol
@@ -37,18 +37,6 @@ from study.repro import environment
 
 NOT_AVAILABLE = "–"
 POWER = 0.8
-POWER_COLUMNS = [
-    "a",
-    "b",
-    "pairing",
-    "n",
-    "sd_diff",
-    "n_required",
-    "mde",
-    "power_at_n",
-    "min_p_possible",
-    "warning",
-]
 TEST_WORDS = {
     "t": "paired t-test",
     "wilcoxon": "Wilcoxon signed-rank test",
@@ -430,7 +418,7 @@ def _power(long: pd.DataFrame, tested: list[dict[str, Any]], protocol: Protocol)
         except (ValueError, ArithmeticError) as e:
             why = f"the power analysis failed ({type(e).__name__}: {e})"
             rows.append({"a": c["a"], "b": c["b"], "n": c["n_paired"], "warning": why})
-    return pd.DataFrame(rows, columns=POWER_COLUMNS)
+    return pd.DataFrame(rows, columns=PLAN_COLUMNS)
 
 
 def _verdict_words(c: dict[str, Any], protocol: Protocol) -> tuple[str, str]:
