@@ -164,9 +164,9 @@ def run(
             f"experiment {summary.experiment_id}, parent run {summary.parent_run_id}"
         )
     for line in summary.failed:
-        err_console.print(f"[red]failed:[/] {line}", highlight=False)
+        err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False)
     for line in summary.skipped:
-        err_console.print(f"[yellow]skipped:[/] {line}", highlight=False)
+        err_console.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False)
     if report:
         from study.analysis.collect import collect
 
@@ -188,7 +188,7 @@ def _run_jobs(p, tracker, executor: str, device: str | None) -> None:
             highlight=False,
         )
         for line in r["failed"]:
-            err_console.print(f"[red]failed:[/] {line}", highlight=False)
+            err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False)
             failed = True
     if failed:
         raise typer.Exit(1)
@@ -612,7 +612,7 @@ def reproduce(
         out.add_row(r["metric"], repr(a), repr(b), diff)
     console.print(out)
     for note in result.notes:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if result.identical:
         console.print("identical: every final metric is bit-for-bit the same")
     else:
@@ -639,6 +639,56 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Machine output.")]
             value = f"{len(value)} distributions (--json lists them)"
         out.add_row(key, str(value))
     console.print(out)
+
+
+@app.command()
+@user_errors
+def bench(
+    arch: Annotated[str, typer.Option(help="Architecture (default: the digits study's MLP).")] = (
+        "mlp"
+    ),
+    arch_kwargs: Annotated[
+        str | None, typer.Option("--arch-kwargs", help="JSON, e.g. '{\"depth\":28}'.")
+    ] = None,
+    dataset_shape: Annotated[
+        str, typer.Option("--dataset-shape", help="digits, mnist, cifar10 or cifar100.")
+    ] = "digits",
+    batch: Annotated[int, typer.Option(help="Images per seed and step.")] = 64,
+    steps: Annotated[int, typer.Option(help="Steps per timed epoch.")] = 30,
+    repeats: Annotated[int, typer.Option(help="Timed epochs (after one warm-up).")] = 2,
+    packs: Annotated[str, typer.Option(help="Pack sizes; 1 is train.py's loop.")] = "1,4,16",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    kd: Annotated[bool, typer.Option("--kd", help="Also time KD students.")] = False,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+    workers: Annotated[int, typer.Option(help="DataLoader workers of the reference.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False,
+) -> None:
+    """Time the plain PyTorch loop, the harness's loop and seed packs side by side."""
+    from study.bench import BenchConfig, format_report, parse_arch_kwargs, parse_packs, run_bench
+
+    kwargs = parse_arch_kwargs(arch_kwargs)
+    if kwargs is None:
+        kwargs = BenchConfig().arch_kwargs if arch == BenchConfig.arch else {}
+    config = BenchConfig(
+        arch=arch,
+        arch_kwargs=kwargs,
+        dataset_shape=dataset_shape,
+        batch=batch,
+        steps=steps,
+        repeats=repeats,
+        packs=parse_packs(packs),
+        device=device,
+        kd=kd,
+        precision=precision,
+        workers=workers,
+    )
+    say = (lambda text: None) if as_json else (lambda text: err_console.print(text))
+    report = run_bench(config, progress=say)
+    if as_json:
+        print(report.to_json())
+        return
+    for line in format_report(report):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 class _ProgressView:
@@ -676,7 +726,7 @@ class _ProgressView:
             self.progress.advance(self.epochs, event.epoch or 0)
             console.print(f"{event.role} seed {event.seed}: resumed after epoch {event.epoch}")
         elif event.kind == "note":
-            err_console.print(f"[yellow]{event.role} seed {event.seed}:[/] {event.message}")
+            err_console.print(f"[yellow]{event.role} seed {event.seed}:[/] {escape(event.message)}")
         elif event.kind in ("done", "fail", "skip"):
             self.progress.advance(self.runs)
             self.done += 1

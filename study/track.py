@@ -11,6 +11,7 @@ module with plain data (dicts, DataFrames, state dicts) and never imports mlflow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -21,6 +22,11 @@ from typing import Any
 
 import pandas as pd
 import torch
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock around creating the store
+    fcntl = None
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -359,13 +365,32 @@ def check_writable(uri: str | None = None, *, timeout_s: float = 5.0) -> None:
                 field="tracking-uri",
             ) from None
     try:
-        MlflowClient(tracking_uri=resolved).search_experiments(max_results=1)
+        with _creating(resolved):
+            MlflowClient(tracking_uri=resolved).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means "not usable"
         raise UserInputError(
             f"tracking store is not reachable or not usable: {type(e).__name__}: {e}",
             source=resolved,
             field="tracking-uri",
         ) from None
+
+
+@contextlib.contextmanager
+def _creating(uri: str):
+    """One process at a time opens a local sqlite store: the first one creates its tables,
+    and two processes migrating a new database at once break it ("table already exists",
+    half-applied migrations). A lock file beside the database; released if a process dies."""
+    if not uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///")).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _str(tags: dict[str, Any]) -> dict[str, str]:

@@ -1,0 +1,371 @@
+"""`study tune`: trials on the validation split, pruning, resuming, several workers, and
+`study run` using the tuned values. End to end in real subprocesses where the behaviour
+is about processes (interruption, concurrency); in-process where it is about input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from study.cli import app
+from study.errors import UserInputError
+from study.execute import load_study_data
+from study.plan import expand
+from study.protocol import parse_protocol
+from study.tune import (
+    fail_orphaned_trials,
+    load_tuned,
+    plan_tuning,
+    resolve_storage,
+    trial_role,
+)
+
+STUDY = "tiny"
+OPTUNA_STUDY = "tiny-tune-kd-gen1"
+
+# A wide lr range makes bad trials obvious early: with the median pruner (2 start-up
+# trials for a budget of 6) and sampler seed 0, trial 5 is pruned in its first epoch.
+TUNE_PROTOCOL = """
+[study]
+name = "tiny"
+seeds = 2
+
+[data]
+dataset = "digits"
+val_size = 0.15
+augmentation = "none"
+
+[train]
+epochs = 3
+batch_size = 256
+lr = 0.05
+nesterov = true
+schedule = "cosine"
+device = "cpu"
+
+[teacher]
+arch = "mlp"
+kwargs = { hidden = [16] }
+
+[[arms]]
+name = "kd"
+arch = "mlp"
+kwargs = { hidden = [16] }
+loss = { name = "kd", temperature = 4.0, alpha = "tuned" }
+
+[tune]
+arm = "kd"
+alpha = { low = 0.0, high = 1.0 }
+lr = { low = 0.001, high = 1.0, log = true }
+metric = "val_acc"
+trials = 6
+seeds = 2
+sampler_seed = 0
+pruner = "median"
+"""
+
+
+def _write_protocol(where: Path, text: str = TUNE_PROTOCOL) -> Path:
+    path = where / "tiny.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _tune(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "study.cli", "tune", "tiny.toml", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _popen(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.cli", "tune", "tiny.toml", *args],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _trials(cwd: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(cwd / "optuna-journal.log"))
+    )
+    return optuna.load_study(study_name=OPTUNA_STUDY, storage=storage).get_trials()
+
+
+def _mlflow_runs(cwd: Path) -> list:
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(STUDY)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _tuning_runs(cwd: Path):
+    runs = _mlflow_runs(cwd)
+    parents = [r for r in runs if r.data.tags.get("kind") == "tuning"]
+    trials = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    return parents, trials
+
+
+# -- one finished tuning study, shared by the tests that read it ---------------------------
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    cwd = tmp_path_factory.mktemp("tune")
+    _write_protocol(cwd)
+    proc = _tune(cwd, "--trials", "6")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return cwd, proc
+
+
+def test_tune_runs_the_requested_trials_and_prunes_bad_ones(tuned) -> None:
+    cwd, proc = tuned
+    trials = _trials(cwd)
+    assert sorted(t.number for t in trials) == list(range(6))
+    states = [t.state for t in trials]
+    assert optuna.trial.TrialState.PRUNED in states
+    assert optuna.trial.TrialState.COMPLETE in states
+    assert re.search(r"trial 5: pruned .*6/6 finished; ETA", proc.stdout), proc.stdout
+    assert "best val_acc" in proc.stdout
+
+
+def test_each_trial_is_a_nested_mlflow_run_without_test_metrics(tuned) -> None:
+    cwd, _ = tuned
+    parents, trial_runs = _tuning_runs(cwd)
+    assert len(parents) == 1
+    parent = parents[0]
+    tags = parent.data.tags
+    assert tags["study"] == STUDY and tags["arm"] == "kd" and tags["generation"] == "1"
+    assert tags["optuna_study"] == OPTUNA_STUDY
+    assert tags["storage"] == str(cwd / "optuna-journal.log")
+    assert parent.info.status == "FINISHED"
+    assert len(trial_runs) == 6
+    by_number = {t.number: t for t in _trials(cwd)}
+    status = {"complete": "FINISHED", "pruned": "KILLED", "fail": "FAILED"}
+    for run in trial_runs:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "fingerprint" not in run.data.tags  # never taken for a (role, seed) run
+        trial = by_number[int(run.data.tags["trial_number"])]
+        assert run.data.tags["trial_state"] == trial.state.name.lower()
+        assert run.info.status == status[run.data.tags["trial_state"]]
+        assert float(run.data.params["alpha"]) == pytest.approx(trial.params["alpha"])
+        assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])
+        assert "val_acc" in run.data.metrics and "objective" in run.data.metrics
+        assert not [k for k in run.data.metrics if k.startswith("test_")]
+    # per-epoch validation metrics at steps (seed index x epochs + epoch)
+    complete = next(r for r in trial_runs if r.data.tags["trial_state"] == "complete")
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(complete.info.run_id, "val_acc")]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+
+
+def test_tuned_json_holds_the_best_values_and_the_history(tuned) -> None:
+    cwd, _ = tuned
+    result = json.loads((cwd / "results" / STUDY / "tuned.json").read_text())
+    trials = _trials(cwd)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value)
+    assert result["arm"] == "kd" and result["generation"] == 1
+    assert result["metric"] == "val_acc" and result["direction"] == "maximize"
+    assert result["split"] == "validation"
+    assert result["best_params"] == best.params and result["best_value"] == best.value
+    assert result["n_trials"] == 6
+    by_state = result["n_trials_by_state"]
+    assert by_state["complete"] == len(complete) and by_state["pruned"] >= 1
+    assert result["storage"] == str(cwd / "optuna-journal.log")
+    assert result["optuna_study"] == OPTUNA_STUDY
+    assert result["sampler_seed"] == 0 and result["seeds"] == [1000, 1001]
+    assert result["date"].endswith("+00:00")
+    assert [h["number"] for h in result["history"]] == list(range(6))
+    assert {h["state"] for h in result["history"]} >= {"complete", "pruned"}
+    assert set(result["importances"]) == {"alpha", "lr"}
+    assert load_tuned(parse_protocol(TUNE_PROTOCOL), cwd / "results") == result
+
+
+def test_study_run_uses_the_tuned_value(tuned, monkeypatch) -> None:
+    cwd, _ = tuned
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    best = json.loads((cwd / "results" / STUDY / "tuned.json").read_text())["best_params"]
+    shown = CliRunner().invoke(app, ["validate", "tiny.toml"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and f"alpha={best['alpha']}" in shown.output
+    done = CliRunner().invoke(app, ["run", "tiny.toml", "--no-report"])
+    assert done.exit_code == 0, done.output
+    kd = [r for r in _mlflow_runs(cwd) if r.data.tags.get("role") == "kd/gen1"]
+    assert sorted(int(r.data.tags["seed"]) for r in kd) == [0, 1]
+    assert {float(r.data.params["loss_params.alpha"]) for r in kd} == {best["alpha"]}
+    protocol = parse_protocol(TUNE_PROTOCOL)
+    identity = load_study_data(protocol).identity
+    wanted = expand(protocol, tuned=best).fingerprints(identity)
+    assert {r.data.tags["fingerprint"] for r in kd} == {wanted[("kd/gen1", s)] for s in (0, 1)}
+
+
+# -- interruption and concurrency ----------------------------------------------------------
+
+
+def test_interrupted_tune_continues_the_same_study(tmp_path) -> None:
+    _write_protocol(tmp_path)
+    first = _popen(tmp_path, "--trials", "3")
+    for line in first.stdout:
+        if "1/3 finished" in line:
+            break
+    first.send_signal(signal.SIGINT)  # Ctrl-C, during trial 1 (or between trials)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err
+    assert "run 'study tune tiny.toml' again" in err
+    before = _trials(tmp_path)
+    assert len(before) in (1, 2)
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in before)
+
+    second = _tune(tmp_path, "--trials", "3")
+    assert second.returncode == 0, second.stderr
+    assert f"{len(before)}/3 trials already finished" in second.stdout
+    after = _trials(tmp_path)
+    assert sorted(t.number for t in after) == [0, 1, 2]  # numbers continue, total = 3
+    assert [t.params for t in after[: len(before)]] == [t.params for t in before]
+    parents, trial_runs = _tuning_runs(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(int(r.data.tags["trial_number"]) for r in trial_runs) == [0, 1, 2]
+
+
+def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path) -> None:
+    _write_protocol(tmp_path)
+    workers = [_popen(tmp_path, "--trials", "4") for _ in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err
+        assert "Traceback" not in err and "locked" not in err
+    trials = _trials(tmp_path)
+    assert sorted(t.number for t in trials) == list(range(4))
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both took part
+    assert len({tuple(t.params.values()) for t in trials}) == 4  # no draw repeated
+    parents, trial_runs = _tuning_runs(tmp_path)
+    assert len(parents) == 1
+    assert sorted(int(r.data.tags["trial_number"]) for r in trial_runs) == list(range(4))
+    teachers = [r for r in _mlflow_runs(tmp_path) if r.data.tags.get("role") == "teacher"]
+    assert sorted(int(r.data.tags["seed"]) for r in teachers) == [1000, 1001]  # trained once
+
+
+# -- refusals: exit 2 before anything is created -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t[: t.index("[tune]")], "no [tune] section"),
+        (lambda t: t.replace("seeds = 2\nsampler", "seeds = [1, 1000]\nsampler"), "overlap"),
+        (lambda t: t.replace("low = 0.0, high = 1.0", "low = 0.5, high = 0.5"), "empty"),
+    ],
+    ids=["no-tune-section", "overlapping-seeds", "empty-range"],
+)
+def test_tune_refuses_a_bad_tune_section_before_anything_is_created(
+    workdir: Path, change, message: str
+) -> None:
+    _write_protocol(workdir, change(textwrap.dedent(TUNE_PROTOCOL)))
+    result = CliRunner().invoke(app, ["tune", "tiny.toml"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "tiny.toml" in result.output
+    assert sorted(p.name for p in workdir.iterdir()) == ["tiny.toml"]
+
+
+def test_tune_refuses_a_storage_that_is_neither_url_nor_journal(workdir: Path) -> None:
+    _write_protocol(workdir)
+    result = CliRunner().invoke(app, ["tune", "tiny.toml", "--storage", "optuna.txt"])
+    assert result.exit_code == 2 and "--storage" in result.output
+    assert sorted(p.name for p in workdir.iterdir()) == ["tiny.toml"]
+
+
+def test_study_run_refuses_a_tuned_value_without_a_tuning_result(workdir: Path) -> None:
+    _write_protocol(workdir)
+    result = CliRunner().invoke(app, ["run", "tiny.toml"])
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert "tiny.toml" in flat and "arms[0] ('kd').loss.alpha" in flat
+    assert "study tune tiny.toml" in flat
+    assert sorted(p.name for p in workdir.iterdir()) == ["tiny.toml"]
+
+
+# -- the pieces ----------------------------------------------------------------------------
+
+
+def test_expand_puts_tuned_numbers_into_fingerprints() -> None:
+    protocol = parse_protocol(TUNE_PROTOCOL)
+    pending = expand(protocol)
+    assert pending.role("kd/gen1").loss_params["alpha"] == "tuned"
+    with pytest.raises(UserInputError, match="study tune"):
+        pending.require_trainable()
+    a, b = expand(protocol, tuned={"alpha": 0.3}), expand(protocol, tuned={"alpha": 0.4})
+    assert a.role("kd/gen1").loss_params == {"temperature": 4.0, "alpha": 0.3}
+    a.require_trainable()
+    assert a.fingerprints("d")[("kd/gen1", 0)] != b.fingerprints("d")[("kd/gen1", 0)]
+    assert a.fingerprints("d")[("teacher", 0)] == b.fingerprints("d")[("teacher", 0)]
+    with pytest.raises(UserInputError, match=r"loss\.alpha"):
+        expand(protocol, tuned={"alpha": 1.5})  # outside the loss's range
+
+
+def test_a_protocol_without_tuned_values_expands_as_before(tiny_protocol_text: str) -> None:
+    protocol = parse_protocol(tiny_protocol_text)
+    assert expand(protocol, tuned={"alpha": 0.1}).fingerprints("d") == expand(
+        protocol
+    ).fingerprints("d")
+
+
+def test_default_storage_is_a_journal_file_beside_the_mlflow_database(tmp_path) -> None:
+    journal = resolve_storage(None, f"sqlite:///{tmp_path}/mlflow.db")
+    assert journal.journal and journal.url == str(tmp_path / "optuna-journal.log")
+    database = resolve_storage(f"sqlite:///{tmp_path}/optuna.db", "http://mlflow:5000")
+    assert not database.journal and database.url == f"sqlite:///{tmp_path}/optuna.db"
+    remote = resolve_storage("postgresql://u@h/db", "http://mlflow:5000")
+    assert remote.url == "postgresql://u@h/db" and remote.lock is None
+    with pytest.raises(UserInputError, match="--storage"):
+        resolve_storage("optuna.db", "sqlite:///mlflow.db")
+
+
+def test_trial_role_applies_values_and_shortens_the_schedule() -> None:
+    text = TUNE_PROTOCOL.replace('schedule = "cosine"', 'schedule = "multistep"\nmilestones = [2]')
+    text = text.replace("epochs = 3", "epochs = 4")
+    tuning = plan_tuning(parse_protocol(text), storage="x.log")
+    role = trial_role(tuning.student, {"alpha": 0.25, "lr": 0.5}, epochs=2)
+    assert role.loss_params == {"temperature": 4.0, "alpha": 0.25}
+    assert role.train.lr == 0.5 and role.train.epochs == 2 and role.train.milestones == [1]
+    assert [r.key for r in tuning.teachers.roles] == ["teacher"]
+    assert list(tuning.teachers.seeds) == [1000, 1001]
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_failed() -> None:
+    study = optuna.create_study()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    ).stdout.strip()
+    orphan, alive = study.ask(), study.ask()
+    orphan.set_user_attr("worker", f"{socket.gethostname()}:{dead}")
+    alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getppid()}")
+    assert fail_orphaned_trials(study) == [orphan.number]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {0: optuna.trial.TrialState.FAIL, 1: optuna.trial.TrialState.RUNNING}
