@@ -193,6 +193,13 @@ def run_study(
                     )
                     if not won:
                         continue
+                    # A claim is released only after its run is FINISHED: a claim won on a
+                    # released one may be for a run that finished since our last look.
+                    refresh()
+                    done = [s for s in won if (role.key, s) in run_ids]
+                    board.release(won.pop(s) for s in done)
+                    if not won:
+                        continue
                     worked = True
                     try:
                         if role.kind == "ensemble":
