@@ -1,0 +1,492 @@
+"""`study bench`: what a training step costs, measured side by side in one process.
+
+The same architecture, batch size and data shape (synthetic images of a real dataset's
+shape) trained in several ways:
+
+- ``reference``: the loop users write today: a ``DataLoader`` over a ``TensorDataset`` (with
+  torchvision's per-image RandomCrop + RandomHorizontalFlip where the dataset shape is
+  augmented), fp32, one seed, SGD and cross-entropy;
+- ``harness``: ``train.py``'s loop for one seed (``train_role`` with one seed: data on the
+  device, augmentation on the device, the deterministic settings of a study);
+- ``pack K``: ``train_role`` with K seeds, trained as one fused seed pack (``study.pack``);
+- with ``kd``: the harness and the packs again as distillation students, so that the cost
+  of the teacher's forward pass shows as the ratio between the two.
+
+Each variant trains a warm-up epoch and then ``repeats`` timed epochs of ``steps`` steps;
+images per second count every seed's images. The harness variants time whole epochs
+(``on_epoch`` timestamps), which include the per-epoch evaluation on a one-image validation
+and test split: a few forward passes, next to nothing. Peak memory is the CUDA allocator's
+``max_memory_allocated`` on a GPU; on the CPU it is the peak resident set size sampled
+every 2 ms from /proc/self/statm during the variant, minus the size at its start (an
+estimate: memory freed to the allocator earlier in the process is reused unseen).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from study.data import DataSplits, normalize
+from study.errors import UserInputError
+from study.models import create_model, resolve_model_kwargs
+from study.pack import packable
+from study.plan import Role
+from study.protocol import TrainSection
+from study.train import init_model, resolve_device, train_role
+
+SHAPES: dict[str, tuple[int, int, int, str]] = {
+    # name: (channels, image size, classes, augmentation)
+    "digits": (1, 8, 10, "none"),
+    "mnist": (1, 28, 10, "none"),
+    "cifar10": (3, 32, 10, "crop_flip"),
+    "cifar100": (3, 32, 100, "crop_flip"),
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. The defaults are the offline default study's teacher (digits MLP)."""
+
+    arch: str = "mlp"
+    arch_kwargs: dict[str, Any] = field(default_factory=lambda: {"hidden": [128], "dropout": 0.1})
+    dataset_shape: str = "digits"
+    batch: int = 64
+    steps: int = 30
+    repeats: int = 2
+    packs: tuple[int, ...] = (1, 4, 16)
+    device: str = "auto"
+    kd: bool = False
+    precision: str = "fp32"
+    workers: int = 0
+
+    def check(self) -> None:
+        if self.dataset_shape not in SHAPES:
+            raise UserInputError(
+                f"unknown dataset shape {self.dataset_shape!r}; allowed: {', '.join(SHAPES)}"
+            )
+        resolve_model_kwargs(self.arch, self.arch_kwargs)
+        for name in ("batch", "steps", "repeats"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not self.packs or any(k < 1 for k in self.packs):
+            raise UserInputError(f"--packs must be pack sizes >= 1, got {list(self.packs)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserInputError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+
+
+@dataclass
+class BenchResult:
+    """One variant's measurement."""
+
+    variant: str  # "reference", "harness", "pack"
+    seeds: int
+    kd: bool
+    path: str  # "dataloader", "loop" (train.py) or "fused" (study.pack)
+    steps: int  # timed steps (each step trains every seed of the pack)
+    seconds: float
+    images_per_s: float
+    peak_memory_mb: float
+
+    @property
+    def name(self) -> str:
+        base = self.variant if self.variant != "pack" else f"pack {self.seeds}"
+        return base + (" + kd" if self.kd else "")
+
+
+@dataclass
+class BenchReport:
+    """The measurements of one ``study bench`` and what they were taken on."""
+
+    config: dict[str, Any]
+    device: str
+    device_name: str
+    threads: int
+    memory: str
+    results: list[BenchResult]
+
+    def to_json(self) -> str:
+        rows = []
+        for r in self.results:
+            row = asdict(r)
+            row["name"] = r.name
+            row.update(self.ratios(r))
+            rows.append(row)
+        payload = {k: v for k, v in asdict(self).items() if k != "results"}
+        return json.dumps({**payload, "results": rows}, indent=2)
+
+    def _find(self, variant: str, seeds: int, kd: bool) -> BenchResult | None:
+        for r in self.results:
+            if (r.variant, r.seeds, r.kd) == (variant, seeds, kd):
+                return r
+        return None
+
+    def ratios(self, r: BenchResult) -> dict[str, float | None]:
+        """Throughput relative to the reference and to the harness's one seed; for a KD
+        variant, its extra time per image over the same variant without a teacher."""
+        ref = self._find("reference", 1, False)
+        one = self._find("harness", 1, False)
+        plain = self._find(r.variant, r.seeds, False) if r.kd else None
+        return {
+            "vs_reference": r.images_per_s / ref.images_per_s if ref else None,
+            "vs_harness": r.images_per_s / one.images_per_s if one else None,
+            "kd_overhead": plain.images_per_s / r.images_per_s - 1 if plain else None,
+        }
+
+    def table(self) -> list[list[str]]:
+        """Rows for a text table: variant, path, images/s, memory, ratios."""
+        rows = [["variant", "path", "images/s", "peak MB", "x reference", "x harness", "kd cost"]]
+        for r in self.results:
+            q = self.ratios(r)
+            rows.append(
+                [
+                    r.name,
+                    r.path,
+                    f"{r.images_per_s:,.0f}",
+                    f"{r.peak_memory_mb:,.1f}",
+                    _ratio(q["vs_reference"]),
+                    _ratio(q["vs_harness"]),
+                    "" if q["kd_overhead"] is None else f"+{100 * q['kd_overhead']:.0f}%",
+                ]
+            )
+        return rows
+
+
+def _ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}x"
+
+
+def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Measure every variant of ``config`` in this process, one after another."""
+    config.check()
+    say = progress or (lambda text: None)
+    device = resolve_device(config.device)
+    data = synthetic_splits(config.dataset_shape, config.steps * config.batch, device)
+    student, teacher = _roles(config)
+    measure = _Measure(device, config.batch)
+    results = []
+    say("reference: DataLoader loop, one seed")
+    results.append(measure(lambda: _reference(config, data, device), "reference", 1, False))
+    for kd in (False, True) if config.kd else (False,):
+        role = student if kd else teacher
+        for k in config.packs:
+            variant = "harness" if k == 1 else "pack"
+            path = "fused" if k > 1 and packable(role) else "loop"
+            say(f"{variant} {k} seed(s){' + kd' if kd else ''}: {path}")
+            teachers = _teachers(teacher, k, data, device) if kd else None
+            results.append(
+                measure(
+                    lambda role=role, k=k, teachers=teachers: _harness(
+                        config, role, k, data, device, teachers
+                    ),
+                    variant,
+                    k,
+                    kd,
+                    path,
+                )
+            )
+    return BenchReport(
+        config={**asdict(config), "packs": list(config.packs)},
+        device=str(device),
+        device_name=_device_name(device),
+        threads=torch.get_num_threads(),
+        memory=(
+            "torch.cuda.max_memory_allocated"
+            if device.type == "cuda"
+            else "peak RSS delta (sampled /proc/self/statm)"
+        ),
+        results=results,
+    )
+
+
+def synthetic_splits(shape: str, n_train: int, device: torch.device) -> DataSplits:
+    """Random uint8 images and labels of a dataset's shape; one image to validate and test."""
+    channels, size, classes, augmentation = SHAPES[shape]
+    g = torch.Generator().manual_seed(0)
+
+    def images(n: int) -> torch.Tensor:
+        return torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
+
+    def labels(n: int) -> torch.Tensor:
+        return torch.randint(0, classes, (n,), generator=g)
+
+    return DataSplits(
+        name=f"synthetic-{shape}",
+        train_x=images(n_train).to(device),
+        train_y=labels(n_train).to(device),
+        val_x=images(1),
+        val_y=labels(1),
+        test_x=images(1),
+        test_y=labels(1),
+        num_classes=classes,
+        in_channels=channels,
+        image_size=size,
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+        augmentation=augmentation,
+        identity=f"bench-{shape}",
+        classes=tuple(str(i) for i in range(classes)),
+    )
+
+
+def _recipe(config: BenchConfig) -> TrainSection:
+    return TrainSection(
+        epochs=1 + config.repeats,
+        batch_size=config.batch,
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        schedule="constant",
+        precision=config.precision,  # type: ignore[arg-type]
+        device=config.device,
+    )
+
+
+def _roles(config: BenchConfig) -> tuple[Role, Role]:
+    """A born-again KD student and its teacher (also the plain, teacher-less variant)."""
+    kwargs = resolve_model_kwargs(config.arch, config.arch_kwargs)
+    common = {"arch": config.arch, "arch_kwargs": kwargs, "train": _recipe(config)}
+    teacher = Role(key="teacher", kind="teacher", arm="teacher", generation=0, **common)
+    student = Role(
+        key="kd/gen1",
+        kind="student",
+        arm="kd",
+        generation=1,
+        loss="kd",
+        loss_params={"temperature": 4.0, "alpha": 0.9},
+        teacher="teacher",
+        **common,
+    )
+    return student, teacher
+
+
+def _teachers(role: Role, k: int, data: DataSplits, device: torch.device) -> dict[int, nn.Module]:
+    """Untrained teachers (a trained one costs the same forward pass)."""
+    return {s: init_model(role, s, data).to(device).eval() for s in range(k)}
+
+
+def _harness(
+    config: BenchConfig,
+    role: Role,
+    k: int,
+    data: DataSplits,
+    device: torch.device,
+    teachers: dict[int, nn.Module] | None,
+) -> tuple[float, int]:
+    """Seconds for the timed epochs of ``train_role`` with K seeds, and the steps timed.
+
+    A fused pack reports every seed after each epoch; the loop trains seed after seed, so
+    its time is the sum of each seed's timed epochs (each seed has its own warm-up).
+    """
+    stamps: dict[int, list[float]] = {s: [] for s in range(k)}
+
+    def on_epoch(seed: int, epoch: int, metrics: dict[str, float]) -> None:
+        _sync(device)
+        stamps[seed].append(time.perf_counter())
+
+    train_role(role, list(range(k)), data, teachers=teachers, device=device, on_epoch=on_epoch)
+    fused = k > 1 and packable(role)
+    timed = [stamps[0]] if fused else list(stamps.values())
+    seconds = sum(seed_stamps[-1] - seed_stamps[0] for seed_stamps in timed)
+    return seconds, config.repeats * config.steps
+
+
+def _reference(config: BenchConfig, data: DataSplits, device: torch.device) -> tuple[float, int]:
+    """The plain PyTorch loop: DataLoader, per-image transforms, fp32, one seed."""
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+    torch.manual_seed(0)
+    model = create_model(
+        config.arch,
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+        image_size=data.image_size,
+        **config.arch_kwargs,
+    ).to(device)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+    x, y = data.train_x.cpu(), data.train_y.cpu()
+    dataset: Dataset = TensorDataset(x, y)
+    if data.augmentation == "crop_flip":
+        dataset = _TransformedImages(x, y)
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+    )
+    model.train()
+    stamps = []
+    for _ in range(1 + config.repeats):
+        for xb, yb in loader:
+            xb = normalize(xb.to(device, non_blocking=True), data.mean, data.std)
+            loss = F.cross_entropy(model(xb), yb.to(device, non_blocking=True))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _sync(device)
+        stamps.append(time.perf_counter())
+    return stamps[-1] - stamps[0], config.repeats * config.steps
+
+
+class _TransformedImages(torch.utils.data.Dataset):
+    """Per-image torchvision transforms, the usual CIFAR recipe (pad-4 crop, flip)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        from torchvision.transforms import v2
+
+        self.x, self.y = x, y
+        size = x.shape[-1]
+        self.transform = v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()])
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.x[i]), self.y[i]
+
+
+class _Measure:
+    """Runs a variant and records its throughput and peak memory."""
+
+    def __init__(self, device: torch.device, batch: int):
+        self.device, self.batch = device, batch
+
+    def __call__(
+        self,
+        fn: Callable[[], tuple[float, int]],
+        variant: str,
+        seeds: int,
+        kd: bool,
+        path: str = "dataloader",
+    ) -> BenchResult:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            seconds, steps = fn()
+            peak = torch.cuda.max_memory_allocated(self.device) - before
+        else:
+            with _RssPeak() as rss:
+                seconds, steps = fn()
+            peak = rss.peak
+        images = steps * seeds * self.batch
+        return BenchResult(
+            variant=variant,
+            seeds=seeds,
+            kd=kd,
+            path=path,
+            steps=steps,
+            seconds=seconds,
+            images_per_s=images / seconds if seconds > 0 else float("nan"),
+            peak_memory_mb=peak / 2**20,
+        )
+
+
+class _RssPeak:
+    """Peak resident set size above the size at entry, sampled in a background thread."""
+
+    def __enter__(self) -> _RssPeak:
+        self.page = _page_size()
+        self.start = self._rss()
+        self.peak_rss = self.start
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _rss(self) -> int:
+        try:
+            return int(Path("/proc/self/statm").read_text().split()[1]) * self.page
+        except OSError:
+            return 0
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.002):
+            self.peak_rss = max(self.peak_rss, self._rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.peak_rss = max(self.peak_rss, self._rss())
+
+    @property
+    def peak(self) -> int:
+        return self.peak_rss - self.start
+
+
+def _page_size() -> int:
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from study.repro import cpu_model
+
+    return cpu_model()
+
+
+def parse_packs(text: str) -> tuple[int, ...]:
+    """``"1,4,16"`` -> ``(1, 4, 16)``."""
+    try:
+        packs = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserInputError(f"--packs must be comma-separated integers, got {text!r}") from None
+    return packs
+
+
+def parse_arch_kwargs(text: str | None) -> dict[str, Any] | None:
+    """The ``--arch-kwargs`` JSON object, or None when not given."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserInputError(f"--arch-kwargs is not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise UserInputError(f"--arch-kwargs must be a JSON object, got {text!r}")
+    return value
+
+
+def format_report(report: BenchReport) -> Sequence[str]:
+    """The report as plain text lines (a table with aligned columns)."""
+    c = report.config
+    lines = [
+        f"{c['arch']} {json.dumps(c['arch_kwargs'])} on {c['dataset_shape']}-shaped data, "
+        f"batch {c['batch']} per seed, {c['precision']}, {c['steps']} steps x {c['repeats']} "
+        f"timed epochs",
+        f"device: {report.device} ({report.device_name}), torch threads: {report.threads}, "
+        f"memory: {report.memory}",
+    ]
+    rows = report.table()
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        cells = [
+            cell.ljust(w) if j < 2 else cell.rjust(w)
+            for j, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines

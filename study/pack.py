@@ -1,0 +1,864 @@
+"""Seed packs: the K seeds of one role trained as one fused computation.
+
+A small network (an MLP on digits, WRN-28-1 on CIFAR) leaves the hardware mostly idle: each
+step is a few small kernels, and the time goes to launching them (Python, the dispatcher,
+the GPU's launch latency). K seeds of the same role are the same computation on different
+numbers, so a pack runs them as **one network K times as wide whose layers are
+block-diagonal**:
+
+- a convolution becomes one grouped convolution with ``groups = K`` (seed k's channels are
+  group k), activations are laid out ``[B, K*C, H, W]``;
+- a linear layer becomes ``BlockLinear``: K independent matrices applied with one batched
+  matrix multiply (``baddbmm``) to ``[B, K*F]`` activations;
+- a BatchNorm over ``C`` channels becomes a BatchNorm over ``K*C`` channels, so every seed
+  keeps its own batch statistics and its own running estimates;
+- dropout becomes ``SeedDropout``: seed k's mask comes from seed k's own generator;
+- element-wise layers, pooling and flattening work unchanged on the packed layout (a
+  flattened ``[B, K*C, H, W]`` is seed k's features in block k).
+
+Nothing couples the seeds: no layer mixes blocks, each seed's loss is the registry's loss
+on its own slice, and the pack minimises the **sum** of the seeds' losses, whose gradient
+with respect to seed k's weights is the gradient of seed k's loss. SGD (momentum, Nesterov,
+weight decay), Adam and AdamW are element-wise, so one optimizer over the packed
+parameters is K independent optimizers. Each seed keeps its own initialisation (built by
+``init_model`` exactly as the loop builds it, then stacked), data order, augmentation,
+dropout and loss streams. A seed whose loss becomes NaN or infinite fails alone: it is
+masked out of the summed loss and the others go on.
+
+Every packed parameter and buffer is its K per-seed tensors concatenated along the first
+dimension (``BlockLinear`` stores ``[K*out, in]``), and has the same name as in the plain
+model, so a seed's plain ``state_dict`` is a slice (``SeedPack.seed_state``): checkpoints
+and results are in the plain model's format and load into ``build_model``.
+
+Why not ``torch.func.vmap`` over stacked parameters: on the CPU it was slower than the
+block-diagonal modules for the digits MLP (docs/benchmarks.md), its dropout draws from one
+global stream (not one per seed), and training-mode BatchNorm needs patching. Which
+architectures pack: ``PACKABLE_ARCHS``; the others, and fp16 (one GradScaler would skip
+every seed's step when one seed overflows), train seed by seed in ``train.py``'s loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from study import train as _train
+from study.checkpoint import CheckpointSlot
+from study.data import AugmentDraw, DataSplits, apply_augmentation, draw_augmentation, normalize
+from study.losses import TUNED, get_loss, resolve_loss_params
+from study.models import cnn, densenet, mlp, resnet_cifar, wrn
+from study.plan import Role, derive_seed
+from study.repro import deterministic_mode
+from study.train import (
+    EpochCallback,
+    SeedResult,
+    TrainingDiverged,
+    _autocast,
+    _optimizer,
+    _scheduler,
+    agreement_metrics,
+    build_model,
+    evaluate_probs,
+    final_metrics,
+    init_model,
+    resolve_device,
+)
+
+PACKABLE_ARCHS = frozenset({"mlp", "small_cnn", "wrn", "resnet_cifar", "densenet_bc"})
+"""Architectures whose seeds train as one fused network (the others train in a loop)."""
+
+MAX_PACK_CPU = 64
+MAX_PACK_GPU = 32  # not yet measured on a GPU: see docs/benchmarks.md
+CPU_PACK_MAX_MACS = 5_000_000
+"""On the CPU, pack only roles whose forward step costs at most this many multiply-adds per
+seed (see ``auto_pack_size``)."""
+
+
+class NotPackable(ValueError):
+    """A model contains a layer the pack does not know how to make block-diagonal."""
+
+
+def packable(role: Role) -> bool:
+    """Whether the seeds of ``role`` can train as one fused pack."""
+    return (
+        role.kind != "ensemble"
+        and role.train is not None
+        and role.arch in PACKABLE_ARCHS
+        and role.train.precision != "fp16"
+    )
+
+
+# --- packed layers ----------------------------------------------------------------------
+
+
+Layout = Literal["channels", "batch"]
+"""How a pack lays out its activations: ``"channels"`` (``[B, K*C, ...]``: seed k's channels
+are block k; what grouped convolutions need) or ``"batch"`` (``[K*B, ...]``: seed k's
+examples are block k; networks without convolutions, where it saves every transpose)."""
+
+
+class BlockLinear(nn.Module):
+    """K independent ``Linear(in_features, out_features)`` in one batched matrix multiply.
+
+    ``weight`` is ``[K*out, in]`` (seed k's matrix is rows ``k*out .. (k+1)*out``) and
+    ``bias`` is ``[K*out]``: the same names as ``nn.Linear`` and the K plain tensors stacked.
+    Maps ``[B, K*in]`` to ``[B, K*out]`` in the channels layout, ``[K*B, in]`` to
+    ``[K*B, out]`` in the batch layout.
+    """
+
+    def __init__(
+        self,
+        k: int,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        layout: Layout = "channels",
+    ):
+        super().__init__()
+        self.k, self.in_features, self.out_features = k, in_features, out_features
+        self.layout = layout
+        self.weight = nn.Parameter(torch.empty(k * out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(k * out_features)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, n_in, n_out = self.k, self.in_features, self.out_features
+        if self.layout == "batch":
+            seeds = x.reshape(k, -1, n_in)  # [K, B, in]
+        else:
+            seeds = x.reshape(x.shape[0], k, n_in).transpose(0, 1)  # [K, B, in], a view
+        weight = self.weight.view(k, n_out, n_in).transpose(1, 2)
+        if self.bias is None:
+            out = torch.bmm(seeds, weight)
+        else:
+            out = torch.baddbmm(self.bias.view(k, 1, n_out), seeds, weight)
+        if self.layout == "batch":
+            return out.view(-1, n_out)
+        return out.transpose(0, 1).reshape(x.shape[0], k * n_out)
+
+    def extra_repr(self) -> str:
+        return (
+            f"k={self.k}, in_features={self.in_features}, out_features={self.out_features}, "
+            f"layout={self.layout}"
+        )
+
+
+class SeedDropout(nn.Module):
+    """Dropout whose mask for seed k comes from seed k's own generator.
+
+    The mask is drawn as ``F.dropout`` draws it on the CPU (``bernoulli_(1 - p)`` over a
+    tensor of the seed's shape, scaled by ``1 / (1 - p)``), so a CPU generator in the state
+    of the plain loop's global generator gives the plain loop's masks.
+    """
+
+    def __init__(self, p: float, k: int, *, layout: Layout = "channels"):
+        super().__init__()
+        self.p, self.k, self.layout = p, k, layout
+        self.generators: list[torch.Generator | None] = [None] * k
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = 1 - self.p
+        if self.layout == "batch":  # seed k's block is contiguous: draw into it in place
+            noise = torch.empty_like(x, memory_format=torch.contiguous_format)
+            for block, g in zip(noise.chunk(self.k), self.generators, strict=True):
+                block.bernoulli_(keep, generator=g)
+        else:
+            shape = (x.shape[0], x.shape[1] // self.k, *x.shape[2:])
+            masks = [
+                torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep, generator=g)
+                for g in self.generators
+            ]
+            noise = torch.stack(masks, dim=1).view_as(x)
+        return x * noise.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, k={self.k}, layout={self.layout}"
+
+
+class _PackedDenseLayer(nn.Module):
+    """DenseNet-BC's bottleneck on the packed layout: the concatenation is per seed."""
+
+    def __init__(self, layer: densenet._Bottleneck, k: int):
+        super().__init__()
+        self.k = k
+        self.bn1, self.conv1, self.bn2 = layer.bn1, layer.conv1, layer.bn2
+        self.conv2, self.dropout = layer.conv2, layer.dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.dropout(self.conv1(F.relu(self.bn1(x))))
+        out = self.dropout(self.conv2(F.relu(self.bn2(out))))
+        b, _, h, w = x.shape
+        seeds = (x.view(b, self.k, -1, h, w), out.view(b, self.k, -1, h, w))
+        return torch.cat(seeds, dim=2).view(b, -1, h, w)
+
+
+# Modules without parameters of their own whose forward is correct on the packed layout
+# (element-wise, per channel, or flattening [B, K*C, H, W] into seed-major blocks).
+_LAYOUT_SAFE: tuple[type[nn.Module], ...] = (
+    nn.Sequential,
+    nn.Identity,
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    mlp.MLP,
+    cnn.SmallCNN,
+    wrn.WideResNet,
+    wrn._PreActBlock,
+    resnet_cifar.CifarResNet,
+    resnet_cifar._BasicBlock,
+    densenet.DenseNetBC,
+    densenet._Transition,
+)
+
+
+def _cat(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.detach() for t in tensors], dim=0)
+
+
+def _packed_leaf(name: str, modules: list[nn.Module], k: int, layout: Layout) -> nn.Module | None:
+    """The packed replacement of the K modules found at ``name`` (None: keep as is)."""
+    first = modules[0]
+    if type(first) is nn.Conv2d:
+        conv = nn.Conv2d(
+            k * first.in_channels,
+            k * first.out_channels,
+            first.kernel_size,  # type: ignore[arg-type]
+            first.stride,  # type: ignore[arg-type]
+            first.padding,  # type: ignore[arg-type]
+            first.dilation,  # type: ignore[arg-type]
+            groups=k * first.groups,
+            bias=first.bias is not None,
+            padding_mode=first.padding_mode,
+            device=first.weight.device,
+            dtype=first.weight.dtype,
+        )
+        _load_stacked(conv, modules)
+        return conv
+    if type(first) is nn.BatchNorm2d:
+        bn = nn.BatchNorm2d(
+            k * first.num_features,
+            eps=first.eps,
+            momentum=first.momentum,
+            affine=first.affine,
+            track_running_stats=first.track_running_stats,
+            device=first.weight.device if first.affine else None,
+        )
+        _load_stacked(bn, modules)
+        return bn
+    if type(first) is nn.Linear:
+        bias = first.bias is not None
+        linear = BlockLinear(k, first.in_features, first.out_features, bias, layout=layout)
+        linear.to(device=first.weight.device, dtype=first.weight.dtype)
+        _load_stacked(linear, modules)
+        return linear
+    if type(first) is nn.Dropout:
+        return SeedDropout(first.p, k, layout=layout)
+    if type(first) is densenet._Bottleneck:
+        return None  # its children are packed; the layer itself is wrapped afterwards
+    if isinstance(first, _LAYOUT_SAFE):
+        if any(True for _ in first.parameters(recurse=False)) or list(first.buffers(False)):
+            raise NotPackable(f"module {name or 'model'} ({type(first).__name__}) holds tensors")
+        return None
+    raise NotPackable(f"module {name or 'model'} ({type(first).__name__}) cannot be packed")
+
+
+def _load_stacked(packed: nn.Module, modules: list[nn.Module]) -> None:
+    """Give ``packed`` the K modules' parameters and buffers, stacked along dimension 0."""
+    plain = [dict(m.state_dict()) for m in modules]
+    state = {
+        key: _cat([p[key] for p in plain]) if value.dim() else value.detach().clone()
+        for key, value in plain[0].items()
+    }
+    packed.load_state_dict(state)
+
+
+def _layout(model: nn.Module) -> Layout:
+    """The batch layout for networks without convolutions or batch norms, else channels."""
+    spatial = (nn.Conv2d, nn.BatchNorm2d, densenet._Bottleneck)
+    return "channels" if any(isinstance(m, spatial) for m in model.modules()) else "batch"
+
+
+def _pack_network(models: Sequence[nn.Module], layout: Layout) -> nn.Module:
+    """One block-diagonal network computing the K models (same architecture) side by side."""
+    k = len(models)
+    names = [n for n, _ in models[0].named_modules()]
+    for m in models[1:]:
+        if [n for n, _ in m.named_modules()] != names:
+            raise NotPackable("the models of a pack must have the same architecture")
+    net = copy.deepcopy(models[0])
+    dense_layers = []
+    for name in names:
+        group = [m.get_submodule(name) for m in models]
+        replacement = _packed_leaf(name, group, k, layout)
+        if type(group[0]) is densenet._Bottleneck:
+            dense_layers.append(name)
+        if replacement is not None:
+            _replace(net, name, replacement)
+    for name in dense_layers:  # after their children were packed
+        _replace(net, name, _PackedDenseLayer(net.get_submodule(name), k))  # type: ignore[arg-type]
+    return net
+
+
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name), child, module)
+
+
+class SeedPack(nn.Module):
+    """K models of one architecture as one block-diagonal network.
+
+    ``forward`` takes each seed's batch, ``[K, B, C, H, W]``, and returns each seed's logits
+    ``[K, B, classes]``; ``forward_shared`` gives all seeds the same batch ``[B, C, H, W]``
+    (evaluation). ``seed_state(k)`` is seed k's ``state_dict`` in the plain model's format.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        if not models:
+            raise ValueError("a seed pack needs at least one model")
+        self.k = len(models)
+        self.layout = _layout(models[0])
+        self.net = _pack_network(models, self.layout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, b = x.shape[:2]
+        if k != self.k:
+            raise ValueError(f"a pack of {self.k} seeds got batches for {k}")
+        if self.layout == "batch":
+            return self.net(x.flatten(0, 1)).view(k, b, -1)
+        packed = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
+        return self.net(packed).view(b, k, -1).transpose(0, 1)
+
+    def forward_shared(self, x: Tensor) -> Tensor:
+        b, ones = x.shape[0], [1] * (x.dim() - 1)
+        if self.layout == "batch":
+            return self.net(x.repeat(self.k, *ones)).view(self.k, b, -1)
+        packed = x.repeat(1, self.k, *ones[1:])
+        return self.net(packed).view(b, self.k, -1).transpose(0, 1)
+
+    def seed_state(self, k: int) -> dict[str, Tensor]:
+        """Seed k's weights and buffers as the plain model's ``state_dict`` (copies)."""
+        return {
+            key: _slice(value.detach(), k, self.k).clone()
+            for key, value in self.net.state_dict().items()
+        }
+
+    def set_dropout_generators(self, generators: Sequence[torch.Generator | None]) -> None:
+        """Seed k's dropout masks come from ``generators[k]`` (None: torch's global one)."""
+        for module in self.net.modules():
+            if isinstance(module, SeedDropout):
+                module.generators = list(generators)
+
+
+def _slice(value: Tensor, k: int, size: int) -> Tensor:
+    """Seed k's part of a packed tensor; 0-d tensors (BN's batch counter) are shared."""
+    if value.dim() == 0:
+        return value
+    return value.view(size, value.shape[0] // size, *value.shape[1:])[k]
+
+
+def pack_models(models: Sequence[nn.Module]) -> SeedPack:
+    """A ``SeedPack`` of trained or fresh models (their weights are copied, not shared)."""
+    return SeedPack(models)
+
+
+class _SeedLoop(nn.Module):
+    """The ``SeedPack`` interface over models that cannot be packed (a teacher's, say)."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        self.k = len(models)
+        self.models = nn.ModuleList(models)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([m(xk) for m, xk in zip(self.models, x, strict=True)])
+
+    def forward_shared(self, x: Tensor) -> Tensor:
+        return torch.stack([m(x) for m in self.models])
+
+
+# --- optimizer state ----------------------------------------------------------------------
+
+
+def seed_optimizer_state(state: dict[str, Any], k: int, size: int) -> dict[str, Any]:
+    """Seed k's part of a packed optimizer's ``state_dict`` (element-wise state sliced)."""
+    per_param = {
+        index: {
+            key: _slice(v, k, size).clone() if isinstance(v, Tensor) else v
+            for key, v in entries.items()
+        }
+        for index, entries in state["state"].items()
+    }
+    return {"state": per_param, "param_groups": copy.deepcopy(state["param_groups"])}
+
+
+def packed_optimizer_state(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The packed optimizer's ``state_dict`` from the seeds' plain ones (same step counts)."""
+    first = states[0]
+    per_param = {}
+    for index, entries in first["state"].items():
+        per_param[index] = {
+            key: _cat([s["state"][index][key] for s in states])
+            if isinstance(v, Tensor) and v.dim()
+            else v
+            for key, v in entries.items()
+        }
+    return {"state": per_param, "param_groups": copy.deepcopy(first["param_groups"])}
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def augment_pack(x: Tensor, kind: str, generators: Sequence[torch.Generator]) -> Tensor:
+    """Augment each seed's uint8 batch ``x[k]`` (``[K, B, C, H, W]``) from its own generator.
+
+    Seed k's crops and flips are drawn exactly as ``augment_batch(x[k], kind, generators[k])``
+    draws them; they are then applied to all K*B images in one gather.
+    """
+    if kind == "none":
+        return x
+    k, b = x.shape[:2]
+    draws = [draw_augmentation(b, kind, g, x.device) for g in generators]
+    joint = AugmentDraw(
+        top=torch.cat([d.top for d in draws]),
+        left=torch.cat([d.left for d in draws]),
+        flip=torch.cat([d.flip for d in draws]),
+        crop=draws[0].crop,
+        pad=draws[0].pad,
+    )
+    return apply_augmentation(x.flatten(0, 1), joint).view(x.shape)
+
+
+@torch.inference_mode()
+def predict_pack_probs(
+    pack: nn.Module, x: Tensor, data: DataSplits, *, batch_size: int, precision: str = "fp32"
+) -> Tensor:
+    """Every seed's softmax probabilities (float32 ``[K, N, classes]``) on uint8 images."""
+    was_training = pack.training
+    pack.eval()
+    device = next(pack.parameters()).device
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = normalize(x[i : i + batch_size].to(device), data.mean, data.std)
+        with _autocast(device, precision):
+            logits = pack.forward_shared(xb)
+        out.append(torch.softmax(logits.float(), dim=-1))
+    pack.train(was_training)
+    if not out:
+        return torch.empty(pack.k, 0, data.num_classes, device=device)
+    return torch.cat(out, dim=1)
+
+
+# --- the trainer --------------------------------------------------------------------------
+
+
+def train_pack(
+    role: Role,
+    seeds: list[int],
+    data: DataSplits,
+    *,
+    teachers: dict[int, nn.Module] | None = None,
+    device: torch.device | None = None,
+    on_epoch: EpochCallback | None = None,
+    evaluate_test: bool = True,
+    checkpoints: dict[int, CheckpointSlot] | None = None,
+) -> list[SeedResult]:
+    """``train_role`` for a packable role: the seeds train as one fused pack.
+
+    Same contract as ``train_role``: one ``SeedResult`` per seed in the order given, each
+    with the plain model's ``state_dict``; a diverging seed comes back with ``failure`` set
+    while the others go on; ``on_epoch(seed, epoch, metrics)`` per seed and epoch. Each seed
+    saves into its own checkpoint slot the state the plain loop saves (model, optimizer,
+    scheduler, generators; its dropout stream in ``torch_rng`` on the CPU), so either the
+    pack or the loop can resume it. Seeds whose slots hold different epochs resume as
+    separate packs, one per epoch.
+    """
+    if role.kind == "ensemble" or role.train is None:
+        raise ValueError(f"role {role.key} is not trained")
+    if not packable(role):
+        raise ValueError(
+            f"role {role.key}: architecture {role.arch!r} with precision "
+            f"{role.train.precision!r} cannot be packed; packable: {sorted(PACKABLE_ARCHS)}"
+            " in fp32 or bf16"
+        )
+    device = device or resolve_device(role.train.device)
+    if get_loss(role.loss).needs_teacher and (
+        teachers is None or role.teacher is None or any(s not in teachers for s in seeds)
+    ):
+        raise ValueError(f"role {role.key}: loss '{role.loss}' needs a teacher")
+    saved = {s: checkpoints[s].load() if checkpoints and s in checkpoints else None for s in seeds}
+    by_epoch: dict[int, list[int]] = {}
+    for s in seeds:
+        by_epoch.setdefault(int(saved[s]["epoch"]) if saved[s] else 0, []).append(s)
+    results: dict[int, SeedResult] = {}
+    for group in by_epoch.values():
+        slots = {s: checkpoints.get(s) for s in group} if checkpoints else {}
+        trained = _PackRun(role, group, data, teachers, device, evaluate_test, slots, saved)
+        results.update({r.seed: r for r in trained.run(on_epoch)})
+    return [results[s] for s in seeds]
+
+
+class _PackRun:
+    """One pack of seeds that start (or resume) at the same epoch."""
+
+    def __init__(
+        self,
+        role: Role,
+        seeds: list[int],
+        data: DataSplits,
+        teachers: dict[int, nn.Module] | None,
+        device: torch.device,
+        evaluate_test: bool,
+        slots: dict[int, CheckpointSlot | None],
+        saved: dict[int, dict[str, Any] | None],
+    ):
+        assert role.train is not None
+        self.role, self.cfg, self.seeds, self.data = role, role.train, seeds, data
+        self.device, self.evaluate_test, self.slots = device, evaluate_test, slots
+        self.loss = get_loss(role.loss)
+        # The registry's function with its parameters resolved once (what LossSpec.__call__
+        # does on every call: K seeds x every step adds up on a small network).
+        self.loss_params = resolve_loss_params(role.loss, role.loss_params)
+        if TUNED in self.loss_params.values():
+            raise ValueError(f"role {role.key}: a parameter of loss '{role.loss}' is still tuned")
+        self.k = len(seeds)
+        models = []
+        for s in seeds:
+            model = init_model(role, s, data)
+            if saved[s] is not None:
+                model.load_state_dict(saved[s]["model"])
+            models.append(model)
+        self.pack = SeedPack(models).to(device)
+        self.teacher: nn.Module | None = None
+        if teachers is not None and role.teacher:  # also for the agreement metrics
+            self.teacher = _frozen_pack([teachers[s] for s in seeds], device)
+        self.opt = _optimizer(self.pack, self.cfg)
+        self.sched = _scheduler(self.opt, self.cfg)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # fp16 never packs
+
+        def stream(s: int, name: str, where: torch.device | str = device) -> torch.Generator:
+            return torch.Generator(device=where).manual_seed(derive_seed(s, role.generation, name))
+
+        self.order = [stream(s, "order", "cpu") for s in seeds]
+        self.augment = [stream(s, "augment") for s in seeds]
+        self.loss_rng = [stream(s, "loss") for s in seeds]
+        self.dropout = [stream(s, "dropout") for s in seeds]
+        self.results = [SeedResult(seed=s, state_dict={}) for s in seeds]
+        self.start = 0
+        if saved[seeds[0]] is not None:
+            states = [saved[s] for s in seeds]
+            self.start = int(states[0]["epoch"])
+            self.opt.load_state_dict(packed_optimizer_state([st["optimizer"] for st in states]))
+            self.sched.load_state_dict(states[0]["scheduler"])
+            for j, st in enumerate(states):
+                for name, g in self._generators(j).items():
+                    g.set_state(st["generators"][name])
+                dropout_state = self._saved_dropout_state(st)
+                if dropout_state is not None:
+                    self.dropout[j].set_state(dropout_state)
+                self.results[j].history = list(st["history"])
+                self.results[j].resumed_from = self.start
+        self.pack.set_dropout_generators(self.dropout)
+
+    def _generators(self, j: int) -> dict[str, torch.Generator]:
+        return {"order": self.order[j], "augment": self.augment[j], "loss": self.loss_rng[j]}
+
+    def _saved_dropout_state(self, state: dict[str, Any]) -> Tensor | None:
+        """Where the plain loop keeps the dropout stream: torch's global generator."""
+        if self.device.type == "cpu":
+            return state["torch_rng"]
+        cuda = state.get("cuda_rng") or []
+        index = self.device.index or 0
+        return cuda[index] if index < len(cuda) else None
+
+    def run(self, on_epoch: EpochCallback | None) -> list[SeedResult]:
+        cfg, data, device, k = self.cfg, self.data, self.device, self.k
+        cuda = [device] if device.type == "cuda" else []
+        teacher_val = teacher_test = None
+        if self.teacher is not None:
+            teacher_val = self._predict(self.teacher, data.val_x)
+            if self.evaluate_test:
+                teacher_test = self._predict(self.teacher, data.test_x)
+        train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+        n = len(train_x)
+        alive = [True] * k
+        with torch.random.fork_rng(devices=cuda), deterministic_mode(cfg.deterministic, device):
+            for epoch in range(self.start + 1, cfg.epochs + 1):
+                if not any(alive):
+                    break
+                losses, accuracy = self._train_epoch(train_x, train_y, n, alive)
+                lr = self.opt.param_groups[0]["lr"]
+                self.sched.step()
+                evaluation = self._evaluate_epoch()
+                for j, seed in enumerate(self.seeds):
+                    if not alive[j]:
+                        continue
+                    if not math.isfinite(losses[j]):
+                        alive[j] = False
+                        error = TrainingDiverged(seed, epoch, losses[j])
+                        self.results[j] = SeedResult(seed=seed, state_dict={}, failure=str(error))
+                        continue
+                    metrics = {"train_loss": losses[j], "train_acc": accuracy[j], "lr": lr}
+                    metrics.update(evaluation[j])
+                    self.results[j].history.append(metrics)
+                self._save(epoch, alive)
+                if on_epoch is not None:
+                    for j, seed in enumerate(self.seeds):
+                        if alive[j]:
+                            on_epoch(seed, epoch, self.results[j].history[-1])
+        self._finish(alive, teacher_val, teacher_test)
+        return self.results
+
+    def _train_epoch(
+        self, train_x: Tensor, train_y: Tensor, n: int, alive: list[bool]
+    ) -> tuple[list[float], list[float]]:
+        """One epoch of every seed; each seed's mean training loss and accuracy."""
+        cfg, device, data, k = self.cfg, self.device, self.data, self.k
+        self.pack.train()
+        perms = torch.stack([torch.randperm(n, generator=g) for g in self.order]).to(device)
+        loss_sum = torch.zeros(k, device=device)
+        correct = torch.zeros(k, device=device)
+        live = [j for j in range(k) if alive[j]]
+        for i in range(0, n, cfg.batch_size):
+            idx = perms[:, i : i + cfg.batch_size]  # [K, b]: each seed its own examples
+            xb = augment_pack(train_x[idx], data.augmentation, self.augment)
+            xb = normalize(xb.flatten(0, 1), data.mean, data.std).view(xb.shape)
+            yb = train_y[idx]
+            t_logits = None
+            if self.teacher is not None and self.loss.needs_teacher:
+                with torch.inference_mode(), _autocast(device, cfg.precision):
+                    t_logits = self.teacher(xb)
+                t_logits = t_logits.float().clone()  # leave inference mode for autograd
+            with _autocast(device, cfg.precision):
+                logits = self.pack(xb)
+            # unbind, not logits[j]: one backward node for all seeds instead of K
+            per_seed = logits.unbind(0)
+            targets = yb.unbind(0)
+            teacher_seed = [None] * k if t_logits is None else t_logits.unbind(0)
+            seed_losses = [
+                self.loss.fn(
+                    per_seed[j],
+                    targets[j],
+                    teacher_seed[j],
+                    generator=self.loss_rng[j],
+                    **self.loss_params,
+                )
+                for j in live
+            ]
+            # The sum's gradient for seed j's weights is the gradient of seed j's loss alone.
+            stacked = torch.stack(seed_losses)
+            self.opt.zero_grad(set_to_none=True)
+            stacked.sum().backward()
+            self._step()
+            loss_sum[live] += stacked.detach() * idx.shape[1]
+            correct += (logits.detach().argmax(-1) == yb).sum(1)
+            if _train._FAULT:
+                _train._maybe_fault()
+        sums = loss_sum.tolist()
+        return [s / n for s in sums], [c / n for c in correct.tolist()]
+
+    def _step(self) -> None:
+        """The optimizer's step; seeds named in train.py's divergence fault injection take
+        it with their learning rate x 1e12, as the plain loop does."""
+        faulty = getattr(_train, "_DIVERGE", set())
+        diverge = [j for j, s in enumerate(self.seeds) if s in faulty]
+        if not diverge:
+            self.opt.step()
+            return
+        params = [p for p in self.pack.parameters() if p.grad is not None]
+        before = [p.detach().clone() for p in params]
+        self.opt.step()
+        with torch.no_grad():
+            for p, old in zip(params, before, strict=True):
+                for j in diverge:
+                    new, prev = _slice(p, j, self.k), _slice(old, j, self.k)
+                    new.copy_(prev + (new - prev) * 1e12)
+
+    def _predict(self, model: nn.Module, x: Tensor) -> Tensor:
+        return predict_pack_probs(
+            model, x, self.data, batch_size=self.cfg.eval_batch_size, precision="fp32"
+        )
+
+    def _evaluate_epoch(self) -> list[dict[str, float]]:
+        """Each seed's accuracy and NLL on validation (and test, unless tuning).
+
+        The expressions of ``evaluate_probs`` without its ECE, which the epoch's metrics
+        drop: its 15-bin loop per seed and split was a sixth of a digits pack's time.
+        """
+        out: list[dict[str, float]] = [{} for _ in range(self.k)]
+        splits = [(self.data.val_x, self.data.val_y, "val")]
+        if self.evaluate_test:
+            splits.append((self.data.test_x, self.data.test_y, "test"))
+        for x, y, prefix in splits:
+            if len(y) == 0:
+                continue
+            probs = self._predict(self.pack, x)
+            y = y.to(probs.device)
+            for j in range(self.k):
+                p = probs[j]
+                nll = -torch.log(p.gather(1, y[:, None]).clamp_min(1e-12)).mean()
+                out[j][f"{prefix}_acc"] = float((p.argmax(1) == y).float().mean())
+                out[j][f"{prefix}_nll"] = float(nll)
+        return out
+
+    def _save(self, epoch: int, alive: list[bool]) -> None:
+        if not any(self.slots.get(s) is not None for s in self.seeds):
+            return
+        optimizer = self.opt.state_dict()
+        for j, seed in enumerate(self.seeds):
+            slot = self.slots.get(seed)
+            if slot is None or not alive[j]:
+                continue
+            generators = self._generators(j)
+            torch_rng, cuda_rng = torch.get_rng_state(), []
+            if self.device.type == "cpu":
+                torch_rng = self.dropout[j].get_state()
+            elif torch.cuda.is_available():
+                cuda_rng = torch.cuda.get_rng_state_all()
+                cuda_rng[self.device.index or 0] = self.dropout[j].get_state()
+            slot.save(
+                {
+                    "epoch": epoch,
+                    "history": self.results[j].history,
+                    "model": self.pack.seed_state(j),
+                    "optimizer": seed_optimizer_state(optimizer, j, self.k),
+                    "scheduler": self.sched.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "generators": {name: g.get_state() for name, g in generators.items()},
+                    "torch_rng": torch_rng,
+                    "cuda_rng": cuda_rng,
+                    "python_rng": random.getstate(),
+                    "numpy_rng": np.random.get_state(),
+                    "packed": self.k,
+                }
+            )
+
+    def _finish(
+        self, alive: list[bool], teacher_val: Tensor | None, teacher_test: Tensor | None
+    ) -> None:
+        if not any(alive):
+            return
+        val = self._predict(self.pack, self.data.val_x)
+        test = self._predict(self.pack, self.data.test_x) if self.evaluate_test else None
+        for j in range(self.k):
+            if not alive[j]:
+                continue
+            result = self.results[j]
+            if test is not None:
+                t_test = teacher_test[j] if teacher_test is not None else None
+                result.final = final_metrics(val[j], test[j], self.data, t_test)
+            else:
+                result.final = evaluate_probs(val[j], self.data.val_y, "val")
+            if teacher_val is not None and len(self.data.val_y):
+                result.final["val_teacher_agreement"] = agreement_metrics(val[j], teacher_val[j])[
+                    "teacher_agreement"
+                ]
+            result.state_dict = {key: v.cpu() for key, v in self.pack.seed_state(j).items()}
+
+
+def _frozen_pack(models: Sequence[nn.Module], device: torch.device) -> nn.Module:
+    """The teachers of a pack as one network in eval mode without gradients."""
+    models = [m.to(device) for m in models]
+    try:
+        frozen: nn.Module = SeedPack(models)
+    except NotPackable:
+        frozen = _SeedLoop(models)
+    return frozen.to(device).eval().requires_grad_(False)
+
+
+# --- how many seeds per pack --------------------------------------------------------------
+
+
+def auto_pack_size(
+    role: Role, n_seeds: int, device: torch.device | str, data: DataSplits | None = None
+) -> int:
+    """What ``[execution] pack = "auto"`` means for ``role``: seeds per pack.
+
+    1 when the role cannot pack. On the CPU a pack pays only where a step is dominated by
+    per-operation overhead, not arithmetic: the digits MLP (0.6M multiply-adds per seed and
+    step) trains 2.6x faster in a pack of 20, while small_cnn on digits (20M), WRN-16-1 on
+    CIFAR shapes and the 1200-1200 MNIST MLP ran at 0.9-1.0x (docs/benchmarks.md). So on
+    the CPU: a pack when one seed's forward step costs at most ``CPU_PACK_MAX_MACS``
+    (without ``data`` to measure it: for MLPs only). On a GPU: every packable role.
+
+    The size is as many seeds as fit, up to ``MAX_PACK_CPU`` / ``MAX_PACK_GPU``, within a
+    quarter of the free memory for an estimate of one seed's training memory (weights,
+    gradients, two optimizer slots, and twice every layer's output for one batch, counted
+    on meta tensors), then spread evenly: 20 seeds with room for 16 give packs of 10.
+    """
+    if n_seeds <= 1 or not packable(role):
+        return 1
+    device = torch.device(device)
+    limit = MAX_PACK_GPU if device.type == "cuda" else MAX_PACK_CPU
+    if data is not None:
+        cost = seed_step_cost(role, data)
+        if device.type != "cuda" and cost.macs > CPU_PACK_MAX_MACS:
+            return 1
+        limit = min(limit, max(1, int(_free_memory(device) // (4 * cost.bytes))))
+    elif device.type != "cuda" and role.arch != "mlp":
+        return 1
+    size = min(n_seeds, limit)
+    return math.ceil(n_seeds / math.ceil(n_seeds / size))
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """One seed's training step, estimated: multiply-adds of the forward pass and bytes."""
+
+    macs: int
+    bytes: int
+
+
+def seed_step_cost(role: Role, data: DataSplits) -> StepCost:
+    """Run the role's model on meta tensors (no memory, no arithmetic) and count: the
+    multiply-adds of its linear and convolution layers for one batch, and 4 float32 copies
+    of the weights (weights, gradients, two optimizer slots) plus twice the outputs of every
+    layer (what autograd keeps, roughly)."""
+    assert role.train is not None
+    batch = role.train.batch_size
+    macs, outputs = [0], [0]
+
+    def count(module: nn.Module, args: Any, out: Any) -> None:
+        if not isinstance(out, Tensor) or list(module.children()):
+            return
+        outputs[0] += out.numel()
+        if isinstance(module, nn.Linear):
+            macs[0] += out.numel() * module.in_features
+        elif isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+            macs[0] += out.numel() * per_output
+
+    with torch.device("meta"):
+        model = build_model(role, data)
+        hooks = [m.register_forward_hook(count) for m in model.modules()]
+        model(torch.empty(batch, data.in_channels, data.image_size, data.image_size))
+        for h in hooks:
+            h.remove()
+    params = sum(p.numel() for p in model.parameters())
+    return StepCost(macs=macs[0], bytes=4 * (4 * params + 2 * outputs[0]))
+
+
+def _free_memory(device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))

@@ -1,0 +1,104 @@
+"""`study bench`: every variant measured, ratios computed, on the CPU in a second or two."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from study.bench import BenchConfig, format_report, run_bench, synthetic_splits
+from study.cli import app
+from study.errors import UserInputError
+
+TINY = BenchConfig(
+    arch="mlp",
+    arch_kwargs={"hidden": [8], "dropout": 0.1},
+    dataset_shape="digits",
+    batch=8,
+    steps=2,
+    repeats=1,
+    packs=(1, 3),
+    device="cpu",
+    kd=True,
+)
+
+
+def test_bench_measures_reference_harness_packs_and_kd_side_by_side() -> None:
+    report = run_bench(TINY)
+    names = [r.name for r in report.results]
+    assert names == ["reference", "harness", "pack 3", "harness + kd", "pack 3 + kd"]
+    paths = {r.name: r.path for r in report.results}
+    assert paths["reference"] == "dataloader" and paths["harness"] == "loop"
+    assert paths["pack 3"] == paths["pack 3 + kd"] == "fused"
+    for r in report.results:
+        assert r.images_per_s > 0 and r.steps == TINY.steps * TINY.repeats
+        assert r.peak_memory_mb >= 0
+    pack = next(r for r in report.results if r.name == "pack 3")
+    ratios = report.ratios(pack)
+    harness = next(r for r in report.results if r.name == "harness")
+    assert ratios["vs_harness"] == pytest.approx(pack.images_per_s / harness.images_per_s)
+    kd = report.ratios(next(r for r in report.results if r.name == "pack 3 + kd"))
+    assert kd["kd_overhead"] is not None
+    assert report.memory.startswith("peak RSS")
+    lines = format_report(report)
+    assert any(line.startswith("pack 3 + kd") for line in lines)
+    payload = json.loads(report.to_json())
+    assert [row["name"] for row in payload["results"]] == names
+
+
+def test_a_pack_of_an_unpackable_architecture_is_timed_as_the_loop(monkeypatch) -> None:
+    from study import bench, pack
+
+    for module in (bench, pack):
+        monkeypatch.setattr(module, "packable", lambda role: False)
+    config = BenchConfig(**{**TINY.__dict__, "packs": (2,), "kd": False})
+    report = run_bench(config)
+    assert [(r.name, r.path) for r in report.results] == [
+        ("reference", "dataloader"),
+        ("pack 2", "loop"),
+    ]
+    assert report.results[1].steps == config.steps * config.repeats
+
+
+def test_synthetic_data_has_the_real_shapes() -> None:
+    data = synthetic_splits("cifar100", 16, torch.device("cpu"))
+    assert data.train_x.shape == (16, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert data.num_classes == 100 and data.augmentation == "crop_flip"
+
+
+def test_bad_options_are_user_errors() -> None:
+    with pytest.raises(UserInputError, match="dataset shape"):
+        run_bench(BenchConfig(dataset_shape="imagenet"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench", "--packs", "1,x"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["bench", "--arch-kwargs", "[1]"])
+    assert result.exit_code == 2
+
+
+def test_the_cli_prints_json() -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--arch-kwargs",
+            '{"hidden": [8]}',
+            "--batch",
+            "8",
+            "--steps",
+            "2",
+            "--repeats",
+            "1",
+            "--packs",
+            "1,2",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert [row["name"] for row in payload["results"]] == ["reference", "harness", "pack 2"]
+    assert payload["config"]["arch_kwargs"] == {"hidden": [8]}

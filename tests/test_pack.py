@@ -1,0 +1,370 @@
+"""Seed packs: K seeds as one block-diagonal network, each seed an independent training."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from study import pack as pack_module
+from study import train as train_module
+from study.checkpoint import CheckpointSlot
+from study.data import augment_batch, load_data
+from study.models import create_model
+from study.pack import (
+    NotPackable,
+    SeedPack,
+    augment_pack,
+    auto_pack_size,
+    packable,
+    packed_optimizer_state,
+    seed_optimizer_state,
+    train_pack,
+)
+from study.plan import expand
+from study.protocol import parse_protocol
+from study.train import build_model, init_model, load_model, predict_probs, train_role
+
+CPU = torch.device("cpu")
+
+ARCHS = {
+    "mlp": {"hidden": [16, 8]},
+    "small_cnn": {"channels": [4, 8], "hidden": 8},
+    "wrn": {"depth": 10},
+    "resnet_cifar": {"depth": 8},
+    "densenet_bc": {"depth": 10, "growth_rate": 4},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks: one intra-op thread is faster, and immune to a busy machine's
+    oversubscription (two spinning OpenMP threads on a loaded 2-core box cost 10x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", root="data", val_size=0.15, data_seed=0)
+
+
+@pytest.fixture(scope="module")
+def plan():
+    from tests.conftest import TINY_PROTOCOL
+
+    teacher = "kwargs = { hidden = [32] }"
+    text = TINY_PROTOCOL.replace(teacher, "kwargs = { hidden = [32], dropout = 0.5 }")
+    text = text.replace("epochs = 2", "epochs = 3")
+    text += '\n[[arms]]\nname = "dkpp"\nloss = "dkpp"\n'
+    return expand(parse_protocol(text))
+
+
+def _models(arch: str, k: int, seed: int = 0) -> list[torch.nn.Module]:
+    torch.manual_seed(seed)
+    return [
+        create_model(arch, in_channels=3, num_classes=5, image_size=8, **ARCHS[arch])
+        for _ in range(k)
+    ]
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _packed_grads(pack: SeedPack, k: int) -> dict[str, torch.Tensor]:
+    return {n: pack_module._slice(p.grad, k, pack.k) for n, p in pack.net.named_parameters()}
+
+
+def _close(a: dict, b: dict, atol: float) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.allclose(a[n].float(), b[n].float(), atol=atol, rtol=0) for n in a
+    )
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("k", [1, 3])
+def test_each_packed_seed_computes_its_own_model(arch: str, k: int) -> None:
+    models = _models(arch, k)
+    pack = SeedPack(models)
+    x = torch.randn(k, 6, 3, 8, 8)
+    logits = pack(x)
+    logits.square().sum().backward()
+    for j, model in enumerate(models):
+        plain = model(x[j])
+        plain.square().sum().backward()
+        assert torch.allclose(logits[j], plain, atol=1e-5, rtol=0)
+        assert _close(_packed_grads(pack, j), _grads(model), atol=1e-5 * max(1.0, k))
+        # BatchNorm's running statistics are the seed's own
+        assert _close(pack.seed_state(j), model.state_dict(), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "small_cnn", "wrn", "densenet_bc"])
+def test_a_seed_is_blind_to_the_other_seeds_weights_and_data(arch: str) -> None:
+    def seed0(models, x):
+        pack = SeedPack(models)
+        logits = pack(x)
+        logits[0].square().sum().backward()
+        return logits[0].detach(), _packed_grads(pack, 0)
+
+    x = torch.randn(3, 6, 3, 8, 8)
+    logits, grads = seed0(_models(arch, 3), x)
+    perturbed = _models(arch, 3)
+    with torch.no_grad():
+        for p in perturbed[1].parameters():
+            p.mul_(-3.0).add_(1.0)
+    other = x.clone()
+    other[1] = torch.randn_like(other[1]) * 10
+    logits_p, grads_p = seed0(perturbed, other)
+    assert torch.allclose(logits, logits_p, atol=1e-6, rtol=0)
+    assert _close(grads, grads_p, atol=1e-6)
+
+
+def test_seed_dropout_draws_the_plain_loops_masks_from_each_seeds_generator() -> None:
+    torch.manual_seed(0)
+    model = create_model("mlp", in_channels=1, num_classes=4, image_size=4, hidden=[32])
+    model.hidden[2].p = 0.5
+    pack = SeedPack([model, model])
+    pack.set_dropout_generators([torch.Generator().manual_seed(7), torch.Generator()])
+    x = torch.randn(2, 5, 1, 4, 4)
+    x[1] = x[0]
+    packed = pack(x)
+    torch.manual_seed(7)
+    assert torch.equal(packed[0], model(x[0]))  # what the loop computes after manual_seed(7)
+    assert not torch.equal(packed[0], packed[1])  # same weights, same data, other stream
+
+
+def test_augment_pack_gives_each_seed_the_reference_crops_and_flips() -> None:
+    x = torch.randint(0, 256, (3, 5, 3, 8, 8), dtype=torch.uint8)
+    for kind in ("crop_flip", "crop", "flip", "none"):
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+        ref_gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+        for _ in range(2):  # the generators advance as the reference's do
+            got = augment_pack(x, kind, gens)
+            for j, g in enumerate(ref_gens):
+                assert torch.equal(got[j], augment_batch(x[j], kind, g))
+
+
+def test_optimizer_state_of_a_seed_round_trips_through_the_pack() -> None:
+    models = _models("small_cnn", 3)
+    pack = SeedPack(models)
+    opt = torch.optim.Adam(pack.parameters(), lr=0.01, weight_decay=1e-3)
+    pack(torch.randn(3, 4, 3, 8, 8)).sum().backward()
+    opt.step()
+    state = opt.state_dict()
+    seeds = [seed_optimizer_state(state, j, 3) for j in range(3)]
+    again = packed_optimizer_state(seeds)
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            assert torch.equal(value, again["state"][index][key])
+    assert seeds[1]["state"][0]["exp_avg"].shape == models[1].features[0].weight.shape
+
+
+def test_a_pack_of_one_trains_like_the_plain_loop(plan, digits) -> None:
+    role = plan.role("teacher")  # MLP with dropout 0.5: the masks must match too
+    [loop] = train_role(role, [0], digits, device=CPU)
+    [packed] = train_pack(role, [0], digits, device=CPU)
+    assert _close(packed.state_dict, loop.state_dict, atol=1e-5)
+    for key, value in loop.final.items():
+        assert packed.final[key] == pytest.approx(value, abs=1e-4), key
+    assert len(packed.history) == len(loop.history) == role.train.epochs
+
+
+def test_on_the_cpu_an_mlp_seed_trains_bit_identically_in_the_loop_or_any_pack(
+    plan, digits
+) -> None:
+    """What `study reproduce` relies on for the digits study: a seed's run does not depend on
+    the pack it trained in (per-seed losses and masks, batched matmuls that compute each
+    seed's block alone). Convolutions do not promise this: grouped kernels round otherwise."""
+    role = plan.role("teacher")
+    [loop] = train_role(role, [1], digits, device=CPU)
+    [alone] = train_pack(role, [1], digits, device=CPU)
+    in_pack = train_pack(role, [0, 1, 2], digits, device=CPU)[1]
+    for result in (alone, in_pack):
+        assert result.history == loop.history and result.final == loop.final
+        assert all(torch.equal(result.state_dict[n], v) for n, v in loop.state_dict.items())
+
+
+def test_a_pack_trains_under_bf16_autocast(plan, digits) -> None:
+    base = plan.role("teacher")
+    role = dataclasses.replace(base, train=base.train.model_copy(update={"precision": "bf16"}))
+    [loop] = train_role(role, [0], digits, device=CPU)
+    packed = train_role(role, [0, 1], digits, device=CPU)
+    assert all(r.failure is None for r in packed)
+    assert _close(packed[0].state_dict, loop.state_dict, atol=1e-3)
+
+
+def test_packed_seeds_load_into_build_model_and_reproduce_their_metrics(plan, digits) -> None:
+    role = plan.role("teacher")
+    seen = []
+    results = train_role(
+        role, [0, 1, 2], digits, device=CPU, on_epoch=lambda s, e, m: seen.append((s, e))
+    )
+    assert [r.seed for r in results] == [0, 1, 2]
+    assert sorted(seen) == [(s, e) for s in (0, 1, 2) for e in (1, 2, 3)]
+    for r in results:
+        assert r.failure is None
+        model = build_model(role, digits)
+        model.load_state_dict(r.state_dict)
+        probs = predict_probs(model.eval(), digits.test_x, digits, batch_size=100)
+        acc = (probs.argmax(1) == digits.test_y).float().mean().item()
+        assert acc == pytest.approx(r.final["test_acc"])
+        assert r.final["test_acc"] > 0.5
+    assert not _close(results[0].state_dict, results[1].state_dict, atol=1e-3)
+    # each seed is its own training: the same seed alone ends where it ended in the pack
+    [alone] = train_pack(role, [1], digits, device=CPU)
+    assert _close(alone.state_dict, results[1].state_dict, atol=1e-5)
+
+
+@pytest.mark.parametrize("arm", ["kd/gen1", "dkpp/gen1"])
+def test_a_student_pack_distils_from_its_own_seeds_teachers(plan, digits, arm: str) -> None:
+    teacher_role = plan.role("teacher")
+    trained = train_role(teacher_role, [0, 1], digits, device=CPU)
+    teachers = {r.seed: load_model(teacher_role, digits, r.state_dict, CPU) for r in trained}
+    role = plan.role(arm)
+    packed = train_role(role, [0, 1], digits, teachers=teachers, device=CPU)
+    for r in packed:
+        [alone] = train_role(role, [r.seed], digits, teachers={r.seed: teachers[r.seed]})
+        assert _close(r.state_dict, alone.state_dict, atol=1e-4)
+        assert r.final["teacher_agreement"] == pytest.approx(
+            alone.final["teacher_agreement"], abs=0.01
+        )
+
+
+def test_a_diverging_seed_fails_alone(plan, digits, monkeypatch) -> None:
+    role = plan.role("teacher")
+    clean = train_pack(role, [0, 1, 2], digits, device=CPU)
+    real_init = pack_module.init_model
+
+    def poisoned(role_, seed, data):
+        model = real_init(role_, seed, data)
+        if seed == 1:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(pack_module, "init_model", poisoned)
+    seen = []
+    results = train_pack(
+        role, [0, 1, 2], digits, device=CPU, on_epoch=lambda s, e, m: seen.append(s)
+    )
+    assert results[1].failure is not None and "seed 1" in results[1].failure
+    assert results[1].state_dict == {}
+    assert 1 not in seen
+    for j in (0, 2):
+        assert results[j].failure is None
+        assert _close(results[j].state_dict, clean[j].state_dict, atol=1e-6)
+        assert results[j].final == pytest.approx(clean[j].final, abs=1e-6)
+
+
+def test_the_lr_fault_injection_diverges_only_its_seed(plan, digits, monkeypatch) -> None:
+    monkeypatch.setattr(train_module, "_DIVERGE", {2}, raising=False)
+    results = train_role(plan.role("teacher"), [0, 2], digits, device=CPU)
+    assert results[0].failure is None and results[1].failure is not None
+
+
+def _slots(tmp_path, seeds, name="slots"):
+    return {s: CheckpointSlot(tmp_path / name / str(s)) for s in seeds}
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_pack_resumed_from_its_checkpoints_ends_bit_identical(plan, digits, tmp_path) -> None:
+    role = plan.role("teacher")  # with dropout: the dropout streams resume too
+    seeds = [0, 1, 2]
+    whole = train_pack(role, seeds, digits, device=CPU, checkpoints=_slots(tmp_path, seeds, "a"))
+
+    def crash(seed, epoch, metrics):
+        if epoch == 2:
+            raise _Stop
+
+    slots = _slots(tmp_path, seeds, "b")
+    with pytest.raises(_Stop):
+        train_pack(role, seeds, digits, device=CPU, on_epoch=crash, checkpoints=slots)
+    resumed = train_pack(role, seeds, digits, device=CPU, checkpoints=_slots(tmp_path, seeds, "b"))
+    for a, b in zip(whole, resumed, strict=True):
+        assert b.resumed_from == 2
+        assert a.final == b.final and a.history == b.history
+        assert all(torch.equal(a.state_dict[n], b.state_dict[n]) for n in a.state_dict)
+
+
+def test_seeds_at_different_epochs_resume_as_separate_packs(plan, digits, tmp_path) -> None:
+    role = plan.role("teacher")
+    seeds = [0, 1, 2]
+    whole = train_pack(role, seeds, digits, device=CPU)
+
+    def crash(seed, epoch, metrics):
+        if epoch == 2:
+            raise _Stop
+
+    slots = _slots(tmp_path, seeds)
+    with pytest.raises(_Stop):
+        train_pack(role, seeds, digits, device=CPU, on_epoch=crash, checkpoints=slots)
+    newest = slots[1]._path(2)  # seed 1 lost its last epoch: it resumes from epoch 1
+    newest.unlink()
+    newest.with_suffix(".sha256").unlink()
+    resumed = train_pack(role, seeds, digits, device=CPU, checkpoints=_slots(tmp_path, seeds))
+    assert [r.resumed_from for r in resumed] == [2, 1, 2]
+    for a, b in zip(whole, resumed, strict=True):
+        assert _close(a.state_dict, b.state_dict, atol=1e-5)
+
+
+def test_the_plain_loop_resumes_a_seed_from_a_pack_checkpoint(plan, digits, tmp_path) -> None:
+    role = plan.role("teacher")
+
+    def crash(seed, epoch, metrics):
+        if epoch == 2:
+            raise _Stop
+
+    slots = _slots(tmp_path, [0, 1])
+    with pytest.raises(_Stop):
+        train_pack(role, [0, 1], digits, device=CPU, on_epoch=crash, checkpoints=slots)
+    [alone] = train_role(role, [0], digits, device=CPU, checkpoints={0: slots[0]})
+    [packed_alone] = train_pack(role, [0], digits, device=CPU)
+    assert alone.resumed_from == 2
+    assert _close(alone.state_dict, packed_alone.state_dict, atol=1e-5)
+
+
+def test_packable_roles_and_auto_pack_size(plan, digits, monkeypatch) -> None:
+    role = plan.role("teacher")
+    assert packable(role)
+    assert auto_pack_size(role, 20, CPU, digits) == 20
+    assert auto_pack_size(role, 1, CPU, digits) == 1
+    monkeypatch.setattr(pack_module, "MAX_PACK_CPU", 16)
+    assert auto_pack_size(role, 20, CPU) == 10  # 20 seeds with room for 16: two packs of 10
+    fp16 = role.train.model_copy(update={"precision": "fp16"})
+    assert not packable(type(role)(**{**role.__dict__, "train": fp16}))
+    other = type(role)(**{**role.__dict__, "arch": "resnet18", "arch_kwargs": {}})
+    assert not packable(other) and auto_pack_size(other, 20, CPU) == 1
+    # convolutions on the CPU are arithmetic-bound: packing them buys nothing there
+    cnn = type(role)(**{**role.__dict__, "arch": "small_cnn", "arch_kwargs": {}})
+    assert packable(cnn) and auto_pack_size(cnn, 20, CPU, digits) == 1
+    assert auto_pack_size(cnn, 40, torch.device("cuda")) == 20  # without data: the cap, even
+
+
+def test_layers_the_pack_does_not_know_are_refused() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GELU())
+    with pytest.raises(NotPackable, match="GELU"):
+        SeedPack([model, model])
+
+
+def test_teachers_that_cannot_pack_run_one_by_one() -> None:
+    models = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)) for _ in range(2)]
+    frozen = pack_module._frozen_pack(models, CPU)
+    x = torch.randn(2, 4, 3, 2, 2)
+    out = frozen(x)
+    assert not frozen.training
+    assert torch.allclose(out[1], models[1](x[1]))
+    assert torch.allclose(F.softmax(out[0], -1), F.softmax(models[0](x[0]), -1))
+
+
+def test_init_is_the_loops_init(plan, digits) -> None:
+    role = plan.role("ban/gen1")
+    pack = SeedPack([init_model(role, s, digits) for s in (3, 4)])
+    assert _close(pack.seed_state(1), init_model(role, 4, digits).state_dict(), atol=0)
