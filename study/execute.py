@@ -29,6 +29,7 @@ from torch import nn
 from study.checkpoint import CheckpointStore
 from study.data import DataSplits, load_data
 from study.errors import UserInputError
+from study.pack import auto_pack_size
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
 from study.repro import environment, pip_freeze, resolve_deterministic
@@ -159,7 +160,7 @@ def run_study(
         return summary
 
     execution = protocol.execution
-    size = pack_size or (execution.pack if isinstance(execution.pack, int) else 1)
+    size = pack_size or (execution.pack if isinstance(execution.pack, int) else None)
     parent = tracker.start_parent(
         exp_id, study, {"protocol_sha": protocol.sha256, "protocol_file": protocol.source}
     )
@@ -187,9 +188,10 @@ def run_study(
                     if key == role.key
                     and all((d, s) in run_ids for d in plan.dependencies(role.key))
                 ]
-                for i in range(0, len(ready), size):
+                step = size or auto_pack_size(role, len(ready), session.device, data)
+                for i in range(0, len(ready), step):
                     won = board.claim(
-                        [(s, fingerprints[(role.key, s)]) for s in ready[i : i + size]], claims
+                        [(s, fingerprints[(role.key, s)]) for s in ready[i : i + step]], claims
                     )
                     if not won:
                         continue
@@ -531,8 +533,11 @@ def submit_study(
         if slurm.account:
             params["slurm_account"] = slurm.account
         executor.update_parameters(**params)
-    size = execution.pack if isinstance(execution.pack, int) else 1
     seeds = protocol.seeds
+    size = execution.pack
+    if not isinstance(size, int):  # "auto": what the teacher's role packs to on its device
+        teacher = expand(protocol).role("teacher")
+        size = auto_pack_size(teacher, len(seeds), resolve_device(device or protocol.train.device))
     chunks = [seeds[i : i + size] for i in range(0, len(seeds), size)]
     cwd = str(Path.cwd())
     jobs = [
