@@ -167,3 +167,39 @@ def test_a_diverging_seed_fails_alone_and_is_reported_missing(tmp_path: Path) ->
     assert status.returncode == 0, status.stderr
     assert _status_row(status.stdout, "teacher")[1:6] == ["2", "0", "1", "0", "1"]
     assert _status_row(status.stdout, "ban/gen1")[1:5] == ["2", "0", "0", "1"]  # waits
+
+
+def test_a_dead_workers_claim_is_taken_over_and_resumed(tmp_path: Path) -> None:
+    text = TINY_PROTOCOL.replace(
+        "[[arms]]", "[execution]\nheartbeat_s = 0.5\nstale_after_s = 4.0\n\n[[arms]]", 1
+    )
+    (tmp_path / "tiny.toml").write_text(text)
+    # digits at batch 128: 10 steps per epoch, 2 epochs per seed; step 35 is in epoch 2 of
+    # the teacher's seed 1, whose epoch 1 is checkpointed: the worker dies holding its claim
+    dead = study(
+        tmp_path, "run", "tiny.toml", "--no-report", STUDY_TEST_SIGNAL_AFTER_STEPS="35:KILL"
+    )
+    assert dead.returncode == -signal.SIGKILL
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    [orphan] = [r for r in _seed_runs(uri, "tiny") if r.info.status == "RUNNING"]
+    assert (orphan.data.tags["role"], orphan.data.tags["seed"]) == ("teacher", "1")
+    start = time.time()
+    proc = study(tmp_path, "run", "tiny.toml", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert "teacher seed 1: resumed after epoch 1" in proc.stdout
+    runs = _seed_runs(uri, "tiny")
+    assert len(runs) == 15 and all(r.info.status == "FINISHED" for r in runs)
+    taken = next(r for r in runs if r.info.run_id == orphan.info.run_id)
+    assert taken.data.tags["resumed_from_epoch"] == "1"
+    # the dead worker held claim 1 on that fingerprint; the takeover is claim 2
+    from mlflow.entities import ViewType
+
+    claims = MlflowClient(tracking_uri=uri).search_experiments(
+        view_type=ViewType.ALL, filter_string="name LIKE 'tiny/_claims/%'"
+    )
+    fp = orphan.data.tags["fingerprint"]
+    assert {e.name for e in claims if fp in e.name} == {
+        f"tiny/_claims/{fp}/1",
+        f"tiny/_claims/{fp}/2",
+    }
+    assert time.time() - start >= 2  # it waited for the dead worker's heartbeat to go stale
