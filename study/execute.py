@@ -195,13 +195,14 @@ def run_study(
                     )
                     if not won:
                         continue
-                    # A claim is released only after its run is FINISHED: a claim won on a
+                    # A claim is released only after its run is FINISHED: a claim won over a
                     # released one may be for a run that finished since our last look.
-                    refresh()
-                    done = [s for s in won if (role.key, s) in run_ids]
-                    board.release(won.pop(s) for s in done)
-                    if not won:
-                        continue
+                    if board.took_over:
+                        refresh()
+                        done = [s for s in won if (role.key, s) in run_ids]
+                        board.release(won.pop(s) for s in done)
+                        if not won:
+                            continue
                     worked = True
                     try:
                         if role.kind == "ensemble":
@@ -267,6 +268,7 @@ class _ClaimBoard:
     def claim(self, items: list[tuple[int, str]], claims: dict[str, Claim]) -> dict[int, str]:
         """Claim (seed, fingerprint) items nobody alive holds; {seed: claim id} of those won."""
         won: dict[int, str] = {}
+        self.took_over = False  # whether one of the won claims follows an earlier one
         for seed, fp in items:
             current = claims.get(fp)
             if self._fresh(current):
@@ -275,6 +277,7 @@ class _ClaimBoard:
             claim_id = self.tracker.try_claim(self.study, fp, attempt, self.worker)
             if claim_id is not None:
                 won[seed] = claim_id
+                self.took_over |= attempt > 1
                 with self._lock:
                     self.held[claim_id] = fp
         return won

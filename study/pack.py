@@ -1,40 +1,45 @@
 """Seed packs: the K seeds of one role trained as one fused computation.
 
 A small network (an MLP on digits, WRN-28-1 on CIFAR) leaves the hardware mostly idle: each
-step is a few small kernels, and the time goes to launching them (Python, the dispatcher,
-the GPU's launch latency). K seeds of the same role are the same computation on different
+step is a few small kernels, and the time goes to issuing them (Python, the dispatcher, a
+GPU's launch latency). K seeds of the same role are the same computation on different
 numbers, so a pack runs them as **one network K times as wide whose layers are
 block-diagonal**:
 
 - a convolution becomes one grouped convolution with ``groups = K`` (seed k's channels are
-  group k), activations are laid out ``[B, K*C, H, W]``;
-- a linear layer becomes ``BlockLinear``: K independent matrices applied with one batched
-  matrix multiply (``baddbmm``) to ``[B, K*F]`` activations;
+  group k), on activations laid out ``[B, K*C, H, W]`` (the "channels" layout);
+- a linear layer becomes ``BlockLinear``: K independent matrices in one batched matrix
+  multiply (``baddbmm``); networks without convolutions (MLPs) use the "batch" layout
+  ``[K*B, F]``, in which seed k's examples are rows ``k*B .. (k+1)*B`` and nothing is ever
+  transposed;
 - a BatchNorm over ``C`` channels becomes a BatchNorm over ``K*C`` channels, so every seed
   keeps its own batch statistics and its own running estimates;
 - dropout becomes ``SeedDropout``: seed k's mask comes from seed k's own generator;
-- element-wise layers, pooling and flattening work unchanged on the packed layout (a
-  flattened ``[B, K*C, H, W]`` is seed k's features in block k).
+- element-wise layers, pooling and flattening work unchanged on either layout.
 
 Nothing couples the seeds: no layer mixes blocks, each seed's loss is the registry's loss
-on its own slice, and the pack minimises the **sum** of the seeds' losses, whose gradient
-with respect to seed k's weights is the gradient of seed k's loss. SGD (momentum, Nesterov,
-weight decay), Adam and AdamW are element-wise, so one optimizer over the packed
+function on its own slice, and the pack minimises the **sum** of the seeds' losses, whose
+gradient with respect to seed k's weights is the gradient of seed k's loss. SGD (momentum,
+Nesterov, weight decay), Adam and AdamW are element-wise, so one optimizer over the packed
 parameters is K independent optimizers. Each seed keeps its own initialisation (built by
 ``init_model`` exactly as the loop builds it, then stacked), data order, augmentation,
-dropout and loss streams. A seed whose loss becomes NaN or infinite fails alone: it is
-masked out of the summed loss and the others go on.
+dropout and loss streams. A seed whose loss becomes NaN or infinite fails alone: it leaves
+the summed loss and the others go on. On the CPU a pack of one computes bit for bit what
+``train.py``'s loop computes, and an MLP seed trains bit for bit the same in any pack
+(grouped convolutions round differently for different K: equal to float tolerance).
 
 Every packed parameter and buffer is its K per-seed tensors concatenated along the first
-dimension (``BlockLinear`` stores ``[K*out, in]``), and has the same name as in the plain
-model, so a seed's plain ``state_dict`` is a slice (``SeedPack.seed_state``): checkpoints
-and results are in the plain model's format and load into ``build_model``.
+dimension (``BlockLinear`` stores ``[K*out, in]``) under the plain model's name, so a seed's
+plain ``state_dict`` is a slice (``SeedPack.seed_state``): checkpoints and results are in
+the plain model's format, load into ``build_model``, and either the pack or the loop
+resumes them.
 
-Why not ``torch.func.vmap`` over stacked parameters: on the CPU it was slower than the
-block-diagonal modules for the digits MLP (docs/benchmarks.md), its dropout draws from one
-global stream (not one per seed), and training-mode BatchNorm needs patching. Which
-architectures pack: ``PACKABLE_ARCHS``; the others, and fp16 (one GradScaler would skip
-every seed's step when one seed overflows), train seed by seed in ``train.py``'s loop.
+Why not ``torch.func.vmap`` over stacked parameters: for the digits MLP on the CPU it was
+no faster (5% slower: docs/benchmarks.md), its dropout draws every seed's mask from one
+global stream, and training-mode BatchNorm needs patching. Which architectures pack:
+``PACKABLE_ARCHS``; the others, and fp16 (one GradScaler would skip every seed's step when
+one seed overflows), train seed by seed in ``train.py``'s loop. ``auto_pack_size`` says how
+many seeds to pack.
 """
 
 from __future__ import annotations
@@ -371,11 +376,6 @@ def _slice(value: Tensor, k: int, size: int) -> Tensor:
     return value.view(size, value.shape[0] // size, *value.shape[1:])[k]
 
 
-def pack_models(models: Sequence[nn.Module]) -> SeedPack:
-    """A ``SeedPack`` of trained or fresh models (their weights are copied, not shared)."""
-    return SeedPack(models)
-
-
 class _SeedLoop(nn.Module):
     """The ``SeedPack`` interface over models that cannot be packed (a teacher's, say)."""
 
@@ -447,10 +447,16 @@ def augment_pack(x: Tensor, kind: str, generators: Sequence[torch.Generator]) ->
 def predict_pack_probs(
     pack: nn.Module, x: Tensor, data: DataSplits, *, batch_size: int, precision: str = "fp32"
 ) -> Tensor:
-    """Every seed's softmax probabilities (float32 ``[K, N, classes]``) on uint8 images."""
+    """Every seed's softmax probabilities (float32 ``[K, N, classes]``) on uint8 images.
+
+    On a GPU each forward pass takes ``batch_size / K`` images (K seeds each), so that it
+    needs the memory of the loop's; on the CPU ``batch_size``, as the loop.
+    """
     was_training = pack.training
     pack.eval()
     device = next(pack.parameters()).device
+    if device.type != "cpu":
+        batch_size = max(1, batch_size // pack.k)
     out = []
     for i in range(0, len(x), batch_size):
         xb = normalize(x[i : i + batch_size].to(device), data.mean, data.std)
