@@ -365,25 +365,26 @@ class _Session:
             self.emit(Progress("skip", role.key, seed, message=f"needs {', '.join(missing)}"))
         return bool(missing)
 
-    def _start(self, role: Role, seed: int) -> str:
+    def _start(self, role: Role, seed: int, pack: int = 1) -> str:
         run_id = self.tracker.start_run(
             self.exp_id,
             parent_id=self.parent,
             name=f"{role.key}/seed{seed}",
-            tags=self._tags(role, seed),
+            # the pack size changes nothing but float rounding (grouped convolutions)
+            tags={**self._tags(role, seed), "pack_size": pack},
             params={**role.params(), "seed": seed, "dataset": self.plan.protocol.data.dataset},
         )
         self.tracker.log_files(run_id, self.protocol_files)
         return run_id
 
-    def _start_or_resume(self, role: Role, seed: int) -> tuple[str, int]:
+    def _start_or_resume(self, role: Role, seed: int, pack: int) -> tuple[str, int]:
         """A new run, or the interrupted run of the same fingerprint reopened.
 
         Returns the run id and the last epoch already logged to it (0 for a new run).
         """
         hit = self.interrupted.get((role.key, self.fingerprints[(role.key, seed)]))
         if hit is None:
-            return self._start(role, seed), 0
+            return self._start(role, seed, pack), 0
         self.tracker.reopen(hit.run_id)
         return hit.run_id, self.tracker.last_step(hit.run_id, "val_acc")
 
@@ -392,7 +393,7 @@ class _Session:
         if not seeds:
             return
         teachers = {s: self.model(role.teacher, s) for s in seeds} if role.teacher else None
-        started = {s: self._start_or_resume(role, s) for s in seeds}
+        started = {s: self._start_or_resume(role, s, len(seeds)) for s in seeds}
         runs = {s: run_id for s, (run_id, _) in started.items()}
         logged = {s: last for s, (_, last) in started.items()}
         slots = {s: self.checkpoints.slot(self.fingerprints[(role.key, s)]) for s in seeds}
