@@ -700,11 +700,7 @@ class _PackRun:
         )
 
     def _evaluate_epoch(self) -> list[dict[str, float]]:
-        """Each seed's accuracy and NLL on validation (and test, unless tuning).
-
-        The expressions of ``evaluate_probs`` without its ECE, which the epoch's metrics
-        drop: its 15-bin loop per seed and split was a sixth of a digits pack's time.
-        """
+        """Each seed's accuracy and NLL on validation (and test, unless tuning)."""
         out: list[dict[str, float]] = [{} for _ in range(self.k)]
         splits = [(self.data.val_x, self.data.val_y, "val")]
         if self.evaluate_test:
@@ -713,12 +709,8 @@ class _PackRun:
             if len(y) == 0:
                 continue
             probs = self._predict(self.pack, x)
-            y = y.to(probs.device)
             for j in range(self.k):
-                p = probs[j]
-                nll = -torch.log(p.gather(1, y[:, None]).clamp_min(1e-12)).mean()
-                out[j][f"{prefix}_acc"] = float((p.argmax(1) == y).float().mean())
-                out[j][f"{prefix}_nll"] = float(nll)
+                out[j].update(_train.evaluate_probs(probs[j], y, prefix, ece=False))
         return out
 
     def _save(self, epoch: int, alive: list[bool]) -> None:
