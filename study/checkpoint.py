@@ -4,6 +4,11 @@ One directory per (role, seed) fingerprint. Each epoch's state is written to a t
 file and renamed into place (a reader never sees half a file), with its sha256 in a
 sidecar file; the two newest epochs are kept, so a checkpoint that is corrupt or truncated
 (checksum mismatch) falls back to the one before it, and the caller is told.
+
+Writing costs time (serialising, two fsyncs), so a slot saves on a time cadence:
+``due()`` says whether ``interval_s`` has passed since the slot's last save (or since it was
+opened). With ``interval_s = 0`` every epoch is saved. A crash loses at most the epochs
+since the last save, and those are trained again, with the same result.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import io
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,13 @@ class CheckpointSlot:
     """The checkpoints of one (role, seed), identified by its fingerprint."""
 
     directory: Path
+    interval_s: float = 0.0  # seconds between saves (0: every epoch)
     notes: list[str] = field(default_factory=list)  # what loading had to say (corruption)
+    _last_save: float = field(default_factory=time.monotonic, repr=False)
+
+    def due(self) -> bool:
+        """Whether the next completed epoch should be saved (see the module docstring)."""
+        return time.monotonic() - self._last_save >= self.interval_s
 
     def _epochs(self) -> list[int]:
         if not self.directory.is_dir():
@@ -60,6 +72,7 @@ class CheckpointSlot:
         for old in self._epochs()[:-KEEP]:
             self._path(old).unlink(missing_ok=True)
             self._path(old).with_suffix(".sha256").unlink(missing_ok=True)
+        self._last_save = time.monotonic()
 
     def load(self) -> dict[str, Any] | None:
         """The newest checkpoint whose checksum holds, or None (then training starts over)."""
@@ -91,6 +104,7 @@ class CheckpointStore:
     """Where the per-epoch checkpoints of a tracking store live."""
 
     root: Path
+    interval_s: float = 0.0
 
     def slot(self, fingerprint: str) -> CheckpointSlot:
-        return CheckpointSlot(self.root / fingerprint)
+        return CheckpointSlot(self.root / fingerprint, self.interval_s)

@@ -315,7 +315,9 @@ class _Session:
         self.env = env
         self.emit: ProgressCallback = emit
         self.device = torch.device("cpu")
-        self.checkpoints = CheckpointStore(tracker.checkpoint_root())
+        self.checkpoints = CheckpointStore(
+            tracker.checkpoint_root(), plan.protocol.execution.checkpoint_every_s
+        )
         self.interrupted = tracker.interrupted_runs(exp_id)
         self.states: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
         self.protocol_files = {
@@ -395,13 +397,19 @@ class _Session:
         teachers = {s: self.model(role.teacher, s) for s in seeds} if role.teacher else None
         started = {s: self._start_or_resume(role, s, len(seeds)) for s in seeds}
         runs = {s: run_id for s, (run_id, _) in started.items()}
-        logged = {s: last for s, (_, last) in started.items()}
         slots = {s: self.checkpoints.slot(self.fingerprints[(role.key, s)]) for s in seeds}
+        # Per-epoch metrics reach MLflow every `log_every_s` seconds, a batch per run: one
+        # database transaction per seed and epoch would cost more than a small network's
+        # epoch. What a crash loses from the buffer is in the checkpoint's history.
+        metrics_log = _MetricsBuffer(
+            self.tracker,
+            runs,
+            {s: last for s, (_, last) in started.items()},
+            self.plan.protocol.execution.log_every_s,
+        )
 
         def on_epoch(seed: int, epoch: int, metrics: dict[str, float]) -> None:
-            if epoch > logged[seed]:
-                self.tracker.log_metrics(runs[seed], metrics, step=epoch)
-                logged[seed] = epoch
+            metrics_log.add(seed, epoch, metrics)
             self.emit(Progress("epoch", role.key, seed, epoch, metrics=metrics))
 
         try:
@@ -415,6 +423,7 @@ class _Session:
                 checkpoints=slots,
             )
         except KeyboardInterrupt:
+            metrics_log.flush()
             for s in seeds:
                 self.tracker.end_run(runs[s], "KILLED")
             raise
@@ -429,19 +438,18 @@ class _Session:
         for result in results:
             seed = result.seed
             if result.failure is not None:
+                metrics_log.flush(seed)
                 self._fail(role, seed, runs[seed], result.failure, summary)
                 continue
             run_id = runs[seed]
             if result.resumed_from:
                 self.tracker.set_tags(run_id, {"resumed_from_epoch": result.resumed_from})
                 self.emit(Progress("resumed", role.key, seed, epoch=result.resumed_from))
-            # epochs restored from the checkpoint that the killed process had not yet logged
-            for epoch in range(logged[seed] + 1, result.resumed_from + 1):
-                self.tracker.log_metrics(run_id, result.history[epoch - 1], step=epoch)
-            # the last epoch's metrics are already logged at this step; add the rest
+            # the epochs not yet in MLflow (buffered, or restored from a checkpoint that the
+            # killed process had not logged), and the final metrics at the last epoch's step
             last = result.history[-1] if result.history else {}
             extra = {k: v for k, v in result.final.items() if k not in last}
-            self.tracker.log_metrics(run_id, extra, step=role.train.epochs)
+            metrics_log.flush(seed, history=result.history, final=(role.train.epochs, extra))
             self.tracker.log_checkpoint(run_id, result.state_dict)
             self.tracker.end_run(run_id)
             slots[seed].clear()
@@ -472,6 +480,55 @@ class _Session:
         self.tracker.end_run(run_id, "FAILED")
         summary.failed.append(f"{role.key} seed {seed}: {reason.splitlines()[0]}")
         self.emit(Progress("fail", role.key, seed, message=reason.splitlines()[0]))
+
+
+class _MetricsBuffer:
+    """The per-epoch metrics of a pack's runs on their way to MLflow.
+
+    ``add`` buffers an epoch; when ``interval_s`` has passed since the last flush, every
+    run's buffered epochs go out, one ``log_batch`` per run. ``logged[seed]`` is the last
+    epoch MLflow holds for the seed's run.
+    """
+
+    def __init__(
+        self, tracker: Tracker, runs: dict[int, str], logged: dict[int, int], interval_s: float
+    ):
+        self.tracker, self.runs, self.logged, self.interval_s = tracker, runs, logged, interval_s
+        self.pending: dict[int, list[tuple[int, dict[str, float], float]]] = {s: [] for s in runs}
+        self.last_flush = time.monotonic()
+
+    def add(self, seed: int, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch > self.logged[seed]:
+            self.pending[seed].append((epoch, dict(metrics), time.time()))
+        if time.monotonic() - self.last_flush >= self.interval_s:
+            self.flush()
+
+    def flush(
+        self,
+        seed: int | None = None,
+        *,
+        history: list[dict[str, float]] | None = None,
+        final: tuple[int, dict[str, float]] | None = None,
+    ) -> None:
+        """Send the buffered epochs of ``seed`` (None: every seed). With ``history`` (the
+        seed's whole training), every epoch MLflow lacks is sent; ``final`` adds
+        ``(step, metrics)``. One transaction per run (up to 1000 metrics)."""
+        for s in [seed] if seed is not None else list(self.runs):
+            rows = self.pending[s]
+            if history is not None:
+                when = {e: t for e, _, t in rows}
+                rows = [
+                    (e, history[e - 1], when.get(e, time.time()))
+                    for e in range(self.logged[s] + 1, len(history) + 1)
+                ]
+            if final is not None and final[1]:
+                rows = [*rows, (final[0], final[1], time.time())]
+            if rows:
+                self.tracker.log_history(self.runs[s], rows)
+                self.logged[s] = max([self.logged[s], *(e for e, _, _ in rows)])
+            self.pending[s] = []
+        if seed is None:
+            self.last_flush = time.monotonic()
 
 
 def job_id() -> str | None:

@@ -238,12 +238,23 @@ class ExecutionSection(_Strict):
 
     executor: Literal["local", "slurm"] = "local"
     pack: int | Literal["auto"] = Field(
-        default=1, description="seeds trained together as one fused computation"
+        default="auto",
+        description="seeds trained together as one fused computation ('auto': as many as pay)",
     )
     slurm: SlurmSection = SlurmSection()
     heartbeat_s: float = Field(default=30.0, gt=0, description="claim heartbeat interval")
     stale_after_s: float = Field(
         default=300.0, gt=0, description="a claim whose heartbeat is older is taken over"
+    )
+    checkpoint_every_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="seconds between resume checkpoints of a training (0: every epoch)",
+    )
+    log_every_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="seconds between flushes of per-epoch metrics to MLflow (0: every epoch)",
     )
 
     @field_validator("pack")

@@ -265,10 +265,18 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         """One batch per call: an epoch's metrics are one database transaction."""
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
-        )
+        self.log_history(run_id, [(step, metrics, time.time())])
+
+    def log_history(self, run_id: str, rows: list[tuple[int, dict[str, float], float]]) -> None:
+        """Several steps' metrics, ``(step, metrics, unix time)`` each, in as few database
+        transactions as MLflow allows (1000 metrics a batch)."""
+        metrics = [
+            Metric(k, float(v), int(when * 1000), step)
+            for step, values, when in rows
+            for k, v in values.items()
+        ]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _str(tags).items()])

@@ -221,8 +221,9 @@ def train_role(
 
     ``on_epoch`` may raise to stop a seed (a tuning pruner does). With ``evaluate_test``
     False the test split is never touched: what tuning trials use. With ``checkpoints``,
-    each seed saves its complete state at the end of every epoch into its slot and, if the
-    slot already holds a state, resumes from it instead of starting over.
+    each seed saves its complete state at the end of an epoch into its slot whenever the
+    slot says a save is due (``CheckpointSlot.due``: every epoch, or on a time cadence) and,
+    if the slot already holds a state, resumes from it instead of starting over.
     """
     if role.kind == "ensemble" or role.train is None:
         raise ValueError(f"role {role.key} is not trained")
@@ -341,7 +342,7 @@ def _train_seed(
             sched.step()
             metrics.update(_evaluate(model, data, cfg, evaluate_test))
             result.history.append(metrics)
-            if slot is not None:
+            if slot is not None and slot.due():
                 slot.save(_capture(epoch, result.history, model, opt, sched, scaler, generators))
             if on_epoch is not None:
                 on_epoch(seed, epoch, metrics)
