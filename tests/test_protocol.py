@@ -117,6 +117,18 @@ BAD = [
     ('name = "ban"', 'name = "kd"', None, "arm names must be unique"),
     ('schedule = "cosine"', 'schedule = "cosine"\nmilestones = [5]', "train", "milestones"),
     ('device = "cpu"', 'device = "tpu"', "train.device", "should match pattern"),
+    (
+        "[study]",
+        "[execution]\ncheckpoint_every_s = -1\n\n[study]",
+        "execution.checkpoint_every_s",
+        "greater than or equal to 0",
+    ),
+    (
+        "[study]",
+        '[execution]\nlog_every_s = "often"\n\n[study]',
+        "execution.log_every_s",
+        "valid number",
+    ),
 ]
 
 

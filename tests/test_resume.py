@@ -130,6 +130,19 @@ def test_ctrl_c_marks_the_run_killed_and_says_how_to_continue(
     assert _final(_runs(tmp_path)) == _final(_runs(uninterrupted))
 
 
+def test_a_slot_is_due_every_epoch_or_once_its_interval_has_passed(tmp_path: Path) -> None:
+    every_epoch = CheckpointSlot(tmp_path / "a")
+    assert every_epoch.due()
+    every_epoch.save({"epoch": 1})
+    assert every_epoch.due()
+    cadenced = CheckpointSlot(tmp_path / "b", interval_s=3600)
+    assert not cadenced.due()  # the interval counts from when the slot was opened
+    cadenced._last_save -= 3600
+    assert cadenced.due()
+    cadenced.save({"epoch": 1})
+    assert not cadenced.due() and cadenced.load()["epoch"] == 1
+
+
 def test_corrupt_checkpoint_falls_back_to_the_previous_good_one(tmp_path: Path) -> None:
     slot = CheckpointSlot(tmp_path / "fp")
     for epoch in (1, 2, 3):
