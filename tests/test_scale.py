@@ -172,7 +172,8 @@ def test_a_diverging_seed_fails_alone_and_is_reported_missing(tmp_path: Path) ->
 def test_a_dead_workers_claim_is_taken_over_and_resumed(tmp_path: Path) -> None:
     text = TINY_PROTOCOL.replace(
         "[[arms]]",
-        "[execution]\npack = 1\nheartbeat_s = 0.5\nstale_after_s = 4.0\ncheckpoint_every_s = 0\n\n[[arms]]",
+        "[execution]\npack = 1\nheartbeat_s = 0.5\nstale_after_s = 4.0\n"
+        "checkpoint_every_s = 0\n\n[[arms]]",
         1,
     )
     (tmp_path / "tiny.toml").write_text(text)
