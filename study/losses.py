@@ -5,7 +5,17 @@ Every loss has the same call shape::
     spec = get_loss("kd")
     loss = spec(student_logits, targets, teacher_logits, generator=g, temperature=4.0)
 
-and returns a float32 scalar, the mean over the batch. Two promises hold for all of them:
+Shapes: logits are ``[..., N, C]`` (student and teacher alike), targets ``[..., N]``. The
+plain call, ``[N, C]``, returns a float32 0-d scalar, the mean over the batch. Leading
+dimensions are independent problems, one per index: a seed pack calls the loss once on
+``[K, N, C]`` and gets each seed's loss ``[K]``. Every reduction over samples and classes
+runs along the last two dimensions of one index, so seed k's loss is what the plain call
+on seed k's slice returns, and on the CPU bit for bit, its gradient too (the tests pin
+it): the pack costs one call instead of K, and a seed trains identically in any pack.
+Losses that draw random numbers (DKPP) take one generator per leading index for that
+reason.
+
+Two promises hold for all of them:
 
 - the teacher is a constant: its logits are detached inside, so a caller's mistake cannot
   send gradients into the teacher;
@@ -21,7 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +43,9 @@ from study.errors import UserInputError
 
 TUNED = "tuned"
 """The placeholder value a protocol gives to a parameter that tuning fills in later."""
+
+LossGenerator = torch.Generator | Sequence[torch.Generator]
+"""A loss's random stream: one generator, or one per leading index of the logits (seed)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,7 @@ class LossFn(Protocol):
         targets: Tensor,
         teacher_logits: Tensor | None,
         *,
-        generator: torch.Generator | None = None,
+        generator: LossGenerator | None = None,
         **params: float,
     ) -> Tensor: ...
 
@@ -119,7 +132,7 @@ class LossSpec:
         targets: Tensor,
         teacher_logits: Tensor | None = None,
         *,
-        generator: torch.Generator | None = None,
+        generator: LossGenerator | None = None,
         **params: Any,
     ) -> Tensor:
         resolved = resolve_loss_params(self.name, params)
@@ -204,8 +217,10 @@ _ALPHA = ParamRule(
 
 
 def _student(student_logits: Tensor) -> Tensor:
-    if student_logits.dim() != 2:
-        raise ValueError(f"student_logits must be [N, C], got shape {tuple(student_logits.shape)}")
+    if student_logits.dim() < 2:
+        raise ValueError(
+            f"student_logits must be [..., N, C], got shape {tuple(student_logits.shape)}"
+        )
     return student_logits.float()
 
 
@@ -221,9 +236,31 @@ def _teacher(teacher_logits: Tensor | None, student_logits: Tensor, loss: str) -
     return teacher_logits.detach().float()
 
 
+def _label_cross_entropy(s: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Each sample's cross-entropy with its label, ``[..., N]``.
+
+    ``F.cross_entropy`` wants the classes in dimension 1 (``[M, C]``), so the leading
+    dimensions are flattened into the samples and restored; per sample nothing depends on
+    the others. The callers average over N themselves (``reduction="none"``): a mean over
+    all M would mix the seeds.
+    """
+    if targets.shape != s.shape[:-1]:
+        raise ValueError(
+            f"targets shape {tuple(targets.shape)} does not match logits shape "
+            f"{tuple(s.shape)}: expected {tuple(s.shape[:-1])}"
+        )
+    per_sample = F.cross_entropy(
+        s.reshape(-1, s.shape[-1]),
+        targets.reshape(-1),
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    return per_sample.view(s.shape[:-1])
+
+
 def _soft_cross_entropy(target_probs: Tensor, student_log_probs: Tensor) -> Tensor:
-    """-sum_c q_c log p_c, summed over classes, mean over samples."""
-    return -(target_probs * student_log_probs).sum(dim=1).mean()
+    """-sum_c q_c log p_c, summed over classes, mean over samples (per leading index)."""
+    return -(target_probs * student_log_probs).sum(dim=-1).mean(dim=-1)
 
 
 # --- the losses --------------------------------------------------------------------------
@@ -247,7 +284,7 @@ def ce(
     targets: Tensor,
     teacher_logits: Tensor | None = None,
     *,
-    generator: torch.Generator | None = None,
+    generator: LossGenerator | None = None,
     label_smoothing: float = 0.0,
 ) -> Tensor:
     """Cross-entropy with the labels: mean_i -log softmax(s_i)[y_i].
@@ -255,7 +292,7 @@ def ce(
     With label smoothing eps the target is (1 - eps) * onehot(y) + eps / C (Szegedy et al.
     2016, "Rethinking the Inception Architecture"). The teacher, if given, is ignored.
     """
-    return F.cross_entropy(_student(student_logits), targets, label_smoothing=label_smoothing)
+    return _label_cross_entropy(_student(student_logits), targets, label_smoothing).mean(dim=-1)
 
 
 @register_loss("kd", needs_teacher=True, params={"temperature": _TEMPERATURE_KD, "alpha": _ALPHA})
@@ -264,7 +301,7 @@ def kd(
     targets: Tensor,
     teacher_logits: Tensor | None,
     *,
-    generator: torch.Generator | None = None,
+    generator: LossGenerator | None = None,
     temperature: float = 4.0,
     alpha: float = 0.9,
 ) -> Tensor:
@@ -280,17 +317,20 @@ def kd(
     """
     s = _student(student_logits)
     t = _teacher(teacher_logits, student_logits, "kd")
-    log_p_student = F.log_softmax(s / temperature, dim=1)
-    log_p_teacher = F.log_softmax(t / temperature, dim=1)
-    # batchmean, not mean: reduction="mean" would also divide by C (Hinton 2015 T^2 scaling
-    # assumes the per-sample KL).
-    soft = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-    hard = F.cross_entropy(s, targets)
+    log_p_student = F.log_softmax(s / temperature, dim=-1)
+    log_p_teacher = F.log_softmax(t / temperature, dim=-1)
+    # "batchmean" per leading index: summed over classes and samples, divided by N. Not a
+    # mean over elements, which would also divide by C (Hinton 2015 T^2 scaling assumes the
+    # per-sample KL); and not F.kl_div's own batchmean, which divides by the size of dim 0.
+    pointwise = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True)
+    soft = pointwise.flatten(-2).sum(dim=-1) / s.shape[-2]
+    hard = _label_cross_entropy(s, targets).mean(dim=-1)
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard
 
 
 def _ban_term(s: Tensor, t: Tensor, temperature: float) -> Tensor:
-    soft = _soft_cross_entropy(F.softmax(t / temperature, dim=1), F.log_softmax(s / temperature, 1))
+    target = F.softmax(t / temperature, dim=-1)
+    soft = _soft_cross_entropy(target, F.log_softmax(s / temperature, dim=-1))
     return temperature**2 * soft
 
 
@@ -300,7 +340,7 @@ def ban(
     targets: Tensor,
     teacher_logits: Tensor | None,
     *,
-    generator: torch.Generator | None = None,
+    generator: LossGenerator | None = None,
     temperature: float = 1.0,
 ) -> Tensor:
     """Born-again distillation from the teacher's distribution only, no labels (Furlanello
@@ -330,7 +370,7 @@ def ban_l(
     targets: Tensor,
     teacher_logits: Tensor | None,
     *,
-    generator: torch.Generator | None = None,
+    generator: LossGenerator | None = None,
     temperature: float = 1.0,
     label_weight: float = 1.0,
 ) -> Tensor:
@@ -341,7 +381,8 @@ def ban_l(
     """
     s = _student(student_logits)
     t = _teacher(teacher_logits, student_logits, "ban_l")
-    return _ban_term(s, t, temperature) + label_weight * F.cross_entropy(s, targets)
+    hard = _label_cross_entropy(s, targets).mean(dim=-1)
+    return _ban_term(s, t, temperature) + label_weight * hard
 
 
 @register_loss("cwtm", needs_teacher=True)
@@ -350,7 +391,7 @@ def cwtm(
     targets: Tensor,
     teacher_logits: Tensor | None,
     *,
-    generator: torch.Generator | None = None,
+    generator: LossGenerator | None = None,
 ) -> Tensor:
     """Confidence-Weighted by Teacher Max (Furlanello et al. 2018, Eq. 10): the label
     cross-entropy of each sample weighted by the teacher's confidence in it,
@@ -358,32 +399,56 @@ def cwtm(
         w_i = max_c softmax(t_i)_c / sum_j max_c softmax(t_j)_c,
         loss = sum_i w_i * CE(s_i, y_i).
 
-    The weights sum to 1 over the batch (so equal confidences give the plain mean CE) and
-    are constants: no gradient flows through them.
+    The weights sum to 1 over the batch (over each leading index's batch: each seed's own),
+    so equal confidences give the plain mean CE, and are constants: no gradient flows
+    through them.
     """
     s = _student(student_logits)
     t = _teacher(teacher_logits, student_logits, "cwtm")
-    confidence = F.softmax(t, dim=1).amax(dim=1)
-    weights = confidence / confidence.sum()
-    return (weights * F.cross_entropy(s, targets, reduction="none")).sum()
+    confidence = F.softmax(t, dim=-1).amax(dim=-1)
+    weights = confidence / confidence.sum(dim=-1, keepdim=True)
+    return (weights * _label_cross_entropy(s, targets)).sum(dim=-1)
 
 
-def _permute_non_argmax(probs: Tensor, argmax: Tensor, generator: torch.Generator) -> Tensor:
-    """``probs`` with each row's entries other than ``argmax`` randomly permuted in place.
+def _uniform_keys(shape: torch.Size, generator: LossGenerator, device: torch.device) -> Tensor:
+    """Uniform [0, 1) numbers of ``shape`` (``[..., N, C]``) on ``device``.
+
+    One generator draws them all at once. A sequence holds one generator per leading index,
+    and index k's ``[N, C]`` block is drawn from generator k alone, exactly what that
+    generator draws for a plain ``[N, C]`` call: a seed's stream does not depend on the pack.
+    """
+    if isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+    generators = list(generator)
+    blocks = math.prod(shape[:-2])
+    if len(generators) != blocks or not generators:
+        raise ValueError(
+            f"{len(generators)} generators for logits of shape {tuple(shape)}: "
+            f"expected one per leading index ({blocks})"
+        )
+    keys = torch.empty((blocks, *shape[-2:]), device=generators[0].device)
+    for block, g in zip(keys, generators, strict=True):
+        block.uniform_(generator=g)  # what torch.rand draws, written in place
+    return keys.view(shape).to(device)
+
+
+def _permute_non_argmax(probs: Tensor, argmax: Tensor, generator: LossGenerator) -> Tensor:
+    """``probs`` (``[..., N, C]``) with each row's entries other than ``argmax`` randomly
+    permuted in place.
 
     Vectorised: random sort keys give each row a random order of its source positions, with
     the argmax's key forced to sort last; the destination positions are the row's positions
-    in ascending order with the argmax also moved last. Pairing the two lists gives a
-    permutation that maps the argmax to itself and shuffles the rest uniformly.
+    in ascending order with the argmax also moved last (0, 1, .., skipping the argmax, then
+    the argmax: computed, not sorted). Pairing the two lists gives a permutation that maps
+    the argmax to itself and shuffles the rest uniformly.
     """
-    n, c = probs.shape
-    keys = torch.rand((n, c), generator=generator, device=generator.device).to(probs.device)
-    positions = torch.arange(c, device=probs.device).expand(n, c)
-    is_argmax = positions == argmax.unsqueeze(1)
-    sources = torch.argsort(keys.masked_fill(is_argmax, 2.0), dim=1)
-    destinations = torch.argsort(torch.where(is_argmax, c, positions), dim=1, stable=True)
-    permutation = torch.empty_like(sources).scatter_(1, destinations, sources)
-    return probs.gather(1, permutation)
+    c = probs.shape[-1]
+    keys = _uniform_keys(probs.shape, generator, probs.device)
+    positions = torch.arange(c, device=probs.device).expand(probs.shape)
+    argmax = argmax.unsqueeze(-1)
+    sources = torch.argsort(keys.masked_fill(positions == argmax, 2.0), dim=-1)
+    destinations = torch.where(positions == c - 1, argmax, positions + (positions >= argmax))
+    return torch.empty_like(probs).scatter_(-1, destinations, probs.gather(-1, sources))
 
 
 @register_loss("dkpp", needs_teacher=True)
@@ -392,7 +457,7 @@ def dkpp(
     targets: Tensor,
     teacher_logits: Tensor | None,
     *,
-    generator: torch.Generator | None = None,
+    generator: LossGenerator | None = None,
 ) -> Tensor:
     """Dark Knowledge with Permuted Predictions (Furlanello et al. 2018, Eq. 11): the soft
     cross-entropy against the teacher's distribution whose non-argmax probabilities are
@@ -401,15 +466,16 @@ def dkpp(
         q_i = permute_{c != argmax t_i}(softmax(t_i)),  loss = mean_i -sum_c q_ic log softmax(s_i)_c
 
     A fresh permutation is drawn from ``generator`` on every call (required, so that runs are
-    reproducible). This keeps the teacher's confidence in its prediction and destroys the
-    information in which wrong classes it finds similar ("dark knowledge").
+    reproducible; for ``[K, N, C]`` logits a sequence of K generators, one per seed). This
+    keeps the teacher's confidence in its prediction and destroys the information in which
+    wrong classes it finds similar ("dark knowledge").
     """
     if generator is None:
         raise ValueError("loss 'dkpp' needs a seeded torch.Generator (generator=...), got None")
     s = _student(student_logits)
     t = _teacher(teacher_logits, student_logits, "dkpp")
-    target = _permute_non_argmax(F.softmax(t, dim=1), t.argmax(dim=1), generator)
-    return _soft_cross_entropy(target, F.log_softmax(s, dim=1))
+    target = _permute_non_argmax(F.softmax(t, dim=-1), t.argmax(dim=-1), generator)
+    return _soft_cross_entropy(target, F.log_softmax(s, dim=-1))
 
 
 @register_loss(
@@ -422,15 +488,16 @@ def mse_logits(
     targets: Tensor,
     teacher_logits: Tensor | None,
     *,
-    generator: torch.Generator | None = None,
+    generator: LossGenerator | None = None,
     scale: float = 1.0,
 ) -> Tensor:
     """Logit matching (Ba & Caruana 2014, "Do Deep Nets Really Need to be Deep?"):
 
         loss = scale * mean_{i,c} (s_ic - t_ic)^2
 
-    averaged over classes and samples alike (divided by N * C). Labels are not used.
+    averaged over classes and samples alike (divided by N * C, per leading index). Labels
+    are not used.
     """
     s = _student(student_logits)
     t = _teacher(teacher_logits, student_logits, "mse_logits")
-    return scale * F.mse_loss(s, t, reduction="mean")
+    return scale * F.mse_loss(s, t, reduction="none").flatten(-2).mean(dim=-1)

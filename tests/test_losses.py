@@ -457,3 +457,88 @@ def test_ce_gradient_flows_in_float32_back_to_bf16_logits(batch):
     assert s.grad.dtype == torch.bfloat16
     want = (F.softmax(s.detach().float(), 1) - F.one_hot(y, C).float()) / N
     torch.testing.assert_close(s.grad.float(), want, atol=1e-2, rtol=0)
+
+
+# --- stacked logits: one call for K independent problems (a seed pack) ---------------------
+
+LEADING = [(3,), (2, 2)]
+PARAMS = {"kd": {"temperature": 2.0, "alpha": 0.7}, "ban": {"temperature": 2.0}}
+
+
+def stacked_batch(leading: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    student = torch.randn(*leading, N, C, generator=g) * 2
+    teacher = torch.randn(*leading, N, C, generator=g) * 3
+    targets = torch.randint(0, C, (*leading, N), generator=g)
+    return student, teacher, targets
+
+
+def seeded_generators(count: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(100 + i) for i in range(count)]
+
+
+@pytest.mark.parametrize("leading", LEADING)
+@pytest.mark.parametrize("name", loss_names())
+def test_stacked_call_gives_each_slice_exactly_its_own_loss_and_gradient(name, leading):
+    # What the seed pack relies on: one call on [..., N, C] is, bit for bit, the plain call
+    # on each [N, C] slice, in value and in the gradient that reaches the slice.
+    s, t, y = stacked_batch(leading)
+    blocks = int(np.prod(leading))
+    kw = dict(PARAMS.get(name, {}))
+    stacked = s.clone().requires_grad_(True)
+    if name == "dkpp":
+        kw["generator"] = seeded_generators(blocks)
+    out = get_loss(name)(stacked, y, t, **kw)
+    assert out.shape == leading and out.dtype == torch.float32
+    out.sum().backward()
+
+    generators = seeded_generators(blocks)
+    for b, index in enumerate(np.ndindex(*leading)):
+        if name == "dkpp":
+            kw["generator"] = generators[b]
+        alone = s[index].clone().requires_grad_(True)
+        value = get_loss(name)(alone, y[index], t[index], **kw)
+        value.backward()
+        assert value.dim() == 0
+        assert torch.equal(out[index], value), (name, index)
+        assert torch.equal(stacked.grad[index], alone.grad), (name, index)
+
+
+@pytest.mark.parametrize("name", loss_names())
+def test_a_slice_of_a_stacked_call_does_not_depend_on_the_other_slices(name):
+    s, t, y = stacked_batch((3,))
+    kw = {"generator": seeded_generators(3)} if name == "dkpp" else {}
+    before = get_loss(name)(s, y, t, **kw)
+    s2, t2 = s.clone(), t.clone()
+    s2[1], t2[1] = s[1] * -5 + 1, t[1].flip(-1) * 3  # another seed's, wildly different
+    kw = {"generator": seeded_generators(3)} if name == "dkpp" else {}
+    after = get_loss(name)(s2, y, t2, **kw)
+    assert torch.equal(after[[0, 2]], before[[0, 2]])
+    assert not torch.equal(after[1], before[1])
+
+
+def test_dkpp_with_one_generator_for_stacked_logits_draws_the_slices_one_after_another():
+    s, t, y = stacked_batch((3,))
+    out = get_loss("dkpp")(s, y, t, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    for k in range(3):
+        assert torch.equal(out[k], get_loss("dkpp")(s[k], y[k], t[k], generator=g))
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_dkpp_needs_one_generator_per_leading_index(count):
+    s, t, y = stacked_batch((3,))
+    with pytest.raises(ValueError, match="one per leading index"):
+        get_loss("dkpp")(s, y, t, generator=seeded_generators(count))
+
+
+@pytest.mark.parametrize("name", ["ce", "kd", "ban_l", "cwtm"])  # the losses that use labels
+def test_targets_must_have_the_logits_leading_shape(name):
+    s, t, y = stacked_batch((3,))
+    with pytest.raises(ValueError, match="targets shape"):
+        get_loss(name)(s, y.flatten(), t)
+
+
+def test_logits_without_a_class_dimension_are_an_error():
+    with pytest.raises(ValueError, match=r"\[\.\.\., N, C\]"):
+        get_loss("ce")(torch.zeros(N), torch.zeros(N, dtype=torch.long))
