@@ -150,6 +150,60 @@ def predict_probs(
     return torch.cat(out)
 
 
+class TeacherCache:
+    """The teacher's logits for every training image, computed once per training.
+
+    Exact only where a training step's view of an image is the image itself (augmentation
+    "none"): then a step's teacher outputs are rows of this table instead of a forward
+    pass. Each row is computed by the same forward pass (the same precision, the same
+    arithmetic per image) as in a step, so a row is bit for bit what the step would compute;
+    ``lookup`` checks that on its first batch against a real forward pass and, should the
+    backend round a batch differently from the table, switches the cache off (``None``
+    from then on). ``forward`` is anything mapping a normalised batch to logits (a model in
+    eval mode, or a seed pack's shared forward pass).
+    """
+
+    def __init__(self, forward: Callable[[Tensor], Tensor], table: Tensor):
+        self.forward, self.table, self.checked = forward, table, False
+
+    @classmethod
+    def build(
+        cls,
+        forward: Callable[[Tensor], Tensor],
+        data: DataSplits,
+        *,
+        batch_size: int,
+        precision: str,
+        device: torch.device,
+        batch_dim: int = 0,
+    ) -> TeacherCache | None:
+        """The cache, or None where it would not be exact (augmented views)."""
+        if data.augmentation != "none" or len(data.train_x) == 0:
+            return None
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(data.train_x), batch_size):
+                xb = normalize(data.train_x[i : i + batch_size].to(device), data.mean, data.std)
+                with _autocast(device, precision):
+                    out.append(forward(xb).float())
+        return cls(forward, torch.cat(out, dim=batch_dim).clone())
+
+    def lookup(self, index: Tensor | tuple[Tensor, ...], xb: Tensor) -> Tensor | None:
+        """The teacher's logits for a training batch ``xb`` (normalised): ``table[index]``
+        (the batch's rows). None once the cache is off."""
+        if self.table is None:
+            return None
+        cached = self.table[index]
+        if not self.checked:
+            self.checked = True
+            with torch.inference_mode():
+                fresh = self.forward(xb).float()
+            if not torch.equal(fresh, cached):
+                self.table = None
+                return None
+        return cached
+
+
 def expected_calibration_error(probs: Tensor, y: Tensor, n_bins: int = 15) -> float:
     """ECE with equal-width confidence bins (Guo et al. 2017), top-1 confidence."""
     conf, pred = probs.max(dim=1)
@@ -297,6 +351,12 @@ def _train_seed(
         if evaluate_test:
             teacher_test = predict_probs(teacher, data.test_x, data, batch_size=cfg.eval_batch_size)
 
+    cache = None
+    if teacher is not None:
+        cache = TeacherCache.build(
+            teacher, data, batch_size=cfg.eval_batch_size, precision=cfg.precision, device=device
+        )
+
     result = SeedResult(seed=seed, state_dict={})
     n = len(train_x)
     cuda = [device] if device.type == "cuda" else []
@@ -319,7 +379,10 @@ def _train_seed(
                 xb = normalize(xb, data.mean, data.std)
                 yb = train_y[idx]
                 t_logits = None
-                if teacher is not None:
+                if cache is not None:
+                    with _autocast(device, cfg.precision):
+                        t_logits = cache.lookup(idx, xb)
+                if teacher is not None and t_logits is None:
                     with torch.inference_mode(), _autocast(device, cfg.precision):
                         t_logits = teacher(xb)
                     t_logits = t_logits.float().clone()  # leave inference mode for autograd

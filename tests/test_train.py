@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from study.data import load_data
+from study.data import load_data, normalize
 from study.plan import expand
 from study.protocol import parse_protocol
 from study.train import (
@@ -149,3 +149,61 @@ def test_on_epoch_can_stop_a_seed(plan, digits) -> None:
 
     with pytest.raises(Stop):
         train_role(plan.role("teacher"), [0], digits, device=torch.device("cpu"), on_epoch=stop)
+
+
+@pytest.mark.parametrize("student", ["ban/gen1", "kd/gen1"])
+def test_the_teacher_cache_trains_a_student_bit_for_bit_like_teacher_forward_passes(
+    plan, digits, student, monkeypatch
+) -> None:
+    import study.train as train
+
+    [t] = train_role(plan.role("teacher"), [0], digits, device=torch.device("cpu"))
+    calls = []
+    teacher = load_model(plan.role("teacher"), digits, t.state_dict, torch.device("cpu"))
+    teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    role = plan.role(student)
+    [cached] = train_role(role, [0], digits, teachers={0: teacher}, device=torch.device("cpu"))
+    # one pass over the training set to fill the table, one batch to check it, no others
+    n_train, steps = len(digits.train_x), -(-len(digits.train_x) // role.train.batch_size)
+    assert sum(calls) < n_train + 2 * role.train.batch_size + len(digits.val_x) + len(digits.test_x)
+    monkeypatch.setattr(train.TeacherCache, "build", classmethod(lambda cls, *a, **k: None))
+    calls.clear()
+    [fresh] = train_role(role, [0], digits, teachers={0: teacher}, device=torch.device("cpu"))
+    assert len(calls) >= steps * role.train.epochs  # the uncached path: a forward per step
+    assert cached.final == fresh.final
+    assert _same(cached.state_dict, fresh.state_dict)
+
+
+def test_the_teacher_cache_switches_off_when_a_forward_pass_disagrees_with_it(digits) -> None:
+    from study.train import TeacherCache
+
+    weights = torch.randn(64, 10)
+    cache = TeacherCache.build(
+        lambda x: x.flatten(1) @ weights,
+        digits,
+        batch_size=256,
+        precision="fp32",
+        device=torch.device("cpu"),
+    )
+    assert cache is not None and cache.table.shape == (len(digits.train_x), 10)
+    idx = torch.tensor([5, 900, 17])
+    xb = normalize(digits.train_x[idx], digits.mean, digits.std)
+    table = cache.table
+    assert torch.equal(cache.lookup(idx, xb), xb.flatten(1) @ weights)
+    skewed = TeacherCache(lambda x: x.flatten(1) @ weights + 1e-6, table)  # rounds otherwise
+    assert skewed.lookup(idx, xb) is None
+    assert skewed.table is None and skewed.lookup(idx, xb) is None
+
+
+def test_no_teacher_cache_for_augmented_views(digits) -> None:
+    from dataclasses import replace
+
+    from study.train import TeacherCache
+
+    augmented = replace(digits, augmentation="crop_flip")
+    assert (
+        TeacherCache.build(
+            lambda x: x, augmented, batch_size=64, precision="fp32", device=torch.device("cpu")
+        )
+        is None
+    )
