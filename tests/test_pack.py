@@ -235,19 +235,24 @@ def test_a_student_pack_distils_from_its_own_seeds_teachers(plan, digits, arm: s
         )
 
 
-def test_a_diverging_seed_fails_alone(plan, digits, monkeypatch) -> None:
-    role = plan.role("teacher")
-    clean = train_pack(role, [0, 1, 2], digits, device=CPU)
+def _poison_seed(monkeypatch, seed: int) -> None:
+    """Seed ``seed`` starts with NaN weights: its loss is NaN from the first step."""
     real_init = pack_module.init_model
 
-    def poisoned(role_, seed, data):
-        model = real_init(role_, seed, data)
-        if seed == 1:
+    def poisoned(role_, s, data):
+        model = real_init(role_, s, data)
+        if s == seed:
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
         return model
 
     monkeypatch.setattr(pack_module, "init_model", poisoned)
+
+
+def test_a_diverging_seed_fails_alone(plan, digits, monkeypatch) -> None:
+    role = plan.role("teacher")
+    clean = train_pack(role, [0, 1, 2], digits, device=CPU)
+    _poison_seed(monkeypatch, 1)
     seen = []
     results = train_pack(
         role, [0, 1, 2], digits, device=CPU, on_epoch=lambda s, e, m: seen.append(s)
@@ -259,6 +264,41 @@ def test_a_diverging_seed_fails_alone(plan, digits, monkeypatch) -> None:
         assert results[j].failure is None
         assert _close(results[j].state_dict, clean[j].state_dict, atol=1e-6)
         assert results[j].final == pytest.approx(clean[j].final, abs=1e-6)
+
+
+def test_a_diverged_seed_leaves_the_other_seeds_loss_streams_alone(
+    plan, digits, monkeypatch
+) -> None:
+    """DKPP draws from each seed's own generator: after seed 1 dies, seeds 0 and 2 draw
+    exactly what they draw in a clean run, and end bit for bit where it ends."""
+    teacher_role = plan.role("teacher")
+    trained = train_role(teacher_role, [0, 1, 2], digits, device=CPU)
+    teachers = {r.seed: load_model(teacher_role, digits, r.state_dict, CPU) for r in trained}
+    role = plan.role("dkpp/gen1")
+    clean = train_pack(role, [0, 1, 2], digits, teachers=teachers, device=CPU)
+    _poison_seed(monkeypatch, 1)
+    results = train_pack(role, [0, 1, 2], digits, teachers=teachers, device=CPU)
+    assert results[1].failure is not None
+    for j in (0, 2):
+        assert results[j].history == clean[j].history and results[j].final == clean[j].final
+        assert all(torch.equal(results[j].state_dict[n], v) for n, v in clean[j].state_dict.items())
+
+
+def test_a_pack_computes_its_seeds_losses_in_one_call_per_step(plan, digits, monkeypatch) -> None:
+    role = plan.role("teacher")
+    spec = pack_module.get_loss(role.loss)
+    shapes = []
+
+    def counting(student, *args, **kwargs):
+        shapes.append(tuple(student.shape))
+        return spec.fn(student, *args, **kwargs)
+
+    counted = dataclasses.replace(spec, fn=counting)
+    monkeypatch.setattr(pack_module, "get_loss", lambda name: counted)
+    train_pack(role, [0, 1, 2], digits, device=CPU)
+    steps = -(-len(digits.train_y) // role.train.batch_size)
+    assert len(shapes) == role.train.epochs * steps
+    assert all(shape[0] == 3 and shape[-1] == digits.num_classes for shape in shapes)
 
 
 def test_the_lr_fault_injection_diverges_only_its_seed(plan, digits, monkeypatch) -> None:
