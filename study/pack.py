@@ -725,6 +725,11 @@ class _PackRun:
     def _save(self, epoch: int, alive: list[bool]) -> None:
         if not any(self.slots.get(s) is not None for s in self.seeds):
             return
+        live_slots = [self.slots.get(s) for j, s in enumerate(self.seeds) if alive[j]]
+        # Saving costs time: skip the states when no live slot is due. When one is, every
+        # live seed saves, so that the pack resumes together at one epoch.
+        if not any(slot.due() for slot in live_slots if slot is not None):
+            return
         optimizer = self.opt.state_dict()
         for j, seed in enumerate(self.seeds):
             slot = self.slots.get(seed)

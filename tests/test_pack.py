@@ -301,6 +301,29 @@ def test_a_pack_computes_its_seeds_losses_in_one_call_per_step(plan, digits, mon
     assert all(shape[0] == 3 and shape[-1] == digits.num_classes for shape in shapes)
 
 
+def test_a_pack_saves_no_checkpoint_until_one_of_its_live_slots_is_due(
+    plan, digits, tmp_path, monkeypatch
+) -> None:
+    role = plan.role("teacher")
+
+    def slot(name: str, seed: int, interval_s: float) -> CheckpointSlot:
+        return CheckpointSlot(tmp_path / name / str(seed), interval_s=interval_s)
+
+    never = {s: slot("never", s, 3600.0) for s in (0, 1)}
+    train_pack(role, [0, 1], digits, device=CPU, checkpoints=never)
+    assert all(never[s].load() is None for s in (0, 1))
+    # One live slot due: the whole pack saves, so that its seeds resume together.
+    mixed = {0: slot("mixed", 0, 3600.0), 1: slot("mixed", 1, 0.0)}
+    train_pack(role, [0, 1], digits, device=CPU, checkpoints=mixed)
+    assert [mixed[s].load()["epoch"] for s in (0, 1)] == [role.train.epochs] * 2
+    # A diverged seed's slot being due does not count.
+    _poison_seed(monkeypatch, 1)
+    dead = {0: slot("dead", 0, 3600.0), 1: slot("dead", 1, 0.0)}
+    results = train_pack(role, [0, 1], digits, device=CPU, checkpoints=dead)
+    assert results[1].failure is not None
+    assert dead[0].load() is None and dead[1].load() is None
+
+
 def test_the_lr_fault_injection_diverges_only_its_seed(plan, digits, monkeypatch) -> None:
     monkeypatch.setattr(train_module, "_DIVERGE", {2}, raising=False)
     results = train_role(plan.role("teacher"), [0, 2], digits, device=CPU)
