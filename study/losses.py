@@ -249,11 +249,10 @@ def _label_cross_entropy(s: Tensor, targets: Tensor, label_smoothing: float = 0.
             f"targets shape {tuple(targets.shape)} does not match logits shape "
             f"{tuple(s.shape)}: expected {tuple(s.shape[:-1])}"
         )
+    if s.dim() == 2:  # the plain call: no reshapes (each costs an autograd node)
+        return F.cross_entropy(s, targets, reduction="none", label_smoothing=label_smoothing)
     per_sample = F.cross_entropy(
-        s.reshape(-1, s.shape[-1]),
-        targets.reshape(-1),
-        reduction="none",
-        label_smoothing=label_smoothing,
+        s.flatten(0, -2), targets.flatten(), reduction="none", label_smoothing=label_smoothing
     )
     return per_sample.view(s.shape[:-1])
 
@@ -323,7 +322,7 @@ def kd(
     # mean over elements, which would also divide by C (Hinton 2015 T^2 scaling assumes the
     # per-sample KL); and not F.kl_div's own batchmean, which divides by the size of dim 0.
     pointwise = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True)
-    soft = pointwise.flatten(-2).sum(dim=-1) / s.shape[-2]
+    soft = pointwise.sum(dim=(-2, -1)) / s.shape[-2]
     hard = _label_cross_entropy(s, targets).mean(dim=-1)
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard
 
@@ -500,4 +499,4 @@ def mse_logits(
     """
     s = _student(student_logits)
     t = _teacher(teacher_logits, student_logits, "mse_logits")
-    return scale * F.mse_loss(s, t, reduction="none").flatten(-2).mean(dim=-1)
+    return scale * F.mse_loss(s, t, reduction="none").mean(dim=(-2, -1))
