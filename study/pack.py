@@ -70,6 +70,7 @@ from study.repro import deterministic_mode
 from study.train import (
     EpochCallback,
     SeedResult,
+    TeacherCache,
     TrainingDiverged,
     _autocast,
     _optimizer,
@@ -558,6 +559,19 @@ class _PackRun:
         self.teacher: nn.Module | None = None
         if teachers is not None and role.teacher:  # also for the agreement metrics
             self.teacher = _frozen_pack([teachers[s] for s in seeds], device)
+        # Without augmentation a step's teacher outputs are rows of one table per seed,
+        # filled by one shared pass over the training set (see train.TeacherCache).
+        self.teacher_cache: TeacherCache | None = None
+        if self.teacher is not None and self.loss.needs_teacher:
+            self.teacher_cache = TeacherCache.build(
+                self.teacher,
+                data,
+                batch_size=self.cfg.eval_batch_size // (1 if device.type == "cpu" else self.k) or 1,
+                precision=self.cfg.precision,
+                device=device,
+                table_forward=self.teacher.forward_shared,
+                batch_dim=1,
+            )
         self.opt = _optimizer(self.pack, self.cfg)
         self.sched = _scheduler(self.opt, self.cfg)
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # fp16 never packs
@@ -650,13 +664,17 @@ class _PackRun:
             None if all(alive) else torch.tensor([j for j in range(k) if alive[j]], device=device)
         )
         generators = self.loss_rng if live is None else [self.loss_rng[j] for j in live.tolist()]
+        seed_rows = torch.arange(k, device=device)[:, None]
         for i in range(0, n, cfg.batch_size):
             idx = perms[:, i : i + cfg.batch_size]  # [K, b]: each seed its own examples
             xb = augment_pack(train_x[idx], data.augmentation, self.augment)
             xb = normalize(xb.flatten(0, 1), data.mean, data.std).view(xb.shape)
             yb = train_y[idx]
             t_logits = None
-            if self.teacher is not None and self.loss.needs_teacher:
+            if self.teacher_cache is not None:
+                with _autocast(device, cfg.precision):
+                    t_logits = self.teacher_cache.lookup((seed_rows, idx), xb)
+            if self.teacher is not None and self.loss.needs_teacher and t_logits is None:
                 with torch.inference_mode(), _autocast(device, cfg.precision):
                     t_logits = self.teacher(xb)
                 t_logits = t_logits.float().clone()  # leave inference mode for autograd

@@ -175,17 +175,24 @@ class TeacherCache:
         batch_size: int,
         precision: str,
         device: torch.device,
+        table_forward: Callable[[Tensor], Tensor] | None = None,
         batch_dim: int = 0,
     ) -> TeacherCache | None:
-        """The cache, or None where it would not be exact (augmented views)."""
+        """The cache, or None where it would not be exact (augmented views).
+
+        ``table_forward`` fills the table (default: ``forward``; a seed pack's teachers fill
+        it with their shared forward pass, every seed on every image, concatenated along
+        ``batch_dim``) and ``forward`` is the step's own, which the first lookup checks.
+        """
         if data.augmentation != "none" or len(data.train_x) == 0:
             return None
+        fill = table_forward or forward
         out = []
         with torch.inference_mode():
             for i in range(0, len(data.train_x), batch_size):
                 xb = normalize(data.train_x[i : i + batch_size].to(device), data.mean, data.std)
                 with _autocast(device, precision):
-                    out.append(forward(xb).float())
+                    out.append(fill(xb).float())
         return cls(forward, torch.cat(out, dim=batch_dim).clone())
 
     def lookup(self, index: Tensor | tuple[Tensor, ...], xb: Tensor) -> Tensor | None:

@@ -80,6 +80,10 @@ def _packed_grads(pack: SeedPack, k: int) -> dict[str, torch.Tensor]:
     return {n: pack_module._slice(p.grad, k, pack.k) for n, p in pack.net.named_parameters()}
 
 
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _close(a: dict, b: dict, atol: float) -> bool:
     return a.keys() == b.keys() and all(
         torch.allclose(a[n].float(), b[n].float(), atol=atol, rtol=0) for n in a
@@ -233,6 +237,34 @@ def test_a_student_pack_distils_from_its_own_seeds_teachers(plan, digits, arm: s
         assert r.final["teacher_agreement"] == pytest.approx(
             alone.final["teacher_agreement"], abs=0.01
         )
+
+
+@pytest.mark.parametrize("arm", ["kd/gen1", "ban/gen1"])
+def test_a_student_pack_with_the_teacher_cache_trains_bit_for_bit_like_without(
+    plan, digits, arm: str, monkeypatch
+) -> None:
+    import study.train as train
+
+    teacher_role = plan.role("teacher")
+    trained = train_role(teacher_role, [0, 1, 2], digits, device=CPU)
+    teachers = {r.seed: load_model(teacher_role, digits, r.state_dict, CPU) for r in trained}
+    role = plan.role(arm)
+    built = []
+    real_build = train.TeacherCache.build.__func__
+    monkeypatch.setattr(
+        train.TeacherCache,
+        "build",
+        classmethod(lambda cls, *a, **kw: built.append(real_build(cls, *a, **kw)) or built[-1]),
+    )
+    cached = train_role(role, [0, 1, 2], digits, teachers=teachers, device=CPU)
+    [cache] = built
+    assert cache is not None and cache.checked and cache.table is not None  # it was used
+    assert cache.table.shape == (3, len(digits.train_x), digits.num_classes)
+    monkeypatch.setattr(train.TeacherCache, "build", classmethod(lambda cls, *a, **kw: None))
+    fresh = train_role(role, [0, 1, 2], digits, teachers=teachers, device=CPU)
+    for a, b in zip(cached, fresh, strict=True):
+        assert a.final == b.final
+        assert _same(a.state_dict, b.state_dict)
 
 
 def _poison_seed(monkeypatch, seed: int) -> None:
