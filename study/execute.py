@@ -367,14 +367,17 @@ class _Session:
             self.emit(Progress("skip", role.key, seed, message=f"needs {', '.join(missing)}"))
         return bool(missing)
 
+    def _params(self, role: Role, seed: int) -> dict[str, Any]:
+        return {**role.params(), "seed": seed, "dataset": self.plan.protocol.data.dataset}
+
     def _start(self, role: Role, seed: int, pack: int = 1) -> str:
+        """A new run; its parameters go with its first metrics (``_params``)."""
         run_id = self.tracker.start_run(
             self.exp_id,
             parent_id=self.parent,
             name=f"{role.key}/seed{seed}",
             # the pack size changes nothing but float rounding (grouped convolutions)
             tags={**self._tags(role, seed), "pack_size": pack},
-            params={**role.params(), "seed": seed, "dataset": self.plan.protocol.data.dataset},
         )
         self.tracker.log_files(run_id, self.protocol_files)
         return run_id
@@ -406,6 +409,7 @@ class _Session:
             runs,
             {s: last for s, (_, last) in started.items()},
             self.plan.protocol.execution.log_every_s,
+            params={s: self._params(role, s) for s in seeds},
         )
 
         def on_epoch(seed: int, epoch: int, metrics: dict[str, float]) -> None:
@@ -467,7 +471,7 @@ class _Session:
         final = evaluate_ensemble(
             members, self.data, batch_size=self.plan.protocol.train.eval_batch_size, teacher=teacher
         )
-        self.tracker.log_metrics(run_id, final, step=0)
+        self.tracker.log_history(run_id, [(0, final, time.time())], params=self._params(role, seed))
         self.tracker.end_run(run_id)
         self.run_ids[(role.key, seed)] = run_id
         summary.trained += 1
@@ -487,13 +491,20 @@ class _MetricsBuffer:
 
     ``add`` buffers an epoch; when ``interval_s`` has passed since the last flush, every
     run's buffered epochs go out, one ``log_batch`` per run. ``logged[seed]`` is the last
-    epoch MLflow holds for the seed's run.
+    epoch MLflow holds for the seed's run. A run's ``params`` go with its first flush.
     """
 
     def __init__(
-        self, tracker: Tracker, runs: dict[int, str], logged: dict[int, int], interval_s: float
+        self,
+        tracker: Tracker,
+        runs: dict[int, str],
+        logged: dict[int, int],
+        interval_s: float,
+        *,
+        params: dict[int, dict[str, Any]],
     ):
         self.tracker, self.runs, self.logged, self.interval_s = tracker, runs, logged, interval_s
+        self.params = dict(params)
         self.pending: dict[int, list[tuple[int, dict[str, float], float]]] = {s: [] for s in runs}
         self.last_flush = time.monotonic()
 
@@ -523,8 +534,9 @@ class _MetricsBuffer:
                 ]
             if final is not None and final[1]:
                 rows = [*rows, (final[0], final[1], time.time())]
-            if rows:
-                self.tracker.log_history(self.runs[s], rows)
+            params = self.params.pop(s, None)
+            if rows or params:
+                self.tracker.log_history(self.runs[s], rows, params=params)
                 self.logged[s] = max([self.logged[s], *(e for e, _, _ in rows)])
             self.pending[s] = []
         if seed is None:

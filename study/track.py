@@ -251,32 +251,43 @@ class Tracker:
         parent_id: str | None,
         name: str,
         tags: dict[str, Any],
-        params: dict[str, Any],
+        params: dict[str, Any] | None = None,
     ) -> str:
+        """A new run. Its ``params`` may also come later, with its first ``log_history``
+        (one database transaction fewer per run)."""
         all_tags = _str(tags)
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
-        run_id = run.info.run_id
-        items = [Param(k, _param(v)) for k, v in sorted(params.items())]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i : i + 100])
-        return run_id
+        if params:
+            self.log_history(run.info.run_id, [], params=params)
+        return run.info.run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         """One batch per call: an epoch's metrics are one database transaction."""
         self.log_history(run_id, [(step, metrics, time.time())])
 
-    def log_history(self, run_id: str, rows: list[tuple[int, dict[str, float], float]]) -> None:
-        """Several steps' metrics, ``(step, metrics, unix time)`` each, in as few database
-        transactions as MLflow allows (1000 metrics a batch)."""
+    def log_history(
+        self,
+        run_id: str,
+        rows: list[tuple[int, dict[str, float], float]],
+        *,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        """Several steps' metrics, ``(step, metrics, unix time)`` each, and parameters, in
+        as few database transactions as MLflow allows (100 parameters and 1000 values in
+        all a batch). Logging a parameter again with the same value changes nothing."""
         metrics = [
             Metric(k, float(v), int(when * 1000), step)
             for step, values, when in rows
             for k, v in values.items()
         ]
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        items = [Param(k, _param(v)) for k, v in sorted((params or {}).items())]
+        while metrics or items:
+            batch_params, items = items[:100], items[100:]
+            room = 1000 - len(batch_params)
+            batch_metrics, metrics = metrics[:room], metrics[room:]
+            self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in _str(tags).items()])
