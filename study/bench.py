@@ -42,7 +42,7 @@ from study.models import create_model, resolve_model_kwargs
 from study.pack import packable
 from study.plan import Role
 from study.protocol import TrainSection
-from study.train import init_model, resolve_device, train_role
+from study.train import init_model, resolve_device, teacher_cache, train_role
 
 SHAPES: dict[str, tuple[int, int, int, str]] = {
     # name: (channels, image size, classes, augmentation)
@@ -68,6 +68,7 @@ class BenchConfig:
     kd: bool = False
     precision: str = "fp32"
     workers: int = 0
+    teacher_cache: bool = True  # unaugmented shapes: KD students read cached teacher outputs
 
     def check(self) -> None:
         if self.dataset_shape not in SHAPES:
@@ -112,6 +113,7 @@ class BenchReport:
     device_name: str
     threads: int
     memory: str
+    teacher_outputs: str
     results: list[BenchResult]
 
     def to_json(self) -> str:
@@ -183,18 +185,27 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             path = "fused" if k > 1 and packable(role) else "loop"
             say(f"{variant} {k} seed(s){' + kd' if kd else ''}: {path}")
             teachers = _teachers(teacher, k, data, device) if kd else None
+
+            def harness(role=role, k=k, teachers=teachers) -> tuple[float, int]:
+                with teacher_cache(config.teacher_cache):
+                    return _harness(config, role, k, data, device, teachers)
+
             results.append(
                 measure(
-                    lambda role=role, k=k, teachers=teachers: _harness(
-                        config, role, k, data, device, teachers
-                    ),
+                    harness,
                     variant,
                     k,
                     kd,
                     path,
                 )
             )
+    cached = config.kd and config.teacher_cache and data.augmentation == "none"
     return BenchReport(
+        teacher_outputs=(
+            "cached: one pass over the training set, then table lookups (unaugmented data)"
+            if cached
+            else "a forward pass of the teacher in every step"
+        ),
         config={**asdict(config), "packs": list(config.packs)},
         device=str(device),
         device_name=_device_name(device),
@@ -479,6 +490,8 @@ def format_report(report: BenchReport) -> Sequence[str]:
         f"device: {report.device} ({report.device_name}), torch threads: {report.threads}, "
         f"memory: {report.memory}",
     ]
+    if c["kd"]:
+        lines.append(f"kd teacher outputs: {report.teacher_outputs}")
     rows = report.table()
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):

@@ -425,9 +425,7 @@ Pairs = Annotated[
     str | None, typer.Option("--pairs", help="Explicit comparisons A:B,C:D (differences A - B).")
 ]
 Alpha = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level.")]
-TestName = Annotated[
-    str, typer.Option("--test", help="Primary test: t, wilcoxon or permutation.")
-]
+TestName = Annotated[str, typer.Option("--test", help="Primary test: t, wilcoxon or permutation.")]
 
 
 def _read_table(path: Path):
@@ -569,7 +567,12 @@ def plan_seeds(
         out.add_column(col)
     for r in frame.itertuples():
         out.add_row(
-            r.a, r.b, str(r.n), _fmt(r.sd_diff), str(r.n_required), _fmt(r.mde),
+            r.a,
+            r.b,
+            str(r.n),
+            _fmt(r.sd_diff),
+            str(r.n_required),
+            _fmt(r.mde),
             _fmt(r.power_at_n, 3),
         )
     console.print(out)
@@ -661,6 +664,14 @@ def bench(
     kd: Annotated[bool, typer.Option("--kd", help="Also time KD students.")] = False,
     precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
     workers: Annotated[int, typer.Option(help="DataLoader workers of the reference.")] = 0,
+    teacher_cache: Annotated[
+        bool,
+        typer.Option(
+            "--teacher-cache/--no-teacher-cache",
+            help="KD students on unaugmented shapes read cached teacher outputs; "
+            "--no-teacher-cache times the teacher's forward pass in every step.",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False,
 ) -> None:
     """Time the plain PyTorch loop, the harness's loop and seed packs side by side."""
@@ -681,6 +692,7 @@ def bench(
         kd=kd,
         precision=precision,
         workers=workers,
+        teacher_cache=teacher_cache,
     )
     say = (lambda text: None) if as_json else (lambda text: err_console.print(text))
     report = run_bench(config, progress=say)

@@ -18,8 +18,8 @@ import math
 import os
 import random
 import signal
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -150,6 +150,21 @@ def predict_probs(
     return torch.cat(out)
 
 
+_TEACHER_CACHE = [True]
+
+
+@contextmanager
+def teacher_cache(enabled: bool) -> Iterator[None]:
+    """Turn the teacher-output cache on or off within a block (``study bench`` measures
+    the teacher's forward pass with it off; results are the same either way)."""
+    before = _TEACHER_CACHE[0]
+    _TEACHER_CACHE[0] = enabled
+    try:
+        yield
+    finally:
+        _TEACHER_CACHE[0] = before
+
+
 class TeacherCache:
     """The teacher's logits for every training image, computed once per training.
 
@@ -184,7 +199,7 @@ class TeacherCache:
         it with their shared forward pass, every seed on every image, concatenated along
         ``batch_dim``) and ``forward`` is the step's own, which the first lookup checks.
         """
-        if data.augmentation != "none" or len(data.train_x) == 0:
+        if not _TEACHER_CACHE[0] or data.augmentation != "none" or len(data.train_x) == 0:
             return None
         fill = table_forward or forward
         out = []

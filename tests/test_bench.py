@@ -48,6 +48,25 @@ def test_bench_measures_reference_harness_packs_and_kd_side_by_side() -> None:
     assert [row["name"] for row in payload["results"]] == names
 
 
+def test_kd_variants_use_the_teacher_cache_unless_told_not_to(monkeypatch) -> None:
+    from study import train
+
+    forwards = []
+    real_forward = train.TeacherCache.__init__
+
+    def spy(self, forward, table):
+        real_forward(self, lambda x: forwards.append(len(x)) or forward(x), table)
+
+    monkeypatch.setattr(train.TeacherCache, "__init__", spy)
+    cached = run_bench(BenchConfig(**{**TINY.__dict__, "packs": (1,)}))
+    assert cached.teacher_outputs.startswith("cached") and forwards  # the first-batch checks
+    assert any(line.startswith("kd teacher outputs: cached") for line in format_report(cached))
+    forwards.clear()
+    uncached = run_bench(BenchConfig(**{**TINY.__dict__, "packs": (1,), "teacher_cache": False}))
+    assert uncached.teacher_outputs.startswith("a forward pass") and not forwards
+    assert train._TEACHER_CACHE == [True]  # switched back on after the bench
+
+
 def test_a_pack_of_an_unpackable_architecture_is_timed_as_the_loop(monkeypatch) -> None:
     from study import bench, pack
 
