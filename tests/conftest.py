@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import textwrap
 from pathlib import Path
 
@@ -66,3 +67,10 @@ def tiny_protocol(workdir: Path, tiny_protocol_text: str) -> Path:
     path = workdir / "tiny.toml"
     path.write_text(tiny_protocol_text)
     return path
+
+
+def interruptible() -> None:
+    """In the child, before exec: SIGINT back to its default. A shell's background job
+    (`pytest &`, CI scripts) inherits SIGINT ignored, and then Python installs no Ctrl-C
+    handler and the interrupt tests would see no interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

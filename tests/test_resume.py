@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.checkpoint import CheckpointSlot
+from tests.conftest import interruptible
 
 PROTOCOL = """
 [study]
@@ -56,6 +57,7 @@ def study(cwd: Path, *args: str, fault: str | None = None) -> subprocess.Complet
         [sys.executable, "-m", "study.cli", *args],
         cwd=cwd,
         env=env,
+        preexec_fn=interruptible,
         capture_output=True,
         text=True,
         timeout=600,

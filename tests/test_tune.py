@@ -31,6 +31,7 @@ from study.tune import (
     resolve_storage,
     trial_role,
 )
+from tests.conftest import interruptible
 
 STUDY = "tiny"
 OPTUNA_STUDY = "tiny-tune-kd-gen1"
@@ -106,6 +107,7 @@ def _popen(cwd: Path, *args: str) -> subprocess.Popen:
         [sys.executable, "-m", "study.cli", "tune", "tiny.toml", *args],
         cwd=cwd,
         env=_env(),
+        preexec_fn=interruptible,  # Ctrl-C works even when pytest runs as a background job
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
