@@ -820,10 +820,11 @@ def auto_pack_size(
 
     1 when the role cannot pack. On the CPU a pack pays only where a step is dominated by
     per-operation overhead, not arithmetic: the digits MLP (0.6M multiply-adds per seed and
-    step) trains 2.6x faster in a pack of 20, while small_cnn on digits (20M), WRN-16-1 on
-    CIFAR shapes and the 1200-1200 MNIST MLP ran at 0.9-1.0x (docs/benchmarks.md). So on
-    the CPU: a pack when one seed's forward step costs at most ``CPU_PACK_MAX_MACS``
-    (without ``data`` to measure it: for MLPs only). On a GPU: every packable role.
+    step) trains 3.6x faster in a pack of 20 (``study bench``, one thread), while small_cnn
+    on digits (20M), WRN-16-1 on CIFAR shapes and the 1200-1200 MNIST MLP ran at 0.9-1.0x
+    (docs/benchmarks.md). So on the CPU: a pack when one seed's forward step costs at most
+    ``CPU_PACK_MAX_MACS`` (without ``data`` to measure it: for MLPs only). On a GPU: every
+    packable role.
 
     The size is as many seeds as fit, up to ``MAX_PACK_CPU`` / ``MAX_PACK_GPU``, within a
     quarter of the free memory for an estimate of one seed's training memory (weights,
