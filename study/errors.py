@@ -30,9 +30,7 @@ class UserInputError(Exception):
 
     def located(self, *, source: str | None = None, field: str | None = None) -> UserInputError:
         """The same error with a source and/or field filled in where they were missing."""
-        return type(self)(
-            self.reason, source=self.source or source, field=self.field or field
-        )
+        return type(self)(self.reason, source=self.source or source, field=self.field or field)
 
 
 class DataNotFoundError(UserInputError):

@@ -50,9 +50,7 @@ def _plan_of(run: dict[str, Any], protocol: Protocol) -> Plan:
     return expand(protocol, tuned=tuned or None)
 
 
-def reproduce_run(
-    run_id: str, tracker: Tracker, *, device: str | None = None
-) -> Reproduction:
+def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -> Reproduction:
     """Re-train (or re-evaluate, for an ensemble) one run and compare its final metrics."""
     run = tracker.run_record(run_id)
     tags = run["tags"]
@@ -85,7 +83,10 @@ def reproduce_run(
     new_tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
     new_tags.update({"reproduces": run_id, "device": str(dev)})
     new_id = tracker.start_run(
-        exp_id, parent_id=None, name=f"reproduce {role.key}/seed{seed}", tags=new_tags,
+        exp_id,
+        parent_id=None,
+        name=f"reproduce {role.key}/seed{seed}",
+        tags=new_tags,
         params=run["params"],
     )
     result.new_run_id = new_id

@@ -216,6 +216,7 @@ def _paired_plan(n: int, sd: float, *, effect: float, alpha: float, power: float
     )
     mde = analysis.solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided")
     at_n = analysis.power(effect_size=effect / sd, nobs=n, alpha=alpha, alternative="two-sided")
+
     def power_at(k: int) -> float:
         return analysis.power(effect_size=effect / sd, nobs=k, alpha=alpha, alternative="two-sided")
 
@@ -253,6 +254,7 @@ def _unpaired_plan(
     at_n = analysis.power(
         effect_size=effect / sd, nobs1=n_a, ratio=n_b / n_a, alpha=alpha, alternative="two-sided"
     )
+
     def power_at(k: int) -> float:
         return analysis.power(
             effect_size=effect / sd, nobs1=k, ratio=1.0, alpha=alpha, alternative="two-sided"
