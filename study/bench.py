@@ -42,6 +42,7 @@ from study.models import create_model, resolve_model_kwargs
 from study.pack import packable
 from study.plan import Role
 from study.protocol import TrainSection
+from study.repro import resolve_deterministic
 from study.train import init_model, resolve_device, teacher_cache, train_role
 
 SHAPES: dict[str, tuple[int, int, int, str]] = {
@@ -69,6 +70,7 @@ class BenchConfig:
     precision: str = "fp32"
     workers: int = 0
     teacher_cache: bool = True  # unaugmented shapes: KD students read cached teacher outputs
+    deterministic: bool | None = None  # [train] deterministic: None is a study's default
 
     def check(self) -> None:
         if self.dataset_shape not in SHAPES:
@@ -114,6 +116,7 @@ class BenchReport:
     threads: int
     memory: str
     teacher_outputs: str
+    deterministic: bool  # the harness and the packs in deterministic mode (reference: never)
     results: list[BenchResult]
 
     def to_json(self) -> str:
@@ -206,6 +209,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             if cached
             else "a forward pass of the teacher in every step"
         ),
+        deterministic=resolve_deterministic(config.deterministic, device),
         config={**asdict(config), "packs": list(config.packs)},
         device=str(device),
         device_name=_device_name(device),
@@ -261,6 +265,7 @@ def _recipe(config: BenchConfig) -> TrainSection:
         schedule="constant",
         precision=config.precision,  # type: ignore[arg-type]
         device=config.device,
+        deterministic=config.deterministic,
     )
 
 
@@ -489,6 +494,9 @@ def format_report(report: BenchReport) -> Sequence[str]:
         f"timed epochs",
         f"device: {report.device} ({report.device_name}), torch threads: {report.threads}, "
         f"memory: {report.memory}",
+        "deterministic mode (harness and packs): "
+        + ("on" if report.deterministic else "off")
+        + ("" if c["deterministic"] is not None else " (the study default for this device)"),
     ]
     if c["kd"]:
         lines.append(f"kd teacher outputs: {report.teacher_outputs}")

@@ -672,6 +672,14 @@ def bench(
             "--no-teacher-cache times the teacher's forward pass in every step.",
         ),
     ] = True,
+    deterministic: Annotated[
+        bool | None,
+        typer.Option(
+            "--deterministic/--no-deterministic",
+            help="Deterministic mode for the harness and packs (default: a study's default "
+            "for the device: on for the CPU, off for a GPU); compare both to see its cost.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False,
 ) -> None:
     """Time the plain PyTorch loop, the harness's loop and seed packs side by side."""
@@ -693,6 +701,7 @@ def bench(
         precision=precision,
         workers=workers,
         teacher_cache=teacher_cache,
+        deterministic=deterministic,
     )
     say = (lambda text: None) if as_json else (lambda text: err_console.print(text))
     report = run_bench(config, progress=say)

@@ -121,3 +121,23 @@ def test_the_cli_prints_json() -> None:
     payload = json.loads(result.output)
     assert [row["name"] for row in payload["results"]] == ["reference", "harness", "pack 2"]
     assert payload["config"]["arch_kwargs"] == {"hidden": [8]}
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_the_deterministic_option_reaches_the_harness_and_the_packs(flag, monkeypatch) -> None:
+    from study import pack, repro, train
+
+    seen = []
+
+    def recording(requested, device):
+        seen.append(repro.resolve_deterministic(requested, device))
+        return repro.deterministic_mode(requested, device)
+
+    for module in (train, pack):
+        monkeypatch.setattr(module, "deterministic_mode", recording)
+    config = BenchConfig(**{**TINY.__dict__, "kd": False, "deterministic": flag})
+    report = run_bench(config)
+    assert report.deterministic is flag
+    assert seen and set(seen) == {flag}  # the harness (loop) and the pack 3 trained so
+    line = f"deterministic mode (harness and packs): {'on' if flag else 'off'}"
+    assert line in format_report(report)
