@@ -450,20 +450,25 @@ def augment_pack(x: Tensor, kind: str, generators: Sequence[torch.Generator]) ->
     return apply_augmentation(x.flatten(0, 1), joint).view(x.shape)
 
 
+def shared_batch_size(batch_size: int, k: int, device: torch.device) -> int:
+    """Images per forward pass when all K seeds see the same images (evaluation, filling the
+    teacher cache): on a GPU ``batch_size / K``, so that the pass needs the memory of the
+    loop's; on the CPU ``batch_size``, as the loop."""
+    return batch_size if device.type == "cpu" else max(1, batch_size // k)
+
+
 @torch.inference_mode()
 def predict_pack_probs(
     pack: nn.Module, x: Tensor, data: DataSplits, *, batch_size: int, precision: str = "fp32"
 ) -> Tensor:
     """Every seed's softmax probabilities (float32 ``[K, N, classes]``) on uint8 images.
 
-    On a GPU each forward pass takes ``batch_size / K`` images (K seeds each), so that it
-    needs the memory of the loop's; on the CPU ``batch_size``, as the loop.
+    Each forward pass takes ``shared_batch_size`` images (K seeds each).
     """
     was_training = pack.training
     pack.eval()
     device = next(pack.parameters()).device
-    if device.type != "cpu":
-        batch_size = max(1, batch_size // pack.k)
+    batch_size = shared_batch_size(batch_size, pack.k, device)
     out = []
     for i in range(0, len(x), batch_size):
         xb = normalize(x[i : i + batch_size].to(device), data.mean, data.std)
@@ -566,7 +571,7 @@ class _PackRun:
             self.teacher_cache = TeacherCache.build(
                 self.teacher,
                 data,
-                batch_size=self.cfg.eval_batch_size // (1 if device.type == "cpu" else self.k) or 1,
+                batch_size=shared_batch_size(self.cfg.eval_batch_size, self.k, device),
                 precision=self.cfg.precision,
                 device=device,
                 table_forward=self.teacher.forward_shared,
@@ -672,8 +677,7 @@ class _PackRun:
             yb = train_y[idx]
             t_logits = None
             if self.teacher_cache is not None:
-                with _autocast(device, cfg.precision):
-                    t_logits = self.teacher_cache.lookup((seed_rows, idx), xb)
+                t_logits = self.teacher_cache.lookup((seed_rows, idx), xb)
             if self.teacher is not None and self.loss.needs_teacher and t_logits is None:
                 with torch.inference_mode(), _autocast(device, cfg.precision):
                     t_logits = self.teacher(xb)

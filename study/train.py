@@ -178,8 +178,10 @@ class TeacherCache:
     eval mode, or a seed pack's shared forward pass).
     """
 
-    def __init__(self, forward: Callable[[Tensor], Tensor], table: Tensor):
-        self.forward, self.table, self.checked = forward, table, False
+    def __init__(
+        self, forward: Callable[[Tensor], Tensor], table: Tensor, *, precision: str = "fp32"
+    ):
+        self.forward, self.table, self.precision, self.checked = forward, table, precision, False
 
     @classmethod
     def build(
@@ -208,7 +210,7 @@ class TeacherCache:
                 xb = normalize(data.train_x[i : i + batch_size].to(device), data.mean, data.std)
                 with _autocast(device, precision):
                     out.append(fill(xb).float())
-        return cls(forward, torch.cat(out, dim=batch_dim).clone())
+        return cls(forward, torch.cat(out, dim=batch_dim).clone(), precision=precision)
 
     def lookup(self, index: Tensor | tuple[Tensor, ...], xb: Tensor) -> Tensor | None:
         """The teacher's logits for a training batch ``xb`` (normalised): ``table[index]``
@@ -218,7 +220,7 @@ class TeacherCache:
         cached = self.table[index]
         if not self.checked:
             self.checked = True
-            with torch.inference_mode():
+            with torch.inference_mode(), _autocast(self.table.device, self.precision):
                 fresh = self.forward(xb).float()
             if not torch.equal(fresh, cached):
                 self.table = None
@@ -402,8 +404,7 @@ def _train_seed(
                 yb = train_y[idx]
                 t_logits = None
                 if cache is not None:
-                    with _autocast(device, cfg.precision):
-                        t_logits = cache.lookup(idx, xb)
+                    t_logits = cache.lookup(idx, xb)
                 if teacher is not None and t_logits is None:
                     with torch.inference_mode(), _autocast(device, cfg.precision):
                         t_logits = teacher(xb)

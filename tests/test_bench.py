@@ -54,8 +54,8 @@ def test_kd_variants_use_the_teacher_cache_unless_told_not_to(monkeypatch) -> No
     forwards = []
     real_forward = train.TeacherCache.__init__
 
-    def spy(self, forward, table):
-        real_forward(self, lambda x: forwards.append(len(x)) or forward(x), table)
+    def spy(self, forward, table, **kwargs):
+        real_forward(self, lambda x: forwards.append(len(x)) or forward(x), table, **kwargs)
 
     monkeypatch.setattr(train.TeacherCache, "__init__", spy)
     cached = run_bench(BenchConfig(**{**TINY.__dict__, "packs": (1,)}))
