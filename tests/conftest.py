@@ -74,3 +74,11 @@ def interruptible() -> None:
     (`pytest &`, CI scripts) inherits SIGINT ignored, and then Python installs no Ctrl-C
     handler and the interrupt tests would see no interrupt."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The bundled digits, split as the default study splits them (read once per session)."""
+    from study.data import load_data
+
+    return load_data("digits", root="data", val_size=0.15, data_seed=0)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from study import pack as pack_module
 from study import train as train_module
 from study.checkpoint import CheckpointSlot
-from study.data import augment_batch, load_data
+from study.data import augment_batch
 from study.models import create_model
 from study.pack import (
     NotPackable,
@@ -46,11 +46,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits", root="data", val_size=0.15, data_seed=0)
 
 
 @pytest.fixture(scope="module")

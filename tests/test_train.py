@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from study.data import load_data, normalize
+from study.data import normalize
 from study.plan import expand
 from study.protocol import parse_protocol
 from study.train import (
@@ -17,11 +17,6 @@ from study.train import (
     predict_probs,
     train_role,
 )
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits", root="data", val_size=0.15, data_seed=0)
 
 
 @pytest.fixture(scope="module")
