@@ -329,6 +329,22 @@ def test_digits_split_sizes_add_up_and_pixels_span_0_to_255():
     assert data.augmentation == "none"
 
 
+def test_digits_are_read_from_sklearns_file_exactly_as_sklearn_loads_them(monkeypatch):
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from study.data import sources
+
+    reference = sklearn_digits()
+    pixels, target = sources._digits_arrays()
+    assert np.array_equal(pixels, reference.images) and pixels.dtype == reference.images.dtype
+    assert np.array_equal(target, reference.target)
+    # where the bundled file is not found, scikit-learn itself loads them
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    pixels, target = sources._digits_arrays()
+    assert np.array_equal(pixels, reference.images)
+    assert np.array_equal(target, reference.target)
+
+
 def test_digits_val_split_is_stratified_by_class():
     data = load_data("digits", root="unused", val_size=0.25)
     rest = torch.cat([data.train_y, data.val_y])

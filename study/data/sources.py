@@ -9,6 +9,7 @@ asked, carves the validation split, computes the normalisation statistics and th
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import pickle
 import warnings
 from collections.abc import Callable, Mapping
@@ -532,12 +533,10 @@ images; the validation split is then drawn from the remaining 80 %."""
 )
 def load_digits(request: SourceRequest) -> SourceData:
     """scikit-learn's 8x8 digits, values 0..16 scaled to 0..255."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    bunch = sklearn_digits()
-    images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8))
+    pixels, target = _digits_arrays()
+    images = torch.from_numpy(np.round(pixels * (255.0 / 16.0)).astype(np.uint8))
     images = images.unsqueeze(1).contiguous()
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    labels = torch.from_numpy(target.astype(np.int64))
     keep, test = stratified_split(labels, DIGITS_TEST_FRACTION, seed=DIGITS_TEST_SEED)
     return SourceData(
         train_x=images[keep],
@@ -546,6 +545,25 @@ def load_digits(request: SourceRequest) -> SourceData:
         test_y=labels[test],
         classes=tuple(str(d) for d in range(10)),
     )
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The digits' pixels ``[1797, 8, 8]`` (0..16) and labels, as ``load_digits`` gives them.
+
+    Read from the file scikit-learn bundles, without importing scikit-learn: the import
+    alone takes about a second, more than the whole of some commands' work on the digits.
+    Where the file is not found (another scikit-learn layout), scikit-learn loads them.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    return bunch.images, bunch.target
 
 
 # ---------------------------------------------------------------------------------------
