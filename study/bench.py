@@ -43,7 +43,14 @@ from study.pack import packable
 from study.plan import Role
 from study.protocol import TrainSection
 from study.repro import resolve_deterministic
-from study.train import init_model, resolve_device, teacher_cache, train_role
+from study.train import (
+    channels_last,
+    init_model,
+    resolve_device,
+    teacher_cache,
+    to_device,
+    train_role,
+)
 
 SHAPES: dict[str, tuple[int, int, int, str]] = {
     # name: (channels, image size, classes, augmentation)
@@ -71,6 +78,7 @@ class BenchConfig:
     workers: int = 0
     teacher_cache: bool = True  # unaugmented shapes: KD students read cached teacher outputs
     deterministic: bool | None = None  # [train] deterministic: None is a study's default
+    channels_last: bool = True  # convnets of the harness and packs (reference: NCHW)
 
     def check(self) -> None:
         if self.dataset_shape not in SHAPES:
@@ -117,6 +125,7 @@ class BenchReport:
     memory: str
     teacher_outputs: str
     deterministic: bool  # the harness and the packs in deterministic mode (reference: never)
+    memory_format: str  # of a convnet's harness and packs ("" without convolutions)
     results: list[BenchResult]
 
     def to_json(self) -> str:
@@ -190,7 +199,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             teachers = _teachers(teacher, k, data, device) if kd else None
 
             def harness(role=role, k=k, teachers=teachers) -> tuple[float, int]:
-                with teacher_cache(config.teacher_cache):
+                with teacher_cache(config.teacher_cache), channels_last(config.channels_last):
                     return _harness(config, role, k, data, device, teachers)
 
             results.append(
@@ -203,6 +212,10 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                 )
             )
     cached = config.kd and config.teacher_cache and data.augmentation == "none"
+    convnet = any(isinstance(m, nn.Conv2d) for m in init_model(teacher, 0, data).modules())
+    memory_format = ""
+    if convnet:
+        memory_format = "channels-last (NHWC)" if config.channels_last else "NCHW"
     return BenchReport(
         teacher_outputs=(
             "cached: one pass over the training set, then table lookups (unaugmented data)"
@@ -210,6 +223,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             else "a forward pass of the teacher in every step"
         ),
         deterministic=resolve_deterministic(config.deterministic, device),
+        memory_format=memory_format,
         config={**asdict(config), "packs": list(config.packs)},
         device=str(device),
         device_name=_device_name(device),
@@ -289,7 +303,7 @@ def _roles(config: BenchConfig) -> tuple[Role, Role]:
 
 def _teachers(role: Role, k: int, data: DataSplits, device: torch.device) -> dict[int, nn.Module]:
     """Untrained teachers (a trained one costs the same forward pass)."""
-    return {s: init_model(role, s, data).to(device).eval() for s in range(k)}
+    return {s: to_device(init_model(role, s, data), device).eval() for s in range(k)}
 
 
 def _harness(
@@ -498,6 +512,8 @@ def format_report(report: BenchReport) -> Sequence[str]:
         + ("on" if report.deterministic else "off")
         + ("" if c["deterministic"] is not None else " (the study default for this device)"),
     ]
+    if report.memory_format:
+        lines.append(f"memory format (harness and packs): {report.memory_format}; reference: NCHW")
     if c["kd"]:
         lines.append(f"kd teacher outputs: {report.teacher_outputs}")
     rows = report.table()

@@ -680,6 +680,14 @@ def bench(
             "for the device: on for the CPU, off for a GPU); compare both to see its cost.",
         ),
     ] = None,
+    channels_last: Annotated[
+        bool,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help="Convolutional networks of the harness and packs in the channels-last "
+            "memory format ([execution] channels_last); compare both to see what it pays.",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False,
 ) -> None:
     """Time the plain PyTorch loop, the harness's loop and seed packs side by side."""
@@ -702,6 +710,7 @@ def bench(
         workers=workers,
         teacher_cache=teacher_cache,
         deterministic=deterministic,
+        channels_last=channels_last,
     )
     say = (lambda text: None) if as_json else (lambda text: err_console.print(text))
     report = run_bench(config, progress=say)

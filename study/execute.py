@@ -36,6 +36,7 @@ from study.repro import environment, pip_freeze, resolve_deterministic
 from study.track import Claim, Tracker
 from study.train import (
     SeedResult,
+    channels_last,
     evaluate_ensemble,
     load_model,
     resolve_device,
@@ -173,58 +174,59 @@ def run_study(
     status = "FINISHED"
     given_up: set[tuple[str, int]] = set()  # failed or blocked in this invocation
     try:
-        while True:
-            refresh()
-            remaining = [k for k in mine if k not in run_ids and k not in given_up]
-            if not remaining:
-                break
-            claims = tracker.claims(study)
-            session.interrupted = tracker.interrupted_runs(exp_id)
-            worked = False
-            for role in plan.roles:
-                ready = [
-                    s
-                    for (key, s) in remaining
-                    if key == role.key
-                    and all((d, s) in run_ids for d in plan.dependencies(role.key))
-                ]
-                step = size or auto_pack_size(role, len(ready), session.device, data)
-                for i in range(0, len(ready), step):
-                    won = board.claim(
-                        [(s, fingerprints[(role.key, s)]) for s in ready[i : i + step]], claims
-                    )
-                    if not won:
-                        continue
-                    # A claim is released only after its run is FINISHED: a claim won over a
-                    # released one may be for a run that finished since our last look.
-                    if board.took_over:
-                        refresh()
-                        done = [s for s in won if (role.key, s) in run_ids]
-                        board.release(won.pop(s) for s in done)
+        with channels_last(execution.channels_last):
+            while True:
+                refresh()
+                remaining = [k for k in mine if k not in run_ids and k not in given_up]
+                if not remaining:
+                    break
+                claims = tracker.claims(study)
+                session.interrupted = tracker.interrupted_runs(exp_id)
+                worked = False
+                for role in plan.roles:
+                    ready = [
+                        s
+                        for (key, s) in remaining
+                        if key == role.key
+                        and all((d, s) in run_ids for d in plan.dependencies(role.key))
+                    ]
+                    step = size or auto_pack_size(role, len(ready), session.device, data)
+                    for i in range(0, len(ready), step):
+                        won = board.claim(
+                            [(s, fingerprints[(role.key, s)]) for s in ready[i : i + step]], claims
+                        )
                         if not won:
                             continue
-                    worked = True
-                    try:
-                        if role.kind == "ensemble":
-                            for seed in won:
-                                session.evaluate_ensemble(role, seed, summary)
-                        else:
-                            session.train_pack(role, list(won), summary)
-                    finally:
-                        board.release(won.values())
-                    given_up.update((role.key, s) for s in won if (role.key, s) not in run_ids)
-            if worked:
-                continue
-            if board.others_active(claims, [fingerprints[k] for k in fingerprints]):
-                time.sleep(poll_s)  # another worker trains something we need: wait for it
-                continue
-            for role_key, seed in remaining:  # nobody works on them and they cannot start
-                missing = [d for d in plan.dependencies(role_key) if (d, seed) not in run_ids]
-                summary.skipped.append(f"{role_key} seed {seed} (needs {', '.join(missing)})")
-                emit(Progress("skip", role_key, seed, message=f"needs {', '.join(missing)}"))
-            break
-        if summary.failed:
-            status = "FAILED"
+                        # A claim is released only after its run is FINISHED: a claim won over a
+                        # released one may be for a run that finished since our last look.
+                        if board.took_over:
+                            refresh()
+                            done = [s for s in won if (role.key, s) in run_ids]
+                            board.release(won.pop(s) for s in done)
+                            if not won:
+                                continue
+                        worked = True
+                        try:
+                            if role.kind == "ensemble":
+                                for seed in won:
+                                    session.evaluate_ensemble(role, seed, summary)
+                            else:
+                                session.train_pack(role, list(won), summary)
+                        finally:
+                            board.release(won.values())
+                        given_up.update((role.key, s) for s in won if (role.key, s) not in run_ids)
+                if worked:
+                    continue
+                if board.others_active(claims, [fingerprints[k] for k in fingerprints]):
+                    time.sleep(poll_s)  # another worker trains something we need: wait for it
+                    continue
+                for role_key, seed in remaining:  # nobody works on them and they cannot start
+                    missing = [d for d in plan.dependencies(role_key) if (d, seed) not in run_ids]
+                    summary.skipped.append(f"{role_key} seed {seed} (needs {', '.join(missing)})")
+                    emit(Progress("skip", role_key, seed, message=f"needs {', '.join(missing)}"))
+                break
+            if summary.failed:
+                status = "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise

@@ -81,6 +81,7 @@ from study.train import (
     final_metrics,
     init_model,
     resolve_device,
+    to_device,
 )
 
 PACKABLE_ARCHS = frozenset({"mlp", "small_cnn", "wrn", "resnet_cifar", "densenet_bc"})
@@ -560,7 +561,7 @@ class _PackRun:
             if saved[s] is not None:
                 model.load_state_dict(saved[s]["model"])
             models.append(model)
-        self.pack = SeedPack(models).to(device)
+        self.pack = to_device(SeedPack(models), device)
         self.teacher: nn.Module | None = None
         if teachers is not None and role.teacher:  # also for the agreement metrics
             self.teacher = _frozen_pack([teachers[s] for s in seeds], device)
@@ -801,17 +802,18 @@ class _PackRun:
                 result.final["val_teacher_agreement"] = agreement_metrics(val[j], teacher_val[j])[
                     "teacher_agreement"
                 ]
-            result.state_dict = {key: v.cpu() for key, v in self.pack.seed_state(j).items()}
+            result.state_dict = {
+                key: v.cpu().contiguous() for key, v in self.pack.seed_state(j).items()
+            }
 
 
 def _frozen_pack(models: Sequence[nn.Module], device: torch.device) -> nn.Module:
     """The teachers of a pack as one network in eval mode without gradients."""
-    models = [m.to(device) for m in models]
     try:
         frozen: nn.Module = SeedPack(models)
     except NotPackable:
         frozen = _SeedLoop(models)
-    return frozen.to(device).eval().requires_grad_(False)
+    return to_device(frozen, device).eval().requires_grad_(False)
 
 
 # --- how many seeds per pack --------------------------------------------------------------

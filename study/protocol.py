@@ -256,6 +256,11 @@ class ExecutionSection(_Strict):
         ge=0,
         description="seconds between flushes of per-epoch metrics to MLflow (0: every epoch)",
     )
+    channels_last: bool = Field(
+        default=True,
+        description="convolutional networks in the channels-last memory format: faster "
+        "convolutions, results that differ from NCHW's in float rounding only",
+    )
 
     @field_validator("pack")
     @classmethod

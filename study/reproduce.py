@@ -21,7 +21,13 @@ from study.plan import Plan, expand
 from study.protocol import Protocol
 from study.repro import environment
 from study.track import FINAL_METRICS, Tracker
-from study.train import evaluate_ensemble, load_model, resolve_device, train_role
+from study.train import (
+    channels_last,
+    evaluate_ensemble,
+    load_model,
+    resolve_device,
+    train_role,
+)
 
 
 @dataclass
@@ -104,7 +110,10 @@ def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -
             teachers = None
             if role.teacher:
                 teachers = {seed: model_of(tags["teacher_run_id"], role.teacher)}
-            [trained] = train_role(role, [seed], data, teachers=teachers, device=dev)
+            # Runs logged before `[execution] channels_last` existed trained NCHW.
+            layout = json.loads(text).get("execution", {}).get("channels_last", False)
+            with channels_last(layout):
+                [trained] = train_role(role, [seed], data, teachers=teachers, device=dev)
             final = trained.final
             tracker.log_checkpoint(new_id, trained.state_dict)
         tracker.log_metrics(new_id, final, step=role.train.epochs if role.train else 0)

@@ -150,19 +150,42 @@ def predict_probs(
     return torch.cat(out)
 
 
-_TEACHER_CACHE = [True]
+class _Switch:
+    """A process-wide on/off setting, changed for the length of a ``with`` block."""
+
+    def __init__(self, doc: str):
+        self.on = True
+        self.__doc__ = doc
+
+    @contextmanager
+    def __call__(self, enabled: bool) -> Iterator[None]:
+        before, self.on = self.on, enabled
+        try:
+            yield
+        finally:
+            self.on = before
 
 
-@contextmanager
-def teacher_cache(enabled: bool) -> Iterator[None]:
+teacher_cache = _Switch(
     """Turn the teacher-output cache on or off within a block (``study bench`` measures
     the teacher's forward pass with it off; results are the same either way)."""
-    before = _TEACHER_CACHE[0]
-    _TEACHER_CACHE[0] = enabled
-    try:
-        yield
-    finally:
-        _TEACHER_CACHE[0] = before
+)
+channels_last = _Switch(
+    """Convolutional networks train and evaluate in the channels-last memory format (on)
+    or in PyTorch's default NCHW (off) within a block; ``[execution] channels_last``."""
+)
+
+
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device``; a network with 2-d convolutions also in the channels-last
+    memory format while ``channels_last`` is on: oneDNN on the CPU (and cuDNN's tensor-core
+    kernels on a GPU) convolve NHWC faster than NCHW. The weights' memory format steers the
+    convolutions' and so every activation's; the results differ from NCHW's only in float
+    rounding (docs/benchmarks.md)."""
+    model = model.to(device)
+    if channels_last.on and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 class TeacherCache:
@@ -201,7 +224,7 @@ class TeacherCache:
         it with their shared forward pass, every seed on every image, concatenated along
         ``batch_dim``) and ``forward`` is the step's own, which the first lookup checks.
         """
-        if not _TEACHER_CACHE[0] or data.augmentation != "none" or len(data.train_x) == 0:
+        if not teacher_cache.on or data.augmentation != "none" or len(data.train_x) == 0:
             return None
         fill = table_forward or forward
         out = []
@@ -348,9 +371,9 @@ def _train_seed(
     if loss_spec.needs_teacher and teacher is None:
         raise ValueError(f"role {role.key}: loss '{role.loss}' needs a teacher")
 
-    model = init_model(role, seed, data).to(device)
+    model = to_device(init_model(role, seed, data), device)
     if teacher is not None:
-        teacher = teacher.to(device).eval().requires_grad_(False)
+        teacher = to_device(teacher, device).eval().requires_grad_(False)
     opt = _optimizer(model, cfg)
     if seed in _DIVERGE:
         for group in opt.param_groups:
@@ -445,7 +468,10 @@ def _train_seed(
         result.final["val_teacher_agreement"] = agreement_metrics(val_probs, teacher_val)[
             "teacher_agreement"
         ]
-    result.state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    result.state_dict = {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in model.state_dict().items()
+    }
     return result
 
 
@@ -510,4 +536,4 @@ def load_model(
     """A trained model of a role from its checkpoint, in eval mode."""
     model = build_model(role, data)
     model.load_state_dict(state_dict)
-    return model.to(device).eval()
+    return to_device(model, device).eval()

@@ -74,7 +74,13 @@ from study.losses import TUNED
 from study.plan import TEACHER, Plan, Role, derive_seed, expand
 from study.protocol import Protocol, SearchRange, TrainSection, TuneSection
 from study.track import Tracker, check_writable, resolve_uri
-from study.train import TrainingDiverged, load_model, resolve_device, train_role
+from study.train import (
+    TrainingDiverged,
+    channels_last,
+    load_model,
+    resolve_device,
+    train_role,
+)
 
 try:
     import fcntl
@@ -328,39 +334,42 @@ def tune(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        # One worker at a time: creating the MLflow store, the teachers, the parent run.
-        with _exclusive(tuning.storage.lock):
-            check_writable(tuning.tracking_uri)
-            tracker = Tracker(tuning.tracking_uri)
-            exp_id = tracker.experiment_id(tuning.protocol.study.name)
-            assert exp_id is not None
-            storage = tuning.storage.open()
-            study = _open_study(tuning, storage)
-            emit(TuneProgress("start", finished=_count(study), total=tuning.trials))
-            teachers = _teachers(tuning, tracker, exp_id, data, dev, device, emit)
-            parent = _parent_run(tuning, tracker, exp_id, study)
-        worker = _Worker(tuning, storage, tracker, exp_id, parent, data, teachers, dev, emit)
-        status = "FAILED"
-        try:
-            while timeout is None or time.time() - start < timeout:
-                trial = worker.reserve()
-                if trial is None:
-                    break
-                worker.run(trial)
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            tracker.end_run(parent, status)
-        result = tuning_result(tuning, study, tracker.experiment_info(tuning.protocol.study.name))
-        result["mlflow"]["parent_run_id"] = parent
-        path = write_tuned(result, tuning.result_path)
-        tracker.log_files(parent, {TUNED_FILE: json.dumps(result, indent=2) + "\n"})
-        if result["best_params"]:
-            tracker.set_tags(parent, {"best_params": json.dumps(result["best_params"])})
-        emit(TuneProgress("stop", finished=_count(study), total=tuning.trials))
-        return TuneSummary(result, path, worker.ran, time.time() - start, exp_id, parent)
+        with channels_last(tuning.protocol.execution.channels_last):
+            # One worker at a time: creating the MLflow store, the teachers, the parent run.
+            with _exclusive(tuning.storage.lock):
+                check_writable(tuning.tracking_uri)
+                tracker = Tracker(tuning.tracking_uri)
+                exp_id = tracker.experiment_id(tuning.protocol.study.name)
+                assert exp_id is not None
+                storage = tuning.storage.open()
+                study = _open_study(tuning, storage)
+                emit(TuneProgress("start", finished=_count(study), total=tuning.trials))
+                teachers = _teachers(tuning, tracker, exp_id, data, dev, device, emit)
+                parent = _parent_run(tuning, tracker, exp_id, study)
+            worker = _Worker(tuning, storage, tracker, exp_id, parent, data, teachers, dev, emit)
+            status = "FAILED"
+            try:
+                while timeout is None or time.time() - start < timeout:
+                    trial = worker.reserve()
+                    if trial is None:
+                        break
+                    worker.run(trial)
+                status = "FINISHED"
+            except KeyboardInterrupt:
+                status = "KILLED"
+                raise
+            finally:
+                tracker.end_run(parent, status)
+            result = tuning_result(
+                tuning, study, tracker.experiment_info(tuning.protocol.study.name)
+            )
+            result["mlflow"]["parent_run_id"] = parent
+            path = write_tuned(result, tuning.result_path)
+            tracker.log_files(parent, {TUNED_FILE: json.dumps(result, indent=2) + "\n"})
+            if result["best_params"]:
+                tracker.set_tags(parent, {"best_params": json.dumps(result["best_params"])})
+            emit(TuneProgress("stop", finished=_count(study), total=tuning.trials))
+            return TuneSummary(result, path, worker.ran, time.time() - start, exp_id, parent)
     finally:
         optuna.logging.set_verbosity(verbosity)
 

@@ -64,7 +64,7 @@ def test_kd_variants_use_the_teacher_cache_unless_told_not_to(monkeypatch) -> No
     forwards.clear()
     uncached = run_bench(BenchConfig(**{**TINY.__dict__, "packs": (1,), "teacher_cache": False}))
     assert uncached.teacher_outputs.startswith("a forward pass") and not forwards
-    assert train._TEACHER_CACHE == [True]  # switched back on after the bench
+    assert train.teacher_cache.on  # switched back on after the bench
 
 
 def test_a_pack_of_an_unpackable_architecture_is_timed_as_the_loop(monkeypatch) -> None:
@@ -141,3 +141,38 @@ def test_the_deterministic_option_reaches_the_harness_and_the_packs(flag, monkey
     assert seen and set(seen) == {flag}  # the harness (loop) and the pack 3 trained so
     line = f"deterministic mode (harness and packs): {'on' if flag else 'off'}"
     assert line in format_report(report)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_the_channels_last_option_reaches_the_convnets_of_the_harness_and_packs(
+    flag, monkeypatch
+) -> None:
+    from study import pack, train
+
+    formats = []
+    real_to_device = train.to_device
+
+    def recording(model, device):
+        model = real_to_device(model, device)
+        convs = [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1]  # 1: both
+        formats.extend(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        return model
+
+    monkeypatch.setattr(train, "to_device", recording)
+    monkeypatch.setattr(pack, "to_device", recording)
+    config = BenchConfig(
+        **{
+            **TINY.__dict__,
+            "arch": "small_cnn",
+            "arch_kwargs": {"channels": [4, 8], "hidden": 8},
+            "kd": False,
+            "channels_last": flag,
+        }
+    )
+    report = run_bench(config)
+    assert formats and set(formats) == {flag}  # the loop and the pack alike
+    layout = "channels-last (NHWC)" if flag else "NCHW"
+    assert f"memory format (harness and packs): {layout}; reference: NCHW" in format_report(report)
+    assert train.channels_last.on  # switched back on after the bench
+    mlp = run_bench(BenchConfig(**{**TINY.__dict__, "kd": False, "packs": (1,)}))
+    assert mlp.memory_format == "" and not any("memory format" in s for s in format_report(mlp))

@@ -25,7 +25,14 @@ from study.pack import (
 )
 from study.plan import expand
 from study.protocol import parse_protocol
-from study.train import build_model, init_model, load_model, predict_probs, train_role
+from study.train import (
+    build_model,
+    init_model,
+    load_model,
+    predict_probs,
+    to_device,
+    train_role,
+)
 
 CPU = torch.device("cpu")
 
@@ -87,9 +94,15 @@ def _close(a: dict, b: dict, atol: float) -> bool:
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("k", [1, 3])
-def test_each_packed_seed_computes_its_own_model(arch: str, k: int) -> None:
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_each_packed_seed_computes_its_own_model(arch: str, k: int, channels_last: bool) -> None:
     models = _models(arch, k)
-    pack = SeedPack(models)
+    with train_module.channels_last(channels_last):
+        pack = to_device(SeedPack(models), CPU)
+        models = [to_device(m, CPU) for m in models]
+    if channels_last and arch != "mlp":  # the convolutions' weights, hence activations, NHWC
+        conv = next(p for p in pack.parameters() if p.dim() == 4)
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     x = torch.randn(k, 6, 3, 8, 8)
     logits = pack(x)
     logits.square().sum().backward()

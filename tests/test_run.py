@@ -189,3 +189,38 @@ def test_export_then_report_from_the_export_alone(finished_study) -> None:
         assert not (cwd / "mlflow.db").exists()
     finally:
         (cwd / "mlflow.db.away").rename(cwd / "mlflow.db")
+
+
+@pytest.mark.parametrize("layout", [None, "false"])
+def test_execution_channels_last_reaches_the_convnets_training(
+    workdir: Path, tiny_protocol_text, layout, monkeypatch
+) -> None:
+    from study import execute, pack, train
+    from study.protocol import parse_protocol
+    from study.track import Tracker
+
+    text = tiny_protocol_text.replace("seeds = 3", "seeds = 2").replace(
+        'arch = "mlp"\nkwargs = { hidden = [32] }',
+        'arch = "small_cnn"\nkwargs = { channels = [4, 8] }',
+    )
+    text = text.replace("epochs = 2", "epochs = 1")
+    if layout is not None:
+        text += f"\n[execution]\nchannels_last = {layout}\n"
+    protocol = parse_protocol(text)
+    seen = []
+    real_to_device = train.to_device
+
+    def spy(model, device):
+        seen.append(train.channels_last.on)
+        return real_to_device(model, device)
+
+    monkeypatch.setattr(train, "to_device", spy)
+    monkeypatch.setattr(pack, "to_device", spy)
+    tracker = Tracker(f"sqlite:///{workdir}/mlflow.db")
+    summary = execute.run_study(protocol, tracker)
+    assert not summary.failed and summary.trained == 10  # 2 seeds x (teacher, 2 gens, ens, kd)
+    assert seen and set(seen) == {layout is None}
+    assert train.channels_last.on  # as it was before the study
+    teacher_run = summary.runs["teacher@0"]["run_id"]
+    state = tracker.load_checkpoint(teacher_run)
+    assert all(v.is_contiguous() for v in state.values())  # logged in the plain format

@@ -202,3 +202,42 @@ def test_no_teacher_cache_for_augmented_views(digits) -> None:
         )
         is None
     )
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1]])  # the loop, and a pack
+def test_a_convnet_trains_in_channels_last_like_nchw_and_logs_plain_weights(
+    plan, digits, seeds
+) -> None:
+    import dataclasses
+
+    from study import train
+
+    base = plan.role("teacher")
+    role = dataclasses.replace(base, arch="small_cnn", arch_kwargs={"channels": [4, 8]})
+    seen = []
+    real_to_device = train.to_device
+
+    def spy(model, device):
+        seen.append(real_to_device(model, device))
+        return seen[-1]
+
+    cpu = torch.device("cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "to_device", spy)
+        mp.setattr("study.pack.to_device", spy)
+        nhwc = train_role(role, seeds, digits, device=cpu)
+    convs = [p for p in seen[0].parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    with train.channels_last(False):
+        nchw = train_role(role, seeds, digits, device=cpu)
+    assert train.channels_last.on
+    for a, b in zip(nhwc, nchw, strict=True):
+        assert a.final["test_acc"] == pytest.approx(b.final["test_acc"], abs=0.02)
+        for key, value in a.state_dict.items():
+            assert value.is_contiguous(), key  # the logged checkpoint is in the plain format
+            # rounding apart, the same training (two epochs amplify it to about 1e-3)
+            assert torch.allclose(value, b.state_dict[key], atol=1e-2), key
+        model = load_model(role, digits, a.state_dict, cpu)
+        probs = predict_probs(model, digits.test_x, digits, batch_size=100)
+        accuracy = (probs.argmax(1) == digits.test_y).float().mean().item()
+        assert accuracy == pytest.approx(a.final["test_acc"])
