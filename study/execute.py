@@ -571,6 +571,18 @@ def run_worker(
     }
 
 
+def job_device(protocol: Protocol, device: str | None, *, local: bool) -> torch.device:
+    """The device the submitted jobs will train on, as far as the submitting host can tell.
+
+    "auto" resolves on the machine that runs the job, not on this one: a Slurm login node
+    without a GPU must still plan GPU-sized packs for jobs that ask for GPUs.
+    """
+    spec = device or protocol.train.device
+    if spec != "auto" or local:
+        return resolve_device(spec)
+    return torch.device("cuda" if protocol.execution.slurm.gpus_per_job > 0 else "cpu")
+
+
 def submit_study(
     protocol: Protocol,
     tracking_uri: str,
@@ -612,7 +624,7 @@ def submit_study(
     size = execution.pack
     if not isinstance(size, int):  # "auto": what the teacher's role packs to on its device
         teacher = expand(protocol).role("teacher")
-        size = auto_pack_size(teacher, len(seeds), resolve_device(device or protocol.train.device))
+        size = auto_pack_size(teacher, len(seeds), job_device(protocol, device, local=local))
     chunks = [seeds[i : i + size] for i in range(0, len(seeds), size)]
     cwd = str(Path.cwd())
     jobs = [

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import requests
+import torch
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import TINY_PROTOCOL
@@ -206,3 +207,22 @@ def test_a_dead_workers_claim_is_taken_over_and_resumed(tmp_path: Path) -> None:
         f"tiny/_claims/{fp}/2",
     }
     assert time.time() - start >= 2  # it waited for the dead worker's heartbeat to go stale
+
+
+def test_auto_packs_are_sized_for_the_jobs_device_not_the_submitting_host(
+    tiny_protocol_text,
+) -> None:
+    """A Slurm login node without a GPU plans GPU packs for jobs that ask for GPUs."""
+    from study.execute import job_device
+    from study.protocol import parse_protocol
+
+    text = tiny_protocol_text.replace('device = "cpu"', 'device = "auto"')
+    gpu_jobs = parse_protocol(text)
+    cpu_jobs = parse_protocol(text + "\n[execution.slurm]\ngpus_per_job = 0\n")
+    assert job_device(gpu_jobs, None, local=False).type == "cuda"
+    assert job_device(cpu_jobs, None, local=False).type == "cpu"
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert job_device(gpu_jobs, None, local=True).type == here  # local jobs run here
+    assert job_device(gpu_jobs, "cpu", local=False).type == "cpu"  # --device decides
+    pinned = parse_protocol(tiny_protocol_text)  # [train] device = "cpu"
+    assert job_device(pinned, None, local=False).type == "cpu"
