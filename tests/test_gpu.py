@@ -1,0 +1,160 @@
+"""The GPU path, on a GPU. Skipped where CUDA is not available (CI has none).
+
+On a machine with one: ``python -m pytest tests/test_gpu.py`` (docs/benchmarks.md). The
+properties tests/test_pack.py and tests/test_data.py check on the CPU, here on CUDA
+tensors and generators, cuDNN's grouped convolutions in both memory formats, and bf16
+autocast; then `study bench` and a whole study on the GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from study import train
+from study.data import apply_augmentation, augment_batch, draw_augmentation
+from study.pack import SeedPack, augment_pack, train_pack
+from study.plan import expand
+from study.protocol import parse_protocol
+from study.train import load_model, to_device, train_role
+from tests.test_data import _reference
+from tests.test_pack import ARCHS, _close, _grads, _models, _packed_grads
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def ieee_fp32():
+    """fp32 tolerances below are for fp32 arithmetic: no TF32 (as the harness runs)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture(scope="module")
+def plan():
+    from tests.conftest import TINY_PROTOCOL
+
+    text = TINY_PROTOCOL.replace('device = "cpu"', 'device = "cuda"')
+    return expand(parse_protocol(text))
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_each_packed_seed_computes_its_own_model_on_cuda(arch: str, channels_last: bool) -> None:
+    k = 3
+    with train.channels_last(channels_last):
+        models = [to_device(m, CUDA) for m in _models(arch, k)]
+        pack = to_device(SeedPack(_models(arch, k)), CUDA)
+    x = torch.randn(k, 6, 3, 8, 8, device=CUDA)
+    logits = pack(x)
+    logits.square().sum().backward()
+    for j, model in enumerate(models):
+        plain = model(x[j])
+        plain.square().sum().backward()
+        assert torch.allclose(logits[j], plain, atol=1e-4, rtol=1e-4)
+        assert _close(_packed_grads(pack, j), _grads(model), atol=1e-3)
+        assert _close(pack.seed_state(j), model.state_dict(), atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "small_cnn", "wrn", "densenet_bc"])
+def test_a_seed_is_blind_to_the_other_seeds_weights_and_data_on_cuda(arch: str) -> None:
+    def seed0(models, x):
+        pack = to_device(SeedPack(models), CUDA)
+        logits = pack(x)
+        logits[0].square().sum().backward()
+        return logits[0].detach(), _packed_grads(pack, 0)
+
+    x = torch.randn(3, 6, 3, 8, 8, device=CUDA)
+    logits, grads = seed0(_models(arch, 3), x)
+    perturbed = _models(arch, 3)
+    with torch.no_grad():
+        for p in perturbed[1].parameters():
+            p.mul_(-3.0).add_(1.0)
+    other = x.clone()
+    other[1] = torch.randn_like(other[1]) * 10
+    logits_p, grads_p = seed0(perturbed, other)
+    assert torch.allclose(logits, logits_p, atol=1e-5, rtol=0)
+    assert _close(grads, grads_p, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["crop_flip", "crop", "flip"])
+def test_gpu_augmentation_gives_the_cpu_references_crops_and_flips(kind: str) -> None:
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    g = torch.Generator(device=CUDA).manual_seed(5)
+    draw = draw_augmentation(len(x), kind, g)
+    assert draw.top.device.type == "cuda"
+    got = apply_augmentation(x.to(CUDA), draw).cpu()
+    want = _reference(x, draw.top.cpu(), draw.left.cpu(), draw.flip.cpu(), draw.pad, draw.crop)
+    assert torch.equal(got, want)
+    # a pack's seeds draw as the loop's augment_batch draws from the same CUDA states
+    batches = torch.randint(0, 256, (3, 5, 3, 8, 8), dtype=torch.uint8, device=CUDA)
+    gens = [torch.Generator(device=CUDA).manual_seed(s) for s in (1, 2, 3)]
+    ref_gens = [torch.Generator(device=CUDA).manual_seed(s) for s in (1, 2, 3)]
+    for _ in range(2):
+        packed = augment_pack(batches, kind, gens)
+        for j, ref in enumerate(ref_gens):
+            assert torch.equal(packed[j], augment_batch(batches[j], kind, ref))
+
+
+def test_a_pack_of_one_trains_like_the_plain_loop_on_cuda(plan, digits) -> None:
+    role = plan.role("teacher")  # no dropout: the loop's fused-kernel masks differ on CUDA
+    [loop] = train_role(role, [0], digits, device=CUDA)
+    [packed] = train_pack(role, [0], digits, device=CUDA)
+    assert _close(packed.state_dict, loop.state_dict, atol=1e-4)
+    assert packed.final["test_acc"] == pytest.approx(loop.final["test_acc"], abs=0.01)
+    assert all(v.device.type == "cpu" for v in packed.state_dict.values())
+
+
+def test_a_student_pack_distils_under_bf16_on_cuda(plan, digits) -> None:
+    teacher_role = plan.role("teacher")
+    trained = train_role(teacher_role, [0, 1], digits, device=CUDA)
+    teachers = {r.seed: load_model(teacher_role, digits, r.state_dict, CUDA) for r in trained}
+    base = plan.role("kd/gen1")
+    role = dataclasses.replace(base, train=base.train.model_copy(update={"precision": "bf16"}))
+    results = train_role(role, [0, 1], digits, teachers=teachers, device=CUDA)
+    for r in results:
+        assert r.failure is None
+        # two epochs of the tiny protocol: well above chance (0.1), not yet good
+        assert r.final["test_acc"] > 0.2 and r.final["teacher_agreement"] > 0.2
+
+
+def test_bench_on_cuda_reports_peak_memory_for_every_variant() -> None:
+    from study.bench import BenchConfig, run_bench
+
+    config = BenchConfig(
+        arch="wrn",
+        arch_kwargs={"depth": 10},
+        dataset_shape="cifar100",
+        batch=16,
+        steps=2,
+        repeats=1,
+        packs=(1, 2),
+        device="cuda",
+        kd=True,
+        precision="bf16",
+    )
+    report = run_bench(config)
+    assert report.device.startswith("cuda")
+    assert report.memory == "torch.cuda.max_memory_allocated"
+    assert report.memory_format == "channels-last (NHWC)"
+    assert all(r.images_per_s > 0 and r.peak_memory_mb > 0 for r in report.results)
+
+
+def test_a_whole_study_trains_on_cuda(tmp_path, tiny_protocol_text) -> None:
+    from study.execute import run_study
+    from study.track import Tracker
+
+    protocol = parse_protocol(tiny_protocol_text.replace('device = "cpu"', 'device = "cuda"'))
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    summary = run_study(protocol, tracker)
+    assert not summary.failed and not summary.skipped
+    frame = tracker.runs_frame("tiny")
+    assert (frame["status"] == "FINISHED").all() and len(frame) == summary.trained
+    run = tracker.run_record(summary.runs["kd/gen1@0"]["run_id"])
+    assert run["tags"]["device"].startswith("cuda")
