@@ -9,6 +9,12 @@ Writing costs time (serialising, two fsyncs), so a slot saves on a time cadence:
 ``due()`` says whether ``interval_s`` has passed since the slot's last save (or since it was
 opened). With ``interval_s = 0`` every epoch is saved. A crash loses at most the epochs
 since the last save, and those are trained again, with the same result.
+
+A checkpoint's random streams belong to the device type it trained on (``"device_type"``):
+a CUDA generator's state (16 bytes) cannot be set on a CPU generator (5056 bytes) nor the
+other way round, and the device is no part of the fingerprint, so a GPU run and a CPU run
+of one (role, seed) share a slot. ``resumable`` sets a checkpoint of another device type
+aside: that training starts over from epoch 1.
 """
 
 from __future__ import annotations
@@ -27,6 +33,21 @@ import torch
 
 KEEP = 2
 _NAME = re.compile(r"^epoch-(\d{5})\.pt$")
+_CPU_GENERATOR_STATE = torch.Generator().get_state().numel()  # bytes (5056)
+
+
+def device_type_of(state: dict[str, Any]) -> str:
+    """The device type whose random streams ``state`` holds.
+
+    Checkpoints written before the type was recorded say it by their training-device
+    generators ("augment" on the training device; "order" is always a CPU one): a CPU
+    generator's state is 5056 bytes, anything else was CUDA's.
+    """
+    recorded = state.get("device_type")
+    if recorded is not None:
+        return str(recorded)
+    augment = state.get("generators", {}).get("augment")
+    return "cpu" if augment is None or augment.numel() == _CPU_GENERATOR_STATE else "cuda"
 
 
 @dataclass
@@ -35,7 +56,7 @@ class CheckpointSlot:
 
     directory: Path
     interval_s: float = 0.0  # seconds between saves (0: every epoch)
-    notes: list[str] = field(default_factory=list)  # what loading had to say (corruption)
+    notes: list[str] = field(default_factory=list)  # what loading had to say (corruption, device)
     _last_save: float = field(default_factory=time.monotonic, repr=False)
 
     def due(self) -> bool:
@@ -92,6 +113,28 @@ class CheckpointSlot:
             return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
         if self._epochs():
             self.notes.append(f"no intact checkpoint in {self.directory}: training starts over")
+        return None
+
+    def resumable(
+        self, state: dict[str, Any] | None, device: torch.device
+    ) -> dict[str, Any] | None:
+        """``state`` if a training on ``device`` can continue it, else None with a note.
+
+        A checkpoint of another device type cannot: its generator states do not fit this
+        device's generators. The slot is then cleared, not kept: only the ``KEEP`` newest
+        epochs stay, so the stale checkpoint's higher epochs would otherwise outlive, and on
+        a crash be found before, the new training's own saves.
+        """
+        if state is None:
+            return None
+        theirs = device_type_of(state)
+        if theirs == device.type:
+            return state
+        self.notes.append(
+            f"checkpoint of epoch {state['epoch']} in {self.directory} is from {theirs} and "
+            f"cannot resume on {device.type}: random streams differ; training from epoch 1"
+        )
+        self.clear()
         return None
 
     def clear(self) -> None:

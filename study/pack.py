@@ -81,6 +81,7 @@ from study.train import (
     final_metrics,
     init_model,
     resolve_device,
+    saved_device_rng,
     to_device,
 )
 
@@ -519,7 +520,14 @@ def train_pack(
         teachers is None or role.teacher is None or any(s not in teachers for s in seeds)
     ):
         raise ValueError(f"role {role.key}: loss '{role.loss}' needs a teacher")
-    saved = {s: checkpoints[s].load() if checkpoints and s in checkpoints else None for s in seeds}
+    # A checkpoint from another device type starts its seed over (CheckpointSlot.resumable);
+    # the seeds that can resume still do, as a pack of their own.
+    saved = {
+        s: checkpoints[s].resumable(checkpoints[s].load(), device)
+        if checkpoints and s in checkpoints
+        else None
+        for s in seeds
+    }
     by_epoch: dict[int, list[int]] = {}
     for s in seeds:
         by_epoch.setdefault(int(saved[s]["epoch"]) if saved[s] else 0, []).append(s)
@@ -610,12 +618,11 @@ class _PackRun:
         return {"order": self.order[j], "augment": self.augment[j], "loss": self.loss_rng[j]}
 
     def _saved_dropout_state(self, state: dict[str, Any]) -> Tensor | None:
-        """Where the plain loop keeps the dropout stream: torch's global generator."""
+        """Where the plain loop keeps the dropout stream: torch's global generator (the
+        training GPU's on a GPU)."""
         if self.device.type == "cpu":
             return state["torch_rng"]
-        cuda = state.get("cuda_rng") or []
-        index = self.device.index or 0
-        return cuda[index] if index < len(cuda) else None
+        return saved_device_rng(state, self.device)
 
     def run(self, on_epoch: EpochCallback | None) -> list[SeedResult]:
         cfg, data, device, k = self.cfg, self.data, self.device, self.k
@@ -759,15 +766,14 @@ class _PackRun:
             if slot is None or not alive[j]:
                 continue
             generators = self._generators(j)
-            torch_rng, cuda_rng = torch.get_rng_state(), []
+            # The seed's dropout stream where the loop keeps its own (see _saved_dropout_state)
+            torch_rng, device_rng = torch.get_rng_state(), self.dropout[j].get_state()
             if self.device.type == "cpu":
-                torch_rng = self.dropout[j].get_state()
-            elif torch.cuda.is_available():
-                cuda_rng = torch.cuda.get_rng_state_all()
-                cuda_rng[self.device.index or 0] = self.dropout[j].get_state()
+                torch_rng, device_rng = device_rng, None
             slot.save(
                 {
                     "epoch": epoch,
+                    "device_type": self.device.type,
                     "history": self.results[j].history,
                     "model": self.pack.seed_state(j),
                     "optimizer": seed_optimizer_state(optimizer, j, self.k),
@@ -775,7 +781,7 @@ class _PackRun:
                     "scaler": self.scaler.state_dict(),
                     "generators": {name: g.get_state() for name, g in generators.items()},
                     "torch_rng": torch_rng,
-                    "cuda_rng": cuda_rng,
+                    "device_rng": device_rng,
                     "python_rng": random.getstate(),
                     "numpy_rng": np.random.get_state(),
                     "packed": self.k,
@@ -835,7 +841,11 @@ def auto_pack_size(
     The size is as many seeds as fit, up to ``MAX_PACK_CPU`` / ``MAX_PACK_GPU``, within a
     quarter of the free memory for an estimate of one seed's training memory (weights,
     gradients, two optimizer slots, and twice every layer's output for one batch, counted
-    on meta tensors), then spread evenly: 20 seeds with room for 16 give packs of 10.
+    on meta tensors), then spread evenly: 20 seeds with room for 16 give packs of 10. On a
+    GPU the free memory is net of the pack's copy of the training set. Not estimated: the K
+    teachers a student pack keeps on the device (another role's architecture, not known
+    here) and their output table (K x training images x classes floats); the other three
+    quarters are the room for them.
     """
     if n_seeds <= 1 or not packable(role):
         return 1
@@ -845,7 +855,10 @@ def auto_pack_size(
         cost = seed_step_cost(role, data)
         if device.type != "cuda" and cost.macs > CPU_PACK_MAX_MACS:
             return 1
-        limit = min(limit, max(1, int(_free_memory(device) // (4 * cost.bytes))))
+        free = _free_memory(device)
+        if device.type == "cuda":
+            free -= data.train_x.nbytes + data.train_y.nbytes
+        limit = min(limit, max(1, int(free // (4 * cost.bytes))))
     elif device.type != "cuda" and role.arch != "mlp":
         return 1
     size = min(n_seeds, limit)
@@ -890,8 +903,14 @@ def seed_step_cost(role: Role, data: DataSplits) -> StepCost:
 
 
 def _free_memory(device: torch.device) -> float:
+    """Bytes a pack can still take. On a GPU the driver counts what PyTorch's caching
+    allocator holds for this process as used, even when no tensor is in it: that part is
+    free to a pack, or packs planned later in a process would come out smaller."""
     if device.type == "cuda":
-        return float(torch.cuda.mem_get_info(device)[0])
+        free = torch.cuda.mem_get_info(device)[0]
+        return float(
+            free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        )
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):

@@ -410,9 +410,9 @@ def _train_seed(
     with torch.random.fork_rng(devices=cuda), deterministic_mode(cfg.deterministic, device):
         torch.manual_seed(dropout_seed)
         generators = {"order": order, "augment": augment, "loss": loss_rng}
-        saved = slot.load() if slot is not None else None
+        saved = slot.resumable(slot.load(), device) if slot is not None else None
         if saved is not None:
-            _restore(saved, model, opt, sched, scaler, generators, cuda)
+            _restore(saved, model, opt, sched, scaler, generators, device)
             result.history = list(saved["history"])
             result.resumed_from = int(saved["epoch"])
         for epoch in range(len(result.history) + 1, cfg.epochs + 1):
@@ -452,7 +452,9 @@ def _train_seed(
             metrics.update(_evaluate(model, data, cfg, evaluate_test))
             result.history.append(metrics)
             if slot is not None and slot.due():
-                slot.save(_capture(epoch, result.history, model, opt, sched, scaler, generators))
+                slot.save(
+                    _capture(epoch, result.history, model, opt, sched, scaler, generators, device)
+                )
             if on_epoch is not None:
                 on_epoch(seed, epoch, metrics)
 
@@ -485,10 +487,17 @@ def _evaluate(model: nn.Module, data: DataSplits, cfg: TrainSection, test: bool)
     return out
 
 
-def _capture(epoch, history, model, opt, sched, scaler, generators) -> dict:
-    """Everything needed to continue after ``epoch`` exactly as if never interrupted."""
+def _capture(epoch, history, model, opt, sched, scaler, generators, device) -> dict:
+    """Everything needed to continue after ``epoch`` exactly as if never interrupted.
+
+    Of the global generators, the CPU's (``torch_rng``) and, on a GPU, the training device's
+    alone (``device_rng``: where the dropout stream is): the other GPUs' states are not the
+    training's, and a CPU run must not initialise CUDA to read them.
+    """
+    cuda = device.type == "cuda"
     return {
         "epoch": epoch,
+        "device_type": device.type,
         "history": history,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
@@ -496,13 +505,13 @@ def _capture(epoch, history, model, opt, sched, scaler, generators) -> dict:
         "scaler": scaler.state_dict(),
         "generators": {k: g.get_state() for k, g in generators.items()},
         "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "device_rng": torch.cuda.get_rng_state(cuda_index(device)) if cuda else None,
         "python_rng": random.getstate(),
         "numpy_rng": np.random.get_state(),
     }
 
 
-def _restore(state, model, opt, sched, scaler, generators, cuda) -> None:
+def _restore(state, model, opt, sched, scaler, generators, device) -> None:
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -510,10 +519,30 @@ def _restore(state, model, opt, sched, scaler, generators, cuda) -> None:
     for name, g in generators.items():
         g.set_state(state["generators"][name])
     torch.set_rng_state(state["torch_rng"])
-    if cuda and state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if device.type == "cuda":
+        device_rng = saved_device_rng(state, device)
+        if device_rng is not None:
+            torch.cuda.set_rng_state(device_rng, cuda_index(device))
     random.setstate(state["python_rng"])
     np.random.set_state(state["numpy_rng"])
+
+
+def cuda_index(device: torch.device) -> int:
+    """A CUDA device's index; a bare "cuda" is the current device, which need not be 0."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def saved_device_rng(state: dict, device: torch.device) -> Tensor | None:
+    """The training GPU's global generator state in a checkpoint (None: not saved).
+
+    Checkpoints written before ``device_rng`` hold every visible GPU's in ``cuda_rng``, by
+    index; one resumed with fewer GPUs visible may lack the entry.
+    """
+    if "device_rng" in state:
+        return state["device_rng"]
+    every = state.get("cuda_rng") or []
+    index = cuda_index(device)
+    return every[index] if index < len(every) else None
 
 
 def evaluate_ensemble(
