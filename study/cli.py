@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -40,6 +41,14 @@ TrackingUri = Annotated[
     ),
 ]
 ProtocolArg = Annotated[Path, typer.Argument(help="The study's protocol file (TOML).")]
+
+
+@app.callback()
+def process_settings() -> None:
+    """Before any command touches CUDA: cuBLAS reads its workspace setting once, at the
+    first GEMM (``repro.configure_cuda_process``, which resolving a training device also
+    calls, sets the rest; importing torch here would slow every command by a second)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def user_errors(fn):
@@ -626,8 +635,9 @@ def reproduce(
 @app.command()
 def env(as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False) -> None:
     """The environment snapshot every run records, for this machine."""
-    from study.repro import environment, pip_freeze
+    from study.repro import configure_cuda_process, environment, pip_freeze
 
+    configure_cuda_process()  # what a training would run with
     snapshot = {**environment(), "pip_freeze": pip_freeze()}
     if as_json:
         print(json.dumps(snapshot, indent=2))

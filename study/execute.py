@@ -449,6 +449,8 @@ class _Session:
                 self._fail(role, seed, runs[seed], result.failure, summary)
                 continue
             run_id = runs[seed]
+            for note in result.notes:
+                self.emit(Progress("note", role.key, seed, message=note))
             if result.resumed_from:
                 self.tracker.set_tags(run_id, {"resumed_from_epoch": result.resumed_from})
                 self.emit(Progress("resumed", role.key, seed, epoch=result.resumed_from))

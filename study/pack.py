@@ -82,6 +82,7 @@ from study.train import (
     init_model,
     resolve_device,
     saved_device_rng,
+    teacher_cache_note,
     to_device,
 )
 
@@ -811,6 +812,10 @@ class _PackRun:
             result.state_dict = {
                 key: v.cpu().contiguous() for key, v in self.pack.seed_state(j).items()
             }
+            if self.teacher is not None and self.loss.needs_teacher:
+                cache = self.teacher_cache
+                result.teacher_cached = cache is not None and cache.table is not None
+                result.notes = [n for n in [teacher_cache_note(cache)] if n]
 
 
 def _frozen_pack(models: Sequence[nn.Module], device: torch.device) -> nn.Module:

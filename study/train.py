@@ -32,7 +32,7 @@ from study.losses import get_loss
 from study.models import create_model
 from study.plan import Role, derive_seed
 from study.protocol import TrainSection
-from study.repro import deterministic_mode
+from study.repro import configure_cuda_process, deterministic_mode
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]  # (seed, epoch, metrics)
 
@@ -71,10 +71,27 @@ class SeedResult:
     final: dict[str, float] = field(default_factory=dict)
     resumed_from: int = 0  # the epoch a resumed run continued after (0: from scratch)
     failure: str | None = None  # why this seed failed (divergence), None when it trained
+    # Where a distilling student's teacher outputs came from: True the cache, False a
+    # forward pass in every step (augmented data, or the cache switched itself off: see
+    # ``teacher_cache_note``), None without a teacher.
+    teacher_cached: bool | None = None
+    notes: list[str] = field(default_factory=list)  # for the user, e.g. the cache went off
+
+
+def teacher_cache_note(cache: TeacherCache | None) -> str | None:
+    """What to tell the user when a cache built for a training switched itself off."""
+    if cache is None or cache.table is not None:
+        return None
+    return (
+        "teacher-output cache switched off: a forward pass rounded a batch differently from "
+        "the table, so the teacher ran in every step (the results are unaffected)"
+    )
 
 
 def resolve_device(spec: str) -> torch.device:
-    """'auto' is the GPU when there is one, else the CPU."""
+    """'auto' is the GPU when there is one, else the CPU. Also makes the process-wide
+    settings a training needs (``repro.configure_cuda_process``: fp32 means IEEE fp32)."""
+    configure_cuda_process()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
@@ -470,6 +487,9 @@ def _train_seed(
         result.final["val_teacher_agreement"] = agreement_metrics(val_probs, teacher_val)[
             "teacher_agreement"
         ]
+    if teacher is not None and loss_spec.needs_teacher:
+        result.teacher_cached = cache is not None and cache.table is not None
+        result.notes = [n for n in [teacher_cache_note(cache)] if n]
     result.state_dict = {
         k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
         for k, v in model.state_dict().items()

@@ -58,13 +58,32 @@ def test_kd_variants_use_the_teacher_cache_unless_told_not_to(monkeypatch) -> No
         real_forward(self, lambda x: forwards.append(len(x)) or forward(x), table, **kwargs)
 
     monkeypatch.setattr(train.TeacherCache, "__init__", spy)
-    cached = run_bench(BenchConfig(**{**TINY.__dict__, "packs": (1,)}))
+    cached = run_bench(BenchConfig(**{**TINY.__dict__, "packs": (1,), "batch": 16}))
     assert cached.teacher_outputs.startswith("cached") and forwards  # the first-batch checks
     assert any(line.startswith("kd teacher outputs: cached") for line in format_report(cached))
     forwards.clear()
     uncached = run_bench(BenchConfig(**{**TINY.__dict__, "packs": (1,), "teacher_cache": False}))
     assert uncached.teacher_outputs.startswith("a forward pass") and not forwards
     assert train.teacher_cache.on  # switched back on after the bench
+
+
+def test_the_report_says_when_the_teacher_cache_switched_itself_off(monkeypatch) -> None:
+    """A table that disagrees with a real forward pass (as one filled with other batch sizes
+    may, e.g. on this CPU for steps of 8 images) is switched off at the first step: the
+    report says what happened, not what was asked for."""
+    from study import train
+
+    real_init = train.TeacherCache.__init__
+
+    def rounded_otherwise(self, forward, table, **kwargs):
+        real_init(self, forward, table + 1e-6, **kwargs)
+
+    config = BenchConfig(**{**TINY.__dict__, "batch": 16})
+    assert run_bench(config).teacher_outputs.startswith("cached")
+    monkeypatch.setattr(train.TeacherCache, "__init__", rounded_otherwise)
+    report = run_bench(config)
+    assert report.teacher_outputs.startswith("a forward pass of the teacher in every step:")
+    assert "switched itself off" in report.teacher_outputs
 
 
 def test_a_pack_of_an_unpackable_architecture_is_timed_as_the_loop(monkeypatch) -> None:

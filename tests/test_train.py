@@ -167,6 +167,30 @@ def test_the_teacher_cache_trains_a_student_bit_for_bit_like_teacher_forward_pas
     assert len(calls) >= steps * role.train.epochs  # the uncached path: a forward per step
     assert cached.final == fresh.final
     assert _same(cached.state_dict, fresh.state_dict)
+    assert cached.teacher_cached is True and fresh.teacher_cached is False
+    assert cached.notes == fresh.notes == []  # not built is no news; switched off would be
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1]])  # the loop, and a pack
+def test_a_run_whose_teacher_cache_switched_off_says_so(plan, digits, seeds, monkeypatch) -> None:
+    import study.train as train
+
+    cpu = torch.device("cpu")
+    trained = train_role(plan.role("teacher"), seeds, digits, device=cpu)
+    teachers = {
+        r.seed: load_model(plan.role("teacher"), digits, r.state_dict, cpu) for r in trained
+    }
+    real_init = train.TeacherCache.__init__
+
+    def rounded_otherwise(self, forward, table, **kwargs):
+        real_init(self, forward, table + 1e-6, **kwargs)
+
+    monkeypatch.setattr(train.TeacherCache, "__init__", rounded_otherwise)
+    results = train_role(plan.role("kd/gen1"), seeds, digits, teachers=teachers, device=cpu)
+    for r in results:
+        assert r.teacher_cached is False
+        [note] = r.notes
+        assert note.startswith("teacher-output cache switched off")
 
 
 def test_the_teacher_cache_switches_off_when_a_forward_pass_disagrees_with_it(digits) -> None:

@@ -13,6 +13,7 @@ anyone auditing a run, can see which crop and flip each image received.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -117,9 +118,30 @@ def augment_batch(
     return apply_augmentation(x_uint8, draw)
 
 
+@functools.lru_cache(maxsize=64)
+def _channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``mean`` and ``std`` as ``[C, 1, 1]`` tensors on ``device``, built once per key.
+
+    Building them on every call is a blocking host-to-device copy on a GPU, twice per step,
+    which stalls the stream. Made outside inference mode, so a first call inside an evaluation
+    does not hand inference tensors to later training steps. Read-only: shared by callers.
+    """
+    with torch.inference_mode(False):
+        m = torch.as_tensor(mean, dtype=dtype, device=device).view(-1, 1, 1)
+        s = torch.as_tensor(std, dtype=dtype, device=device).view(-1, 1, 1)
+    return m, s
+
+
 def normalize(x_uint8: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """float32 ``(x / 255 - mean) / std`` per channel; works for ``[B, C, H, W]`` and
-    ``[C, H, W]``. ``mean`` and ``std`` are in [0, 1] pixel units."""
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
+    ``[C, H, W]``. ``mean`` and ``std`` are in [0, 1] pixel units; their tensors are made once
+    per device and reused, so no call after the first copies anything from the host."""
+    m, s = _channel_stats(
+        tuple(float(v) for v in mean),
+        tuple(float(v) for v in std),
+        x_uint8.device,
+        torch.float32,
+    )
     return (x_uint8.float().div_(255.0) - m) / s
