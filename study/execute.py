@@ -378,8 +378,7 @@ class _Session:
             self.exp_id,
             parent_id=self.parent,
             name=f"{role.key}/seed{seed}",
-            # The pack size changes float rounding (grouped convolutions) and, on a GPU,
-            # the dropout masks (fused kernel in the loop, per-seed draws in a pack).
+            # the pack size changes nothing but float rounding (grouped convolutions)
             tags={**self._tags(role, seed), "pack_size": pack},
         )
         self.tracker.log_files(run_id, self.protocol_files)

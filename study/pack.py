@@ -65,6 +65,7 @@ from study.checkpoint import CheckpointSlot
 from study.data import AugmentDraw, DataSplits, apply_augmentation, draw_augmentation, normalize
 from study.losses import TUNED, get_loss, resolve_loss_params
 from study.models import cnn, densenet, mlp, resnet_cifar, wrn
+from study.models.dropout import SeedDropout
 from study.plan import Role, derive_seed
 from study.repro import deterministic_mode
 from study.train import (
@@ -77,11 +78,12 @@ from study.train import (
     _scheduler,
     agreement_metrics,
     build_model,
+    cuda_index,
     evaluate_probs,
     final_metrics,
     init_model,
     resolve_device,
-    saved_device_rng,
+    saved_dropout_rng,
     teacher_cache_note,
     to_device,
 )
@@ -167,40 +169,6 @@ class BlockLinear(nn.Module):
             f"k={self.k}, in_features={self.in_features}, out_features={self.out_features}, "
             f"layout={self.layout}"
         )
-
-
-class SeedDropout(nn.Module):
-    """Dropout whose mask for seed k comes from seed k's own generator.
-
-    The mask is drawn as ``F.dropout`` draws it on the CPU (``bernoulli_(1 - p)`` over a
-    tensor of the seed's shape, scaled by ``1 / (1 - p)``), so a CPU generator in the state
-    of the plain loop's global generator gives the plain loop's masks.
-    """
-
-    def __init__(self, p: float, k: int, *, layout: Layout = "channels"):
-        super().__init__()
-        self.p, self.k, self.layout = p, k, layout
-        self.generators: list[torch.Generator | None] = [None] * k
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0:
-            return x
-        keep = 1 - self.p
-        if self.layout == "batch":  # seed k's block is contiguous: draw into it in place
-            noise = torch.empty_like(x, memory_format=torch.contiguous_format)
-            for block, g in zip(noise.chunk(self.k), self.generators, strict=True):
-                block.bernoulli_(keep, generator=g)
-        else:
-            shape = (x.shape[0], x.shape[1] // self.k, *x.shape[2:])
-            masks = [
-                torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep, generator=g)
-                for g in self.generators
-            ]
-            noise = torch.stack(masks, dim=1).view_as(x)
-        return x * noise.div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, k={self.k}, layout={self.layout}"
 
 
 class _PackedDenseLayer(nn.Module):
@@ -608,7 +576,7 @@ class _PackRun:
             for j, st in enumerate(states):
                 for name, g in self._generators(j).items():
                     g.set_state(st["generators"][name])
-                dropout_state = self._saved_dropout_state(st)
+                dropout_state = saved_dropout_rng(st, self.device)
                 if dropout_state is not None:
                     self.dropout[j].set_state(dropout_state)
                 self.results[j].history = list(st["history"])
@@ -617,13 +585,6 @@ class _PackRun:
 
     def _generators(self, j: int) -> dict[str, torch.Generator]:
         return {"order": self.order[j], "augment": self.augment[j], "loss": self.loss_rng[j]}
-
-    def _saved_dropout_state(self, state: dict[str, Any]) -> Tensor | None:
-        """Where the plain loop keeps the dropout stream: torch's global generator (the
-        training GPU's on a GPU)."""
-        if self.device.type == "cpu":
-            return state["torch_rng"]
-        return saved_device_rng(state, self.device)
 
     def run(self, on_epoch: EpochCallback | None) -> list[SeedResult]:
         cfg, data, device, k = self.cfg, self.data, self.device, self.k
@@ -762,15 +723,13 @@ class _PackRun:
         if not any(slot.due() for slot in live_slots if slot is not None):
             return
         optimizer = self.opt.state_dict()
+        cuda = self.device.type == "cuda"
+        device_rng = torch.cuda.get_rng_state(cuda_index(self.device)) if cuda else None
         for j, seed in enumerate(self.seeds):
             slot = self.slots.get(seed)
             if slot is None or not alive[j]:
                 continue
             generators = self._generators(j)
-            # The seed's dropout stream where the loop keeps its own (see _saved_dropout_state)
-            torch_rng, device_rng = torch.get_rng_state(), self.dropout[j].get_state()
-            if self.device.type == "cpu":
-                torch_rng, device_rng = device_rng, None
             slot.save(
                 {
                     "epoch": epoch,
@@ -781,7 +740,8 @@ class _PackRun:
                     "scheduler": self.sched.state_dict(),
                     "scaler": self.scaler.state_dict(),
                     "generators": {name: g.get_state() for name, g in generators.items()},
-                    "torch_rng": torch_rng,
+                    "dropout_rng": self.dropout[j].get_state(),
+                    "torch_rng": torch.get_rng_state(),
                     "device_rng": device_rng,
                     "python_rng": random.getstate(),
                     "numpy_rng": np.random.get_state(),

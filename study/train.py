@@ -30,6 +30,7 @@ from study.checkpoint import CheckpointSlot
 from study.data import DataSplits, augment_batch, normalize
 from study.losses import get_loss
 from study.models import create_model
+from study.models.dropout import SeedDropout
 from study.plan import Role, derive_seed
 from study.protocol import TrainSection
 from study.repro import configure_cuda_process, deterministic_mode
@@ -406,7 +407,9 @@ def _train_seed(
         stream("augment"),
         stream("loss"),
     )
-    dropout_seed = derive_seed(seed, role.generation, "dropout")
+    # The model's dropout draws from a stream of its own, as a pack's seed does (SeedDropout).
+    dropout = stream("dropout")
+    seeded_dropout(model, dropout)
 
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     teacher_val = teacher_test = None
@@ -425,11 +428,13 @@ def _train_seed(
     n = len(train_x)
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), deterministic_mode(cfg.deterministic, device):
-        torch.manual_seed(dropout_seed)
+        # Torch's global generators, for random layers other than nn.Dropout (torchvision's
+        # stochastic depth): seeded per seed and generation as well.
+        torch.manual_seed(derive_seed(seed, role.generation, "dropout"))
         generators = {"order": order, "augment": augment, "loss": loss_rng}
         saved = slot.resumable(slot.load(), device) if slot is not None else None
         if saved is not None:
-            _restore(saved, model, opt, sched, scaler, generators, device)
+            _restore(saved, model, opt, sched, scaler, generators, dropout, device)
             result.history = list(saved["history"])
             result.resumed_from = int(saved["epoch"])
         for epoch in range(len(result.history) + 1, cfg.epochs + 1):
@@ -470,7 +475,17 @@ def _train_seed(
             result.history.append(metrics)
             if slot is not None and slot.due():
                 slot.save(
-                    _capture(epoch, result.history, model, opt, sched, scaler, generators, device)
+                    _capture(
+                        epoch,
+                        result.history,
+                        model,
+                        opt,
+                        sched,
+                        scaler,
+                        generators,
+                        dropout,
+                        device,
+                    )
                 )
             if on_epoch is not None:
                 on_epoch(seed, epoch, metrics)
@@ -507,12 +522,12 @@ def _evaluate(model: nn.Module, data: DataSplits, cfg: TrainSection, test: bool)
     return out
 
 
-def _capture(epoch, history, model, opt, sched, scaler, generators, device) -> dict:
+def _capture(epoch, history, model, opt, sched, scaler, generators, dropout, device) -> dict:
     """Everything needed to continue after ``epoch`` exactly as if never interrupted.
 
-    Of the global generators, the CPU's (``torch_rng``) and, on a GPU, the training device's
-    alone (``device_rng``: where the dropout stream is): the other GPUs' states are not the
-    training's, and a CPU run must not initialise CUDA to read them.
+    The dropout stream (``dropout_rng``), and of torch's global generators the CPU's
+    (``torch_rng``) and, on a GPU, the training device's alone (``device_rng``): the other
+    GPUs' states are not the training's, and a CPU run must not initialise CUDA to read them.
     """
     cuda = device.type == "cuda"
     return {
@@ -524,6 +539,7 @@ def _capture(epoch, history, model, opt, sched, scaler, generators, device) -> d
         "scheduler": sched.state_dict(),
         "scaler": scaler.state_dict(),
         "generators": {k: g.get_state() for k, g in generators.items()},
+        "dropout_rng": dropout.get_state(),
         "torch_rng": torch.get_rng_state(),
         "device_rng": torch.cuda.get_rng_state(cuda_index(device)) if cuda else None,
         "python_rng": random.getstate(),
@@ -531,7 +547,7 @@ def _capture(epoch, history, model, opt, sched, scaler, generators, device) -> d
     }
 
 
-def _restore(state, model, opt, sched, scaler, generators, device) -> None:
+def _restore(state, model, opt, sched, scaler, generators, dropout, device) -> None:
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -543,8 +559,35 @@ def _restore(state, model, opt, sched, scaler, generators, device) -> None:
         device_rng = saved_device_rng(state, device)
         if device_rng is not None:
             torch.cuda.set_rng_state(device_rng, cuda_index(device))
+    dropout_rng = saved_dropout_rng(state, device)
+    if dropout_rng is not None:
+        dropout.set_state(dropout_rng)
     random.setstate(state["python_rng"])
     np.random.set_state(state["numpy_rng"])
+
+
+def saved_dropout_rng(state: dict, device: torch.device) -> Tensor | None:
+    """The dropout stream's state in a checkpoint of the loop or a pack (None: not saved).
+
+    Checkpoints written before ``dropout_rng`` kept it where the loop's dropout then drew
+    from: torch's global generator of the training device (``torch_rng`` on the CPU).
+    """
+    if "dropout_rng" in state:
+        return state["dropout_rng"]
+    return state["torch_rng"] if device.type == "cpu" else saved_device_rng(state, device)
+
+
+def seeded_dropout(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """``model`` with every ``nn.Dropout`` replaced by a ``SeedDropout`` drawing from
+    ``generator``: the masks a pack draws for this seed, on every device and memory format."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Dropout:
+                replacement = SeedDropout(child.p, 1, layout="batch")
+                replacement.generators = [generator]
+                replacement.train(child.training)
+                setattr(module, name, replacement)
+    return model
 
 
 def cuda_index(device: torch.device) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -180,9 +178,12 @@ def test_the_saved_gpu_generator_is_the_training_devices_also_in_old_checkpoints
     assert train_module.saved_device_rng(old, bare) is states[1]
     assert train_module.saved_device_rng(old, first) is states[0]
     assert train_module.saved_device_rng({"cuda_rng": states[:1]}, bare) is None  # fewer GPUs
-    # the pack reads its dropout stream from the same place
-    run = SimpleNamespace(device=bare)
-    assert pack_module._PackRun._saved_dropout_state(run, old) is states[1]
+    # the dropout stream: its own key; in older checkpoints, the global generator's place
+    dropout = _cuda_state(12)
+    assert train_module.saved_dropout_rng({**new, "dropout_rng": dropout}, bare) is dropout
+    assert train_module.saved_dropout_rng(old, bare) is states[1]
+    cpu_state = torch.Generator().get_state()
+    assert train_module.saved_dropout_rng({"torch_rng": cpu_state}, CPU) is cpu_state
 
 
 def test_free_gpu_memory_counts_what_the_caching_allocator_holds_unused(monkeypatch) -> None:

@@ -186,6 +186,21 @@ def test_a_pack_of_one_trains_like_the_plain_loop(plan, digits) -> None:
     assert len(packed.history) == len(loop.history) == role.train.epochs
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_convnets_dropout_masks_are_the_loops_in_a_pack_in_either_memory_format(
+    plan, digits, channels_last: bool
+) -> None:
+    """F.dropout draws a channels-last tensor's mask in memory order (and on a GPU in a fused
+    kernel of its own): the loop draws as a pack's seed draws instead (SeedDropout)."""
+    base = plan.role("teacher")
+    role = dataclasses.replace(base, arch="wrn", arch_kwargs={"depth": 10, "dropout": 0.3})
+    with train_module.channels_last(channels_last):
+        [loop] = train_role(role, [0], digits, device=CPU)
+        [packed] = train_pack(role, [0], digits, device=CPU)
+    assert _close(packed.state_dict, loop.state_dict, atol=1e-4)
+    assert packed.final["test_acc"] == pytest.approx(loop.final["test_acc"], abs=1e-3)
+
+
 def test_on_the_cpu_an_mlp_seed_trains_bit_identically_in_the_loop_or_any_pack(
     plan, digits
 ) -> None:
