@@ -346,6 +346,7 @@ def train_role(
     """
     if role.kind == "ensemble" or role.train is None:
         raise ValueError(f"role {role.key} is not trained")
+    configure_cuda_process()  # also for a device given: fp32 means IEEE fp32
     device = device or resolve_device(role.train.device)
     from study.pack import packable, train_pack  # the fused pack imports this module
 

@@ -1,9 +1,9 @@
 """The GPU path, on a GPU. Skipped where CUDA is not available (CI has none).
 
-On a machine with one: ``python -m pytest tests/test_gpu.py`` (docs/benchmarks.md). The
-properties tests/test_pack.py and tests/test_data.py check on the CPU, here on CUDA
-tensors and generators, cuDNN's grouped convolutions in both memory formats, and bf16
-autocast; then `study bench` and a whole study on the GPU.
+On a machine with one: ``python -m pytest tests/test_gpu.py tests/test_pack.py``
+(docs/benchmarks.md; test_pack.py runs its fused-layer tests on the GPU too). Here: the
+augmentation against the CPU reference on CUDA generators, a pack of one against the loop,
+bf16 distillation, `study bench` and a whole study on the GPU.
 """
 
 from __future__ import annotations
@@ -13,27 +13,17 @@ import dataclasses
 import pytest
 import torch
 
-from study import train
 from study.data import apply_augmentation, augment_batch, draw_augmentation
-from study.pack import SeedPack, augment_pack, train_pack
+from study.pack import augment_pack, train_pack
 from study.plan import expand
 from study.protocol import parse_protocol
-from study.train import load_model, to_device, train_role
+from study.train import load_model, train_role
 from tests.test_data import _reference
-from tests.test_pack import ARCHS, _close, _grads, _models, _packed_grads
+from tests.test_pack import _close
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 CUDA = torch.device("cuda")
-
-
-@pytest.fixture(autouse=True)
-def ieee_fp32():
-    """fp32 tolerances below are for fp32 arithmetic: no TF32 (as the harness runs)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture(scope="module")
@@ -42,45 +32,6 @@ def plan():
 
     text = TINY_PROTOCOL.replace('device = "cpu"', 'device = "cuda"')
     return expand(parse_protocol(text))
-
-
-@pytest.mark.parametrize("arch", sorted(ARCHS))
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_each_packed_seed_computes_its_own_model_on_cuda(arch: str, channels_last: bool) -> None:
-    k = 3
-    with train.channels_last(channels_last):
-        models = [to_device(m, CUDA) for m in _models(arch, k)]
-        pack = to_device(SeedPack(_models(arch, k)), CUDA)
-    x = torch.randn(k, 6, 3, 8, 8, device=CUDA)
-    logits = pack(x)
-    logits.square().sum().backward()
-    for j, model in enumerate(models):
-        plain = model(x[j])
-        plain.square().sum().backward()
-        assert torch.allclose(logits[j], plain, atol=1e-4, rtol=1e-4)
-        assert _close(_packed_grads(pack, j), _grads(model), atol=1e-3)
-        assert _close(pack.seed_state(j), model.state_dict(), atol=1e-4)
-
-
-@pytest.mark.parametrize("arch", ["mlp", "small_cnn", "wrn", "densenet_bc"])
-def test_a_seed_is_blind_to_the_other_seeds_weights_and_data_on_cuda(arch: str) -> None:
-    def seed0(models, x):
-        pack = to_device(SeedPack(models), CUDA)
-        logits = pack(x)
-        logits[0].square().sum().backward()
-        return logits[0].detach(), _packed_grads(pack, 0)
-
-    x = torch.randn(3, 6, 3, 8, 8, device=CUDA)
-    logits, grads = seed0(_models(arch, 3), x)
-    perturbed = _models(arch, 3)
-    with torch.no_grad():
-        for p in perturbed[1].parameters():
-            p.mul_(-3.0).add_(1.0)
-    other = x.clone()
-    other[1] = torch.randn_like(other[1]) * 10
-    logits_p, grads_p = seed0(perturbed, other)
-    assert torch.allclose(logits, logits_p, atol=1e-5, rtol=0)
-    assert _close(grads, grads_p, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["crop_flip", "crop", "flip"])

@@ -35,6 +35,10 @@ from study.train import (
 )
 
 CPU = torch.device("cpu")
+DEVICES = [  # the fused layers' tests run on a GPU too, where there is one
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU")),
+]
 
 ARCHS = {
     "mlp": {"hidden": [16, 8]},
@@ -92,38 +96,57 @@ def _close(a: dict, b: dict, atol: float) -> bool:
     )
 
 
+@pytest.fixture
+def ieee_fp32():
+    """On a GPU, fp32 arithmetic as the harness runs it (no TF32), for fp32 tolerances."""
+    from study.repro import configure_cuda_process
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    configure_cuda_process()
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_each_packed_seed_computes_its_own_model(arch: str, k: int, channels_last: bool) -> None:
+def test_each_packed_seed_computes_its_own_model(
+    arch: str, k: int, channels_last: bool, device: str, ieee_fp32
+) -> None:
+    device = torch.device(device)
     models = _models(arch, k)
     with train_module.channels_last(channels_last):
-        pack = to_device(SeedPack(models), CPU)
-        models = [to_device(m, CPU) for m in models]
+        pack = to_device(SeedPack(models), device)
+        models = [to_device(m, device) for m in models]
     if channels_last and arch != "mlp":  # the convolutions' weights, hence activations, NHWC
         conv = next(p for p in pack.parameters() if p.dim() == 4)
         assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    x = torch.randn(k, 6, 3, 8, 8)
+    x = torch.randn(k, 6, 3, 8, 8, device=device)
     logits = pack(x)
     logits.square().sum().backward()
+    tol = 1e-5 if device.type == "cpu" else 1e-4  # cuDNN: other kernels, other sums
     for j, model in enumerate(models):
         plain = model(x[j])
         plain.square().sum().backward()
-        assert torch.allclose(logits[j], plain, atol=1e-5, rtol=0)
-        assert _close(_packed_grads(pack, j), _grads(model), atol=1e-5 * max(1.0, k))
+        assert torch.allclose(logits[j], plain, atol=tol, rtol=0)
+        assert _close(_packed_grads(pack, j), _grads(model), atol=tol * max(1.0, k))
         # BatchNorm's running statistics are the seed's own
-        assert _close(pack.seed_state(j), model.state_dict(), atol=1e-5)
+        assert _close(pack.seed_state(j), model.state_dict(), atol=tol)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ["mlp", "small_cnn", "wrn", "densenet_bc"])
-def test_a_seed_is_blind_to_the_other_seeds_weights_and_data(arch: str) -> None:
+def test_a_seed_is_blind_to_the_other_seeds_weights_and_data(arch: str, device: str) -> None:
+    device = torch.device(device)
+
     def seed0(models, x):
-        pack = SeedPack(models)
+        pack = to_device(SeedPack(models), device)
         logits = pack(x)
         logits[0].square().sum().backward()
         return logits[0].detach(), _packed_grads(pack, 0)
 
-    x = torch.randn(3, 6, 3, 8, 8)
+    x = torch.randn(3, 6, 3, 8, 8, device=device)
     logits, grads = seed0(_models(arch, 3), x)
     perturbed = _models(arch, 3)
     with torch.no_grad():
