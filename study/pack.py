@@ -184,6 +184,14 @@ class _PackedDenseLayer(nn.Module):
         out = self.dropout(self.conv1(F.relu(self.bn1(x))))
         out = self.dropout(self.conv2(F.relu(self.bn2(out))))
         b, _, h, w = x.shape
+        if x.is_contiguous(memory_format=torch.channels_last):
+            # Concatenate in NHWC memory, so that the result stays channels-last as the
+            # plain layer's does: the next BatchNorm and convolution then sum in its order.
+            seeds = (
+                x.permute(0, 2, 3, 1).reshape(b, h, w, self.k, -1),
+                out.permute(0, 2, 3, 1).reshape(b, h, w, self.k, -1),
+            )
+            return torch.cat(seeds, dim=4).view(b, h, w, -1).permute(0, 3, 1, 2)
         seeds = (x.view(b, self.k, -1, h, w), out.view(b, self.k, -1, h, w))
         return torch.cat(seeds, dim=2).view(b, -1, h, w)
 

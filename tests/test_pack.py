@@ -210,6 +210,21 @@ def test_a_pack_of_one_trains_like_the_plain_loop(plan, digits) -> None:
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_on_the_cpu_a_pack_of_one_is_bit_for_bit_the_loop_for_every_packable_arch(
+    plan, digits, arch: str, channels_last: bool
+) -> None:
+    kwargs = {**ARCHS[arch], **({"dropout": 0.2} if arch != "resnet_cifar" else {})}
+    role = dataclasses.replace(plan.role("teacher"), arch=arch, arch_kwargs=kwargs)
+    role = dataclasses.replace(role, train=role.train.model_copy(update={"epochs": 1}))
+    with train_module.channels_last(channels_last):
+        [loop] = train_role(role, [0], digits, device=CPU)
+        [packed] = train_pack(role, [0], digits, device=CPU)
+    assert packed.final == loop.final and packed.history == loop.history
+    assert _same(packed.state_dict, loop.state_dict)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
 def test_a_convnets_dropout_masks_are_the_loops_in_a_pack_in_either_memory_format(
     plan, digits, channels_last: bool
 ) -> None:
