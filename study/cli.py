@@ -635,9 +635,8 @@ def reproduce(
 @app.command()
 def env(as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False) -> None:
     """The environment snapshot every run records, for this machine."""
-    from study.repro import configure_cuda_process, environment, pip_freeze
+    from study.repro import environment, pip_freeze
 
-    configure_cuda_process()  # what a training would run with
     snapshot = {**environment(), "pip_freeze": pip_freeze()}
     if as_json:
         print(json.dumps(snapshot, indent=2))

@@ -385,13 +385,28 @@ class _Session:
         return run_id
 
     def _start_or_resume(self, role: Role, seed: int, pack: int) -> tuple[str, int]:
-        """A new run, or the interrupted run of the same fingerprint reopened.
+        """A new run, or the interrupted run of the same fingerprint reopened to continue
+        from its checkpoint.
 
-        Returns the run id and the last epoch already logged to it (0 for a new run).
+        Returns the run id and the last epoch already logged to it (0 for a new run). An
+        interrupted run without a checkpoint this device can resume (none was due yet, all
+        are corrupt, or they come from another device type) is left KILLED and tagged with
+        the run that supersedes it: the epochs a run logs are those of one training.
         """
-        hit = self.interrupted.get((role.key, self.fingerprints[(role.key, seed)]))
+        fingerprint = self.fingerprints[(role.key, seed)]
+        hit = self.interrupted.get((role.key, fingerprint))
         if hit is None:
             return self._start(role, seed, pack), 0
+        slot = self.checkpoints.slot(fingerprint)
+        if slot.resumable(slot.load(), self.device) is None:
+            slot.clear()  # what is left in it cannot be resumed: the new run starts over
+            for note in slot.notes:
+                self.emit(Progress("note", role.key, seed, message=note))
+            run_id = self._start(role, seed, pack)
+            self.tracker.set_tags(hit.run_id, {"superseded_by": run_id})
+            self.tracker.end_run(hit.run_id, "KILLED")
+            del self.interrupted[(role.key, fingerprint)]
+            return run_id, 0
         self.tracker.reopen(hit.run_id)
         return hit.run_id, self.tracker.last_step(hit.run_id, "val_acc")
 

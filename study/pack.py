@@ -480,9 +480,9 @@ def train_pack(
     with the plain model's ``state_dict``; a diverging seed comes back with ``failure`` set
     while the others go on; ``on_epoch(seed, epoch, metrics)`` per seed and epoch. Each seed
     saves into its own checkpoint slot the state the plain loop saves (model, optimizer,
-    scheduler, generators; its dropout stream in ``torch_rng`` on the CPU), so either the
-    pack or the loop can resume it. Seeds whose slots hold different epochs resume as
-    separate packs, one per epoch.
+    scheduler, generators, its dropout stream in ``dropout_rng``), so either the pack or the
+    loop can resume it. Seeds whose slots hold different epochs resume as separate packs,
+    one per epoch; a seed whose checkpoint is from another device type starts over.
     """
     if role.kind == "ensemble" or role.train is None:
         raise ValueError(f"role {role.key} is not trained")

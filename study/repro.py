@@ -195,8 +195,10 @@ def git_state(path: Path | None = None) -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     """Python, torch, CUDA, GPU, CPU, package versions and git state of this process, and the
-    math settings in force: whether fp32 convolutions/matmuls may use TF32, and the cuBLAS
-    workspace setting."""
+    math settings a training runs with: whether fp32 convolutions/matmuls may use TF32, and
+    the cuBLAS workspace setting (made first, by ``configure_cuda_process``, so that a run's
+    snapshot says what its training did)."""
+    configure_cuda_process()
     versions = {}
     for name in PACKAGES:
         try:

@@ -205,6 +205,8 @@ class Tracker:
             tags = r.data.tags
             if r.info.status not in ("RUNNING", "KILLED") or "fingerprint" not in tags:
                 continue
+            if "superseded_by" in tags:  # its training goes on in another run
+                continue
             run = FinishedRun(r.info.run_id, tags["role"], int(tags["seed"]), tags["fingerprint"])
             found.setdefault((run.role, run.fingerprint), run)
         return found

@@ -201,8 +201,10 @@ def to_device(model: nn.Module, device: torch.device) -> nn.Module:
     convolutions' and so every activation's; the results differ from NCHW's only in float
     rounding (docs/benchmarks.md)."""
     model = model.to(device)
-    if channels_last.on and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model = model.to(memory_format=torch.channels_last)
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        # both ways: a model loaded while the switch was on may be trained with it off
+        layout = torch.channels_last if channels_last.on else torch.contiguous_format
+        model = model.to(memory_format=layout)
     return model
 
 

@@ -149,13 +149,11 @@ def test_tf32_enabled_reads_the_setting_in_force(math_flags):
         assert tf32_enabled()["tf32_convolutions"] is False
 
 
-def test_environment_records_tf32_and_the_cublas_workspace(monkeypatch, math_flags):
+def test_environment_records_the_settings_a_training_runs_with(monkeypatch, math_flags):
+    """A run's snapshot is taken before its training resolves its device: environment()
+    applies the process settings first, so it records what the training then uses."""
     monkeypatch.delenv(CUBLAS, raising=False)
     torch.backends.cudnn.conv.fp32_precision = "tf32"
-    snapshot = environment()
-    assert snapshot["tf32_convolutions"] is True
-    assert snapshot["cublas_workspace_config"] is None
-    configure_cuda_process()
     snapshot = environment()
     assert snapshot["tf32_convolutions"] is False
     assert snapshot["tf32_matmul"] is False
@@ -210,9 +208,27 @@ def _cli_env(extra: dict[str, str]) -> dict:
     return json.loads(res.stdout)
 
 
-def test_cli_configures_the_process_before_every_command():
+def test_study_env_shows_the_settings_a_training_runs_with():
     snapshot = _cli_env({})
     assert snapshot["tf32_convolutions"] is False
     assert snapshot["tf32_matmul"] is False
     assert snapshot["cublas_workspace_config"] == ":4096:8"
     assert _cli_env({CUBLAS: ":16:8"})["cublas_workspace_config"] == ":16:8"
+
+
+def test_every_command_sets_the_cublas_workspace_before_it_runs(monkeypatch, tmp_path):
+    """Before anything can touch CUDA (cuBLAS reads it once): here `study validate`, which
+    trains nothing and never asks for the environment."""
+    from typer.testing import CliRunner
+
+    from study.cli import app
+    from tests.conftest import TINY_PROTOCOL
+
+    monkeypatch.delenv(CUBLAS, raising=False)
+    (tmp_path / "p.toml").write_text(TINY_PROTOCOL)
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "p.toml")])
+    assert result.exit_code == 0, result.output
+    assert os.environ[CUBLAS] == ":4096:8"
+    monkeypatch.setenv(CUBLAS, ":16:8")
+    CliRunner().invoke(app, ["validate", str(tmp_path / "p.toml")])
+    assert os.environ[CUBLAS] == ":16:8"  # the user's value is kept

@@ -112,6 +112,40 @@ def test_sigkill_mid_epoch_resumes_and_ends_bit_identical(tmp_path: Path, uninte
     assert not any((tmp_path / "checkpoints").iterdir())  # finished runs clear checkpoints
 
 
+def test_an_interrupted_run_with_no_checkpoint_to_resume_is_superseded_by_a_new_run(
+    tmp_path: Path, uninterrupted
+) -> None:
+    """Its checkpoints came from a GPU (random streams a CPU cannot take): the training
+    starts over in a new run, and the interrupted run, with the epochs it logged, is left
+    KILLED and points to it. A run's epochs are one training's."""
+    from tests.test_device_resume import _as_if_from_cuda, _rewrite
+
+    (tmp_path / "p.toml").write_text(PROTOCOL)
+    step = 2 * STEPS_PER_EPOCH + 4  # teacher seed 0, in the middle of epoch 3
+    proc = study(tmp_path, "run", "p.toml", "--no-report", fault=f"{step}:INT")
+    assert proc.returncode == 130, proc.stderr
+    [interrupted] = _runs(tmp_path).values()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(interrupted.info.run_id, "val_acc")] == [
+        1,
+        2,
+    ]
+    [slot_dir] = (tmp_path / "checkpoints").iterdir()
+    _rewrite(CheckpointSlot(slot_dir), _as_if_from_cuda)
+
+    proc = study(tmp_path, "run", "p.toml", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert "from cuda and cannot resume on cpu" in " ".join(proc.stderr.split())
+    old = client.get_run(interrupted.info.run_id)
+    assert old.info.status == "KILLED"
+    new = client.get_run(old.data.tags["superseded_by"])
+    assert new.info.status == "FINISHED" and "resumed_from_epoch" not in new.data.tags
+    steps = [m.step for m in client.get_metric_history(new.info.run_id, "val_acc")]
+    assert sorted(steps) == [1, 2, 3, 4]  # all four from the new training
+    clean = _runs(uninterrupted)
+    assert dict(new.data.metrics) == dict(clean[("teacher", "0")].data.metrics)
+
+
 def test_ctrl_c_marks_the_run_killed_and_says_how_to_continue(
     tmp_path: Path, uninterrupted
 ) -> None:

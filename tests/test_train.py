@@ -265,3 +265,20 @@ def test_a_convnet_trains_in_channels_last_like_nchw_and_logs_plain_weights(
         probs = predict_probs(model, digits.test_x, digits, batch_size=100)
         accuracy = (probs.argmax(1) == digits.test_y).float().mean().item()
         assert accuracy == pytest.approx(a.final["test_acc"])
+
+
+def test_to_device_sets_the_memory_format_both_ways() -> None:
+    """A teacher loaded while channels-last was on serves a student trained with it off
+    (`reproduce` of an older run, `study bench --no-channels-last`): it must follow."""
+    from study import train
+    from study.models import create_model
+
+    cpu = torch.device("cpu")
+    model = create_model("small_cnn", in_channels=3, num_classes=5, image_size=8)
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    train.to_device(model, cpu)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not all(p.is_contiguous() for p in convs)
+    with train.channels_last(False):
+        train.to_device(model, cpu)
+    assert all(p.is_contiguous() for p in model.parameters() if p.dim() == 4)
