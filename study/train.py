@@ -421,8 +421,9 @@ def _train_seed(
         if evaluate_test:
             teacher_test = predict_probs(teacher, data.test_x, data, batch_size=cfg.eval_batch_size)
 
+    distils = teacher is not None and loss_spec.needs_teacher  # else: agreement metrics only
     cache = None
-    if teacher is not None:
+    if distils:
         cache = TeacherCache.build(
             teacher, data, batch_size=cfg.eval_batch_size, precision=cfg.precision, device=device
         )
@@ -453,7 +454,7 @@ def _train_seed(
                 t_logits = None
                 if cache is not None:
                     t_logits = cache.lookup(idx, xb)
-                if teacher is not None and t_logits is None:
+                if distils and t_logits is None:
                     with torch.inference_mode(), _autocast(device, cfg.precision):
                         t_logits = teacher(xb)
                     t_logits = t_logits.float().clone()  # leave inference mode for autograd
@@ -505,7 +506,7 @@ def _train_seed(
         result.final["val_teacher_agreement"] = agreement_metrics(val_probs, teacher_val)[
             "teacher_agreement"
         ]
-    if teacher is not None and loss_spec.needs_teacher:
+    if distils:
         result.teacher_cached = cache is not None and cache.table is not None
         result.notes = [n for n in [teacher_cache_note(cache)] if n]
     result.state_dict = {

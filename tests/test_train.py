@@ -282,3 +282,21 @@ def test_to_device_sets_the_memory_format_both_ways() -> None:
     with train.channels_last(False):
         train.to_device(model, cpu)
     assert all(p.is_contiguous() for p in model.parameters() if p.dim() == 4)
+
+
+def test_a_student_that_does_not_distil_runs_its_teacher_only_for_the_agreement(
+    plan, digits
+) -> None:
+    """A teacher given to a cross-entropy student serves the agreement metrics alone: no
+    table of its outputs, no forward pass in the training steps."""
+    import dataclasses
+
+    cpu = torch.device("cpu")
+    [t] = train_role(plan.role("teacher"), [0], digits, device=cpu)
+    teacher = load_model(plan.role("teacher"), digits, t.state_dict, cpu)
+    images = []
+    teacher.register_forward_hook(lambda m, i, o: images.append(len(i[0])))
+    role = dataclasses.replace(plan.role("kd/gen1"), loss="ce", loss_params={})
+    [r] = train_role(role, [0], digits, teachers={0: teacher}, device=cpu)
+    assert sum(images) == len(digits.val_x) + len(digits.test_x)  # one pass over each
+    assert "teacher_agreement" in r.final and r.teacher_cached is None and r.notes == []
