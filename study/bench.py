@@ -45,6 +45,7 @@ from study.protocol import TrainSection
 from study.repro import resolve_deterministic
 from study.train import (
     channels_last,
+    has_convolutions,
     init_model,
     resolve_device,
     teacher_cache,
@@ -213,9 +214,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     path,
                 )
             )
-    convnet = any(isinstance(m, nn.Conv2d) for m in init_model(teacher, 0, data).modules())
     memory_format = ""
-    if convnet:
+    if has_convolutions(init_model(teacher, 0, data)):
         memory_format = "channels-last (NHWC)" if config.channels_last else "NCHW"
     return BenchReport(
         teacher_outputs=_teacher_outputs(config, data, cached),

@@ -82,9 +82,9 @@ from study.train import (
     evaluate_probs,
     final_metrics,
     init_model,
+    record_teacher_outputs,
     resolve_device,
     saved_dropout_rng,
-    teacher_cache_note,
     to_device,
 )
 
@@ -781,9 +781,7 @@ class _PackRun:
                 key: v.cpu().contiguous() for key, v in self.pack.seed_state(j).items()
             }
             if self.teacher is not None and self.loss.needs_teacher:
-                cache = self.teacher_cache
-                result.teacher_cached = cache is not None and cache.table is not None
-                result.notes = [n for n in [teacher_cache_note(cache)] if n]
+                record_teacher_outputs(result, self.teacher_cache)
 
 
 def _frozen_pack(models: Sequence[nn.Module], device: torch.device) -> nn.Module:

@@ -110,8 +110,10 @@ def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -
             teachers = None
             if role.teacher:
                 teachers = {seed: model_of(tags["teacher_run_id"], role.teacher)}
-            # Runs logged before `[execution] channels_last` existed trained NCHW.
-            layout = json.loads(text).get("execution", {}).get("channels_last", False)
+            # Runs logged before `[execution] channels_last` existed trained NCHW: their
+            # logged protocol lacks the field (it is then not among the fields set).
+            execution = protocol.execution
+            layout = "channels_last" in execution.model_fields_set and execution.channels_last
             with channels_last(layout):
                 [trained] = train_role(role, [seed], data, teachers=teachers, device=dev)
             final = trained.final

@@ -73,20 +73,25 @@ class SeedResult:
     resumed_from: int = 0  # the epoch a resumed run continued after (0: from scratch)
     failure: str | None = None  # why this seed failed (divergence), None when it trained
     # Where a distilling student's teacher outputs came from: True the cache, False a
-    # forward pass in every step (augmented data, or the cache switched itself off: see
-    # ``teacher_cache_note``), None without a teacher.
+    # forward pass in every step (augmented data, or the cache switched itself off), None
+    # without a teacher to distil from (see ``record_teacher_outputs``).
     teacher_cached: bool | None = None
     notes: list[str] = field(default_factory=list)  # for the user, e.g. the cache went off
 
 
-def teacher_cache_note(cache: TeacherCache | None) -> str | None:
-    """What to tell the user when a cache built for a training switched itself off."""
-    if cache is None or cache.table is not None:
-        return None
-    return (
-        "teacher-output cache switched off: a forward pass rounded a batch differently from "
-        "the table, so the teacher ran in every step (the results are unaffected)"
-    )
+def record_teacher_outputs(result: SeedResult, cache: TeacherCache | None) -> None:
+    """Say in ``result`` where a distilling student's teacher outputs came from, with a note
+    for the user when the cache built for its training switched itself off."""
+    result.teacher_cached = cache is not None and cache.table is not None
+    if cache is not None and cache.table is None:
+        result.notes.append(
+            "teacher-output cache switched off: a forward pass rounded a batch differently "
+            "from the table, so the teacher ran in every step (the results are unaffected)"
+        )
+
+
+def has_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -201,7 +206,7 @@ def to_device(model: nn.Module, device: torch.device) -> nn.Module:
     convolutions' and so every activation's; the results differ from NCHW's only in float
     rounding (docs/benchmarks.md)."""
     model = model.to(device)
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    if has_convolutions(model):
         # both ways: a model loaded while the switch was on may be trained with it off
         layout = torch.channels_last if channels_last.on else torch.contiguous_format
         model = model.to(memory_format=layout)
@@ -507,8 +512,7 @@ def _train_seed(
             "teacher_agreement"
         ]
     if distils:
-        result.teacher_cached = cache is not None and cache.table is not None
-        result.notes = [n for n in [teacher_cache_note(cache)] if n]
+        record_teacher_outputs(result, cache)
     result.state_dict = {
         k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
         for k, v in model.state_dict().items()

@@ -138,10 +138,5 @@ def normalize(x_uint8: Tensor, mean: Sequence[float], std: Sequence[float]) -> T
     """float32 ``(x / 255 - mean) / std`` per channel; works for ``[B, C, H, W]`` and
     ``[C, H, W]``. ``mean`` and ``std`` are in [0, 1] pixel units; their tensors are made once
     per device and reused, so no call after the first copies anything from the host."""
-    m, s = _channel_stats(
-        tuple(float(v) for v in mean),
-        tuple(float(v) for v in std),
-        x_uint8.device,
-        torch.float32,
-    )
+    m, s = _channel_stats(tuple(mean), tuple(std), x_uint8.device, torch.float32)
     return (x_uint8.float().div_(255.0) - m) / s
