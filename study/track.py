@@ -98,12 +98,24 @@ class Tracker:
     # -- experiments and lookups ------------------------------------------------------
 
     def experiment_id(self, study: str, *, create: bool = True) -> str | None:
+        """The study's experiment, created if absent (and ``create``). Workers started
+        together (the jobs of one submission) may all find it absent: experiment names are
+        unique in the store, so one creation wins and the others use the winner's."""
         exp = self.client.get_experiment_by_name(study)
         if exp is not None:
             return exp.experiment_id
         if not create:
             return None
-        return self.client.create_experiment(study, artifact_location=self._artifact_root(study))
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(
+                study, artifact_location=self._artifact_root(study)
+            )
+        except MlflowException as e:
+            if not _already_exists(e):
+                raise
+        return self.client.get_experiment_by_name(study).experiment_id
 
     def _artifact_root(self, study: str) -> str | None:
         """Next to a local sqlite database, not in whatever directory we happen to run in."""
@@ -185,7 +197,7 @@ class Tracker:
                 tags={"worker": worker, "heartbeat": repr(time.time())},
             )
         except MlflowException as e:
-            if e.error_code == "RESOURCE_ALREADY_EXISTS" or "already exists" in str(e):
+            if _already_exists(e):
                 return None
             raise
 
@@ -412,6 +424,12 @@ def _creating(uri: str):
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _already_exists(e: Exception) -> bool:
+    """Whether MLflow refused to create something because its name is taken (the error
+    code over a server; a sqlite store says so in the message)."""
+    return getattr(e, "error_code", None) == "RESOURCE_ALREADY_EXISTS" or "already exists" in str(e)
 
 
 def _str(tags: dict[str, Any]) -> dict[str, str]:

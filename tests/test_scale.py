@@ -226,3 +226,22 @@ def test_auto_packs_are_sized_for_the_jobs_device_not_the_submitting_host(
     assert job_device(gpu_jobs, "cpu", local=False).type == "cpu"  # --device decides
     pinned = parse_protocol(tiny_protocol_text)  # [train] device = "cpu"
     assert job_device(pinned, None, local=False).type == "cpu"
+
+
+def test_workers_that_all_find_the_experiment_absent_share_one(tmp_path: Path) -> None:
+    """The jobs of one submission start together: each may look before any has created
+    the study's experiment. One creation wins; the others use it instead of failing."""
+    from study.track import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first, second = Tracker(uri), Tracker(uri)
+    look = second.client.get_experiment_by_name
+    looks = []
+
+    def before_the_first_created_it(name):
+        looks.append(name)
+        return None if len(looks) == 1 else look(name)
+
+    second.client.get_experiment_by_name = before_the_first_created_it
+    created = first.experiment_id("tiny")
+    assert second.experiment_id("tiny") == created and len(looks) == 2
