@@ -11,8 +11,9 @@ reason: this is what makes the statistics strong with few seeds.
 A fingerprint is a hash of everything that determines a (role, seed)'s result and of
 nothing else: the resolved role config (architecture, kwargs, loss, its parameters, the
 training recipe), the seed, the generation (it selects the random streams), the teacher's
-fingerprint, the data identity and the package version. Names (study, arm, role) and the
-device are not part of it: renaming an arm does not change what it computes.
+fingerprint, the data identity (the data themselves and their split), the augmentation
+of the training batches, and the package version. Names (study, arm, role) and the device
+are not part of it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from study import __version__
+from study.data import dataset_info
 from study.errors import UserInputError
 from study.losses import TUNED, resolve_loss_params
 from study.models import resolve_model_kwargs
@@ -48,6 +50,7 @@ class Role:
     train: TrainSection | None = None
     teacher: str | None = None  # key of the role this one distils from
     members: tuple[str, ...] = ()  # ensemble members, generation order
+    augmentation: str | None = None  # of the training batches, "default" resolved
 
     def config(self) -> dict[str, Any]:
         """The result-determining configuration of this role (no names, no device)."""
@@ -62,6 +65,7 @@ class Role:
             "loss": self.loss,
             "loss_params": self.loss_params,
             "train": train,
+            "augmentation": self.augmentation,
         }
 
     def params(self) -> dict[str, Any]:
@@ -166,6 +170,7 @@ def expand(protocol: Protocol, tuned: Mapping[str, float] | None = None) -> Plan
     with. Without one it stays "tuned": the plan can be shown but not trained
     (``Plan.require_trainable`` says why).
     """
+    augmentation = resolved_augmentation(protocol)
     teacher = Role(
         key=TEACHER,
         kind="teacher",
@@ -176,6 +181,7 @@ def expand(protocol: Protocol, tuned: Mapping[str, float] | None = None) -> Plan
         loss="ce",
         loss_params=resolve_loss_params("ce", {}),
         train=protocol.train_for(protocol.teacher.train),
+        augmentation=augmentation,
     )
     roles: list[Role] = [teacher]
     for index, arm in enumerate(protocol.arms):
@@ -199,6 +205,7 @@ def expand(protocol: Protocol, tuned: Mapping[str, float] | None = None) -> Plan
                     loss_params=params,
                     train=train,
                     teacher=previous,
+                    augmentation=augmentation,
                 )
             )
             generations.append(key)
@@ -216,11 +223,19 @@ def expand(protocol: Protocol, tuned: Mapping[str, float] | None = None) -> Plan
     return Plan(protocol=protocol, roles=tuple(roles), seeds=tuple(protocol.seeds))
 
 
+def resolved_augmentation(protocol: Protocol) -> str:
+    """The augmentation the training batches get: ``"default"`` is the dataset's own."""
+    given = protocol.data.augmentation
+    return dataset_info(protocol.data.dataset).default_augmentation if given == "default" else given
+
+
 def _with_tuned(
     protocol: Protocol, index: int, tuned: Mapping[str, float] | None
 ) -> dict[str, Any]:
     """An arm's loss parameters, "tuned" replaced by the tuned number where there is one."""
     arm = protocol.arms[index]
+    if protocol.tune is None or protocol.tune.arm != arm.name:
+        tuned = None  # the values were tuned for the [tune] arm's loss, and only for it
     given = {
         k: tuned[k] if tuned and v == TUNED and k in tuned else v
         for k, v in arm.loss.params.items()

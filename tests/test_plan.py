@@ -64,6 +64,7 @@ RESULT_CHANGES = [
     ("seeds = 3", "seeds = [0, 1, 5]"),
     ("[train]", "[train]\nweight_decay = 0.0"),
     ("[train]", '[train]\nprecision = "bf16"'),
+    ('augmentation = "none"', 'augmentation = "flip"'),
 ]
 
 
@@ -75,6 +76,8 @@ def test_fingerprint_changes_with_result_determining_fields(
     after = _fps(tiny_protocol_text.replace(old, new, 1))
     changed = {k for k in before if k in after and before[k] != after[k]}
     assert changed or set(before) != set(after)
+    if "augmentation" in new:  # every trained role sees the batches, and so the ensembles
+        assert changed == set(before)
 
 
 def test_teacher_change_propagates_down_the_chain(tiny_protocol_text: str) -> None:
@@ -104,6 +107,7 @@ NEUTRAL_CHANGES = [
     ("[[arms]]", '[analysis]\nalpha = 0.01\ncorrection = "bh"\n\n[[arms]]'),
     ("kwargs = { hidden = [16] }", "kwargs = { hidden = [16], dropout = 0.0 }"),  # a default
     ("temperature = 4.0", "temperature = 4"),  # same value, other TOML type
+    ('augmentation = "none"', 'augmentation = "default"'),  # the digits' default is none
 ]
 
 
