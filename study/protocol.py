@@ -19,12 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from study.data import dataset_names
 from study.errors import UserInputError
-from study.losses import get_loss, resolve_loss_params
+from study.losses import TUNED, get_loss, resolve_loss_params
 from study.models import validate_model_kwargs
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML is typed, so `seeds = true`, `seeds = "3"` or `val_size = true` are
+    # mistakes, not values to coerce; inf and nan are never a setting
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class StudySection(_Strict):
@@ -361,7 +363,8 @@ def _from_validation_error(
         reason = f"unknown key '{loc[-1]}'"
         model = _section_model(loc[:-1], root or Protocol)
         if model is not None:
-            reason += f"; allowed keys: {', '.join(model.model_fields)}"
+            keys = [k for k, f in model.model_fields.items() if not f.exclude]
+            reason += f"; allowed keys: {', '.join(keys)}"
     elif kind == "missing":
         reason = "required field is missing"
     else:
@@ -394,6 +397,14 @@ def parse_protocol(text: str, *, source: str = "<protocol>") -> Protocol:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserInputError(f"malformed TOML: {e}", source=source) from None
+    internal = [k for k, f in Protocol.model_fields.items() if f.exclude and k in data]
+    if internal:
+        allowed = [k for k, f in Protocol.model_fields.items() if not f.exclude]
+        raise UserInputError(
+            f"unknown key '{internal[0]}'; allowed keys: {', '.join(allowed)}",
+            source=source,
+            field=internal[0],
+        )
     try:
         protocol = Protocol(**data, source=source)
     except ValidationError as e:
@@ -439,17 +450,73 @@ def _check_registries(p: Protocol) -> None:
         check(f"{where}.loss.name", get_loss, arm.loss.name)
         check(f"{where}.loss", resolve_loss_params, arm.loss.name, arm.loss.params)
         check(f"{where}.train", p.train_for, arm.train)
+        pending = [k for k, v in arm.loss.params.items() if v == TUNED]
+        if pending and p.tune is not None and arm.name != p.tune.arm:
+            raise UserInputError(
+                f"{pending[0]} is '{TUNED}', but [tune] tunes arm '{p.tune.arm}': only that "
+                "arm takes tuned values; give a number here",
+                source=p.source,
+                field=f"{where}.loss.{pending[0]}",
+            )
     if p.tune is not None:
-        arm = p.arm(p.tune.arm)
-        accepted = get_loss(arm.loss.name).params
-        for name in ("temperature", "alpha"):
-            if getattr(p.tune, name) is not None and name not in accepted:
-                raise UserInputError(
-                    f"arm '{arm.name}' uses loss '{arm.loss.name}', which has no {name} to tune; "
-                    f"its parameters: {', '.join(accepted) or 'none'}",
-                    source=p.source,
-                    field=f"tune.{name}",
+        _check_tuning(p)
+    if p.data.val_size == 0 and p.analysis.metric.startswith("val_"):
+        raise UserInputError(
+            f"metric '{p.analysis.metric}' is measured on the validation split, and "
+            "data.val_size = 0 leaves none; use a test_* metric or val_size > 0",
+            source=p.source,
+            field="analysis.metric",
+        )
+
+
+def _check_tuning(p: Protocol) -> None:
+    """[tune] against the arm it tunes: what can be tuned, in which range, on which split."""
+    t = p.tune
+    assert t is not None
+    index = next(i for i, a in enumerate(p.arms) if a.name == t.arm)
+    arm = p.arms[index]
+    rules = get_loss(arm.loss.name).params
+
+    def refuse(field: str, reason: str) -> None:
+        raise UserInputError(reason, source=p.source, field=field)
+
+    if p.data.val_size == 0:
+        refuse("data.val_size", "[tune] searches on the validation split: val_size must be > 0")
+    for name in ("temperature", "alpha"):
+        searched = getattr(t, name)
+        if searched is None:
+            continue
+        if name not in rules:
+            refuse(
+                f"tune.{name}",
+                f"arm '{arm.name}' uses loss '{arm.loss.name}', which has no {name} to tune; "
+                f"its parameters: {', '.join(rules) or 'none'}",
+            )
+        for end in (searched.low, searched.high):
+            try:
+                rules[name].check(name, end)
+            except UserInputError:
+                refuse(
+                    f"tune.{name}",
+                    f"range [{searched.low}, {searched.high}] leaves the values {name} may "
+                    f"take ({rules[name].allowed()})",
                 )
+    if t.lr is not None and t.lr.low <= 0:
+        refuse("tune.lr", f"range [{t.lr.low}, {t.lr.high}]: a learning rate must be > 0")
+    pending = [k for k, v in arm.loss.params.items() if v == TUNED]
+    for name in pending:
+        if getattr(t, name, None) is None:
+            refuse(
+                f"arms[{index}] ('{arm.name}').loss.{name}",
+                f"{name} is '{TUNED}' but [tune] has no range for it: add tune.{name}",
+            )
+    if pending and t.generation > 1:
+        refuse(
+            "tune.generation",
+            f"arm '{arm.name}' has '{TUNED}' loss parameters, so its generations before "
+            f"{t.generation} cannot be trained before the tuning ends: tune generation 1, "
+            "or give numbers",
+        )
 
 
 def resolved_arch(p: Protocol, arm: ArmSection) -> tuple[str, dict[str, Any]]:

@@ -129,6 +129,22 @@ BAD = [
         "execution.log_every_s",
         "valid number",
     ),
+    # TOML is typed: no coercion of booleans or strings into numbers, no inf or nan
+    ("seeds = 3", "seeds = true", "study.seeds", "valid integer"),
+    ("seeds = 3", 'seeds = "3"', "study.seeds", "valid integer"),
+    ("seeds = 3", "seeds = [true, 5]", "study.seeds", "valid integer"),
+    ("val_size = 0.15", "val_size = true", "data.val_size", "valid number"),
+    (
+        'val_size = 0.15\naugmentation = "none"',
+        'val_size = 0\naugmentation = "none"\n[analysis]\nmetric = "val_acc"',
+        "analysis.metric",
+        "val_size = 0 leaves none",
+    ),
+    ("lr = 0.05", "lr = inf", "train.lr", "finite number"),
+    ("lr = 0.05", "lr = nan", "train.lr", "finite number"),
+    # the protocol's own bookkeeping is not a key a file may set
+    ("[study]", 'sha256 = "abc"\n[study]', "sha256", "unknown key 'sha256'"),
+    ("[study]", 'source = "x.toml"\n[study]', "source", "unknown key 'source'"),
 ]
 
 
@@ -187,6 +203,9 @@ def test_tune_section_defaults_to_seeds_disjoint_from_evaluation(tiny_protocol_t
         ("low = 1.0, high = 20.0, log = true", "low = 0.0, high = 2.0, log = true", "log-scale"),
         ('arm = "kd"', 'arm = "nope"', "is not an arm"),
         ('arm = "kd"', 'arm = "kd"\ngeneration = 2', "exceeds arm 'kd'"),
+        ("low = 0.1, high = 1.0", "low = 0.5, high = 2.0", "leaves the values alpha may take"),
+        ("low = 1.0, high = 20.0, log = true", "low = -1.0, high = 2.0", "temperature may take"),
+        ("seeds = 2", "seeds = 2\nlr = { low = 0.0, high = 0.1 }", "learning rate must be > 0"),
     ],
 )
 def test_bad_tuning_setup_is_refused(tmp_path, tiny_protocol_text, old, new, words) -> None:
@@ -203,3 +222,53 @@ def test_tuning_a_parameter_the_loss_lacks_is_refused(tmp_path, tiny_protocol_te
     with pytest.raises(UserInputError) as info:
         load_protocol(path)
     assert info.value.field == "tune.alpha" and "has no alpha" in info.value.message
+
+
+def test_tuning_needs_a_validation_split(tmp_path, tiny_protocol_text) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(_replace(tiny_protocol_text, "val_size = 0.15", "val_size = 0") + TUNE)
+    with pytest.raises(UserInputError) as info:
+        load_protocol(path)
+    assert info.value.field == "data.val_size" and "validation split" in info.value.message
+
+
+def test_only_the_tuned_arm_may_take_tuned_values(tmp_path, tiny_protocol_text) -> None:
+    """Values tuned for kd's loss must not reach another arm that also says "tuned"."""
+    text = _replace(tiny_protocol_text, 'loss = "ban"', 'loss = { name = "ban", temperature = "tuned" }')
+    path = tmp_path / "t.toml"
+    path.write_text(text + TUNE)
+    with pytest.raises(UserInputError) as info:
+        load_protocol(path)
+    assert info.value.field == "arms[0] ('ban').loss.temperature"
+    assert "tunes arm 'kd'" in info.value.message
+    # and the plan gives tuned numbers to the [tune] arm only, whatever it is handed
+    from study.plan import expand
+
+    kd_tuned = _replace(tiny_protocol_text, "temperature = 4.0", 'temperature = "tuned"')
+    plan = expand(parse_protocol(kd_tuned + TUNE), tuned={"temperature": 7.5})
+    assert plan.role("kd/gen1").loss_params["temperature"] == 7.5
+    untuned = expand(parse_protocol(kd_tuned + TUNE))
+    assert plan.role("ban/gen1").loss_params == untuned.role("ban/gen1").loss_params
+
+
+@pytest.mark.parametrize(
+    "tune_change,field,words",
+    [
+        ("alpha = { low = 0.1, high = 1.0 }\n", "arms[1] ('kd').loss.alpha", "no range for it"),
+        ('arm = "kd"', "tune.generation", "tune generation 1"),
+    ],
+)
+def test_a_tuned_arm_must_be_tunable_as_declared(
+    tmp_path, tiny_protocol_text, tune_change, field, words
+) -> None:
+    text = _replace(tiny_protocol_text, "temperature = 4.0, alpha = 0.9", 'temperature = 4.0, alpha = "tuned"')
+    text = _replace(text, "[[arms]]\nname = \"kd\"", "[[arms]]\nname = \"kd\"\ngenerations = 2")
+    if tune_change.startswith("arm"):
+        tune = TUNE.replace(tune_change, 'arm = "kd"\ngeneration = 2')
+    else:
+        tune = TUNE.replace(tune_change, "")
+    path = tmp_path / "t.toml"
+    path.write_text(text + tune)
+    with pytest.raises(UserInputError) as info:
+        load_protocol(path)
+    assert info.value.field == field and words in info.value.message
