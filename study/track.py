@@ -170,6 +170,8 @@ class Tracker:
                 page_token=token,
             )
             for exp in page:
+                if not exp.name.startswith(prefix):  # LIKE's `_` matches any character
+                    continue
                 fp, _, attempt = exp.name.removeprefix(prefix).partition("/")
                 claim = Claim(
                     fingerprint=fp,

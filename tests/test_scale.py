@@ -245,3 +245,15 @@ def test_workers_that_all_find_the_experiment_absent_share_one(tmp_path: Path) -
     second.client.get_experiment_by_name = before_the_first_created_it
     created = first.experiment_id("tiny")
     assert second.experiment_id("tiny") == created and len(looks) == 2
+
+
+def test_claims_of_a_study_ignore_a_study_whose_name_differs_by_an_underscore(
+    tmp_path: Path,
+) -> None:
+    """SQL's LIKE reads `_` as any character: `ban_digits` must not see `ban-digits`'s."""
+    from study.track import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    assert tracker.try_claim("ban-digits", "f" * 32, 1, "worker-a") is not None
+    assert tracker.claims("ban_digits") == {}
+    assert list(tracker.claims("ban-digits")) == ["f" * 32]
