@@ -4,6 +4,11 @@ Input dropout, then Linear-ReLU-Dropout for each hidden width, then a linear hea
 distillation paper's teacher is ``hidden=(1200, 1200)`` with dropout (input 0.2, hidden
 0.5); its small student ``hidden=(800, 800)`` without. ``hidden=()`` is multinomial
 logistic regression. PyTorch's default linear initialisation is kept.
+
+The trainer standardises pixels per channel (the training split's mean and std) before the
+network sees them, so input dropout zeroes standardised pixels: a dropped pixel becomes the
+channel's mean, not black as in dropout on raw pixels (Srivastava et al., 2014). Results of
+``input_dropout > 0`` can differ from the paper's for that reason.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ A 3x3 stem of 16 channels, three stages of n basic blocks (16, 32, 64 channels; 
 1, 2, 2), global average pooling and a linear head. Shortcuts use **option B**: identity
 where the shape is unchanged, a 1x1 convolution + BN projection where it changes. The paper's
 CIFAR numbers use option A (zero-padded identity), which has no parameters; option B adds
-2,752 parameters to any depth (ResNet-20: 0.272M instead of 0.270M; ResNet-110: 1.733M
-instead of 1.730M) and is the more common choice in KD code.
+2,752 parameters to any depth (ResNet-20: 0.272M instead of 0.270M; ResNet-110: 1.731M
+instead of 1.728M) and is the more common choice in KD code.
 """
 
 from __future__ import annotations
