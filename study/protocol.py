@@ -138,6 +138,11 @@ class ArmSection(_Strict):
         # `loss = "ban"` or `loss = { name = "kd", temperature = 4, alpha = 0.9 }`
         if isinstance(v, str):
             return {"name": v}
+        if isinstance(v, dict) and "name" not in v:
+            raise ValueError(
+                "the loss needs a name: loss = \"ban\", or loss = { name = \"kd\", "
+                "temperature = 4.0, alpha = 0.9 }"
+            )
         if isinstance(v, dict) and "name" in v and "params" not in v:
             return {"name": v["name"], "params": {k: x for k, x in v.items() if k != "name"}}
         return v

@@ -142,6 +142,12 @@ BAD = [
     ),
     ("lr = 0.05", "lr = inf", "train.lr", "finite number"),
     ("lr = 0.05", "lr = nan", "train.lr", "finite number"),
+    (
+        '{ name = "kd", temperature = 4.0',
+        "{ temperature = 4.0",
+        "arms[1] ('kd').loss",
+        "needs a name",
+    ),
     # the protocol's own bookkeeping is not a key a file may set
     ("[study]", 'sha256 = "abc"\n[study]', "sha256", "unknown key 'sha256'"),
     ("[study]", 'source = "x.toml"\n[study]', "source", "unknown key 'source'"),
