@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -107,13 +108,17 @@ def test_one_row_per_comparison_with_baseline():
     )
     plan = plan_seeds(table, effect=0.005, baseline="teacher")
     assert list(plan["a"]) == ["ban1", "ban2"] and list(plan["b"]) == ["teacher"] * 2
+    # Two comparisons in the table: the family has at least 2, planned at alpha / 2.
+    assert list(plan["alpha_planned"]) == [0.025, 0.025]
     assert list(plan.columns) == [
         "a",
         "b",
         "pairing",
         "n",
         "sd_diff",
+        "alpha_planned",
         "n_required",
+        "n_required_unadjusted",
         "mde",
         "power_at_n",
         "min_p_possible",
@@ -160,3 +165,157 @@ def test_effect_far_larger_than_the_sd_needs_the_fewest_seeds() -> None:
     table = pd.DataFrame(rows, columns=["seed", "group", "value"])
     [row] = plan_seeds(table, effect=0.005).to_dict("records")
     assert row["n_required"] == 2
+
+
+# --------------------------------------------------------------------------------------
+# the correction family
+# --------------------------------------------------------------------------------------
+
+
+def test_plan_at_alpha_over_m_for_holm_bonferroni_and_bh():
+    # d = 0.5 sd: 34 seeds alone; at alpha / 8 = 0.00625 the noncentral t needs more.
+    table = paired_table([-1.0, 0.0, 1.0])
+    alone = plan_seeds(table, effect=0.5).iloc[0]
+    assert alone["alpha_planned"] == 0.05 and alone["n_required"] == 34
+    for correction in ("holm", "bonferroni", "bh"):
+        row = plan_seeds(table, effect=0.5, comparisons=8, correction=correction).iloc[0]
+        assert row["alpha_planned"] == pytest.approx(0.05 / 8)
+        n = row["n_required"]
+        assert t_power_by_hand(0.5, n - 1, 0.05 / 8) < 0.8 <= t_power_by_hand(0.5, n, 0.05 / 8)
+        assert n > 34 and row["n_required_unadjusted"] == 34
+        assert row["power_at_n"] == pytest.approx(t_power_by_hand(0.5, 3, 0.05 / 8), abs=1e-9)
+    none = plan_seeds(table, effect=0.5, comparisons=8, correction="none").iloc[0]
+    assert none["alpha_planned"] == 0.05 and none["n_required"] == 34
+
+
+def test_reviewer_case_holm_over_8_needs_31_seeds_not_19():
+    # Reviewer's power_family.py: sd of differences 0.73 points, min_effect 0.5 points.
+    # TTestPower: 19 seeds at alpha = 0.05 (what the report advertised), 31.4 -> 32 at
+    # alpha / 8 for sd = 0.73 points exactly (the reviewer's "31" is the unrounded solve).
+    es = 0.005 / 0.0073
+    n_alone = TTestPower().solve_power(es, alpha=0.05, power=0.8)
+    n_family = TTestPower().solve_power(es, alpha=0.05 / 8, power=0.8)
+    assert (math.ceil(n_alone), math.ceil(n_family)) == (19, 32)
+    diffs = list(np.array([-1.0, 0.0, 1.0]) * 0.0073 + 0.002)
+    row = plan_seeds(paired_table(diffs), effect=0.005, comparisons=8).iloc[0]
+    assert (row["n_required_unadjusted"], row["n_required"]) == (19, 32)
+
+
+def test_floor_check_uses_m_times_the_smallest_p():
+    # 6 paired seeds, exact Wilcoxon: min p = 2 / 64 = 0.03125 < 0.05 alone, but Holm over
+    # 6 comparisons makes it at least 6 x 0.03125 = 0.1875: never significant.
+    table = paired_table([0.5, 0.7, 0.6, 0.8, 0.55, 0.65])
+    alone = plan_seeds(table, effect=0.5, test="wilcoxon").iloc[0]
+    assert alone["min_p_possible"] == 0.03125 and alone["warning"] is None
+    row = plan_seeds(table, effect=0.5, test="wilcoxon", comparisons=6).iloc[0]
+    assert "cannot go below p = 0.03125" in row["warning"]
+    assert "at least 6 x p = 0.1875" in row["warning"]
+    assert "no result can be significant after the correction" in row["warning"]
+    # 2 / 2^n < 0.05 / 6 first at n = 8 (2 / 256 = 0.0078).
+    assert row["n_required"] >= 8 and "at least 8 seeds are needed" in row["warning"]
+    # With 16 comparisons (the digits run), 2 / 2^n x 16 < 0.05 needs n >= 10.
+    row16 = plan_seeds(table, effect=0.5, test="permutation", comparisons=16).iloc[0]
+    assert "at least 10 seeds are needed" in row16["warning"] and row16["n_required"] >= 10
+    bh = plan_seeds(table, effect=0.5, test="wilcoxon", comparisons=6, correction="bh").iloc[0]
+    assert "Benjamini-Hochberg" in bh["warning"]
+
+
+def test_bad_family_options_are_rejected():
+    table = paired_table([0.1, 0.2, 0.3])
+    for kwargs, field in [({"comparisons": 0}, "comparisons"), ({"correction": "x"}, "correction")]:
+        with pytest.raises(UserInputError) as err:
+            plan_seeds(table, effect=0.1, **kwargs)
+        assert err.value.field == field
+
+
+# --------------------------------------------------------------------------------------
+# large standardised effects: statsmodels' noncentral t returns NaN
+# --------------------------------------------------------------------------------------
+
+
+def test_large_effect_power_is_not_nan():
+    # Reviewer's power_nan.py: effect / sd = 5 with 6 seeds; TTestPower gives NaN (the
+    # lower tail of scipy's nct is NaN there). The upper tail alone is 0.9999999999995.
+    d = np.array([0.0040, 0.0050, 0.0060, 0.0045, 0.0055, 0.0038])
+    d = (d - d.mean()) / np.std(d, ddof=1) * 0.001 + 0.005
+    assert math.isnan(TTestPower().power(5.0, 6, 0.05))
+    row = plan_seeds(paired_table(list(d)), effect=0.005).iloc[0]
+    assert row["power_at_n"] == pytest.approx(1.0, abs=1e-9)
+    # n = 2 has power 0.42, n = 3 has 0.975 (noncentral t; a simulation agrees).
+    assert t_power_by_hand(5.0, 2) < 0.8 <= t_power_by_hand(5.0, 3)
+    assert row["n_required"] == 3
+    assert np.isfinite(row["mde"]) and row["mde"] < 0.005
+
+
+def test_nan_power_never_counts_as_not_enough():
+    # effect / sd = 22.3: powers at n = 2..6 were NaN and n_required came out as 7.
+    diffs = list(np.array([-1.0, 0.0, 1.0]) * (0.005 / 22.3) + 0.005)
+    row = plan_seeds(paired_table(diffs), effect=0.005).iloc[0]
+    assert row["n_required"] == 2
+    assert (
+        plan_seeds(paired_table(diffs), effect=0.005, test="wilcoxon").iloc[0]["n_required"] == 6
+    )  # the exact Wilcoxon floor: 2 / 2^6 < 0.05
+
+
+def test_t_power_matches_statsmodels_where_it_is_defined():
+    from statsmodels.stats.power import TTestIndPower
+
+    from study.analysis.power import t_power
+
+    for es, n in [(0.2, 10), (0.8, 5), (1.5, 4)]:
+        assert t_power(es, n, 0.05) == pytest.approx(TTestPower().power(es, n, 0.05), abs=1e-12)
+        ind = TTestIndPower().power(es, n, 0.05, ratio=1.5)
+        m = 1.5 * n
+        got = t_power(es, n, 0.05, df=n + m - 2, scale=math.sqrt(n * m / (n + m)))
+        assert got == pytest.approx(ind, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# `study plan-seeds`
+# --------------------------------------------------------------------------------------
+
+
+def _invoke(*args: str):
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
+    return CliRunner().invoke(app, ["plan-seeds", *args], env={"COLUMNS": "250"})
+
+
+def test_cli_plan_seeds_plans_for_the_family(tmp_path):
+    path = tmp_path / "pilot.csv"
+    paired_table([-1.0, 0.0, 1.0]).to_csv(path, index=False)
+    res = _invoke(str(path), "--effect", "0.5", "--comparisons", "8", "--json")
+    assert res.exit_code == 0, res.output
+    [row] = json.loads(res.output)
+    assert row["alpha_planned"] == pytest.approx(0.00625)
+    assert row["n_required_unadjusted"] == 34 and row["n_required"] > 34
+    res = _invoke(str(path), "--effect", "0.5", "--comparisons", "8", "--correction", "bonferroni")
+    assert res.exit_code == 0, res.output
+    assert "Bonferroni over 8 comparisons, planned at alpha / 8 = 0.00625" in res.output
+
+
+def test_cli_plan_seeds_reads_the_export_and_labels_unpaired_rows_per_group(tmp_path):
+    rows = ["role,seed,status,test_acc"]
+    values = {"A": [0.91, 0.92, 0.90, 0.93, None], "B": [0.88, 0.90, 0.87, 0.89, 0.86]}
+    for g, vals in values.items():
+        for s, v in enumerate(vals):
+            seed = s if g == "A" else s + 10  # no seed shared: unpaired
+            rows.append(f"{g},{seed},{'FINISHED' if v else 'FAILED'},{v if v else ''}")
+    path = tmp_path / "runs.csv"
+    path.write_text("\n".join(rows) + "\n")
+    res = _invoke(str(path), "--effect", "0.02", "--group-col", "role", "--value-col", "test_acc")
+    assert res.exit_code == 0, res.output
+    assert "left out 1 rows whose status is not FINISHED: A seed 4 (FAILED)" in res.output
+    line = next(x for x in res.output.splitlines() if x.strip("│ ").startswith("A "))
+    assert "per group" in line and "9 (A + B)" in line
+    assert ".0 per group" not in line
+
+
+def test_a_test_that_cannot_reach_the_planned_level_has_no_power():
+    table = paired_table([0.5, 0.7, 0.6, 0.8, 0.55, 0.65])
+    t_row = plan_seeds(table, effect=0.5, comparisons=6).iloc[0]
+    assert t_row["power_at_n"] > 0.99
+    row = plan_seeds(table, effect=0.5, test="wilcoxon", comparisons=6).iloc[0]
+    assert row["power_at_n"] == 0.0 and math.isnan(row["mde"])

@@ -325,3 +325,131 @@ def test_cd_cliques_join_roles_closer_than_the_critical_difference() -> None:
     assert figures.cd_cliques(ranks, 1.0) == [(0, 1), (1, 2), (3, 4)]
     assert figures.cd_cliques(ranks, 1.5) == [(0, 2), (3, 4)]  # (1, 2) lies inside (0, 2)
     assert figures.cd_cliques(ranks, float("nan")) == []
+
+
+# --------------------------------------------------------------------------------------
+# review fixes: header, verdict wording, family in the power table, p rounding, g_z, m
+# --------------------------------------------------------------------------------------
+
+
+def test_header_code_and_machine_lines_are_separate(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = protocol(3)
+    md = markdown_of(p, synthetic(p))
+    assert "git 0123456789abcdef\n- **report machine**: Python 3.x" in md
+    monkeypatch.setattr(report, "environment", lambda: {**ENVIRONMENT, "git_dirty": True})
+    md = markdown_of(p, synthetic(p))
+    assert "(dirty: uncommitted changes)\n- **report machine**:" in md
+
+
+def test_non_significant_verdicts_are_inconclusive_or_within_min_effect() -> None:
+    # Wilcoxon with 6 seeds under Holm over 6 comparisons: nothing can be significant.
+    p = protocol(6, test="wilcoxon")
+    md = markdown_of(p, synthetic(p, noise=0.0005))
+    assert "no significant difference" not in md
+    # ban/gen1 - teacher is about +0.96 points, its CI far beyond min_effect = 0.50 points.
+    row = cells(row_of(md, "ban/gen1", "teacher", "vs teacher"))
+    assert row[-1] == "not significant (inconclusive)"
+    assert (
+        "- **ban/gen1 vs teacher not significant**: ban/gen1 - teacher = +0.96 points "
+        "(unadjusted 95% t CI of the mean difference +0.88 to +1.04) over 6 paired seeds, "
+        "Wilcoxon signed-rank p = 0.0312, Holm-adjusted p = 0.1875"
+    ) in md
+    assert (
+        "not significant at alpha = 0.05; inconclusive: the CI includes differences of "
+        "min_effect (0.50 points) or more." in md
+    )
+    # ban/gen2 - ban/gen1 is about -0.14 points, CI inside +-0.50.
+    row = cells(row_of(md, "ban/gen2", "ban/gen1", "vs previous generation"))
+    assert row[-1] == "not significant (CI within ±min_effect)"
+    assert "the CI lies within ±min_effect (±0.50 points)." in md
+
+
+def test_significant_verdict_names_its_interval(ten_seeds) -> None:
+    md = (ten_seeds[1] / "report.md").read_text()
+    assert "- **ban/gen1 is higher than teacher**: ban/gen1 - teacher = " in md
+    assert "(unadjusted 95% t CI of the mean difference +" in md
+
+
+def test_power_table_plans_for_the_family_the_report_corrects_over() -> None:
+    # Reviewer's rep1.py: wilcoxon, 6 seeds, Holm over 6 comparisons; every raw p is
+    # 0.03125 and every adjusted p 0.1875; the table said "6 seeds" without a warning.
+    p = protocol(6, test="wilcoxon")
+    rep = build_report(p, synthetic(p, noise=0.0005))
+    assert rep.family_size == 6
+    assert all(c["p_adj"] == pytest.approx(0.1875) for c in rep.tested)
+    assert list(rep.power["alpha_planned"]) == pytest.approx([0.05 / 6] * 6)
+    assert (rep.power["n_required"] >= 8).all()  # 2 / 2^8 < 0.05 / 6 <= 2 / 2^7
+    assert (rep.power["n_required_unadjusted"] >= 6).all()
+    md = render_markdown(rep, [])
+    power = section(md, "## Power and seeds")
+    assert "at alpha / 6 = 0.008333 (the Holm correction over the 6 comparisons" in power
+    assert "so the Holm-adjusted p is at least 6 x p = 0.1875" in power
+    assert "at least 8 seeds are needed" in power
+
+
+def test_unpaired_rows_of_the_power_table_say_per_group() -> None:
+    row = {"pairing": "unpaired", "n_required": 12.0}
+    assert report._seeds_needed(row, "n_required") == "12 per group"
+    assert (
+        report._seeds_needed({"pairing": "paired by seed", "n_required": 12.0}, "n_required")
+        == "12"
+    )
+
+
+@pytest.mark.parametrize(
+    "p,text",
+    [(0.0497, "0.0497"), (0.04996, "0.04996"), (0.05004, "0.05004"), (0.0312, "0.0312")],
+)
+def test_report_p_values_are_never_rounded_onto_alpha(p: float, text: str) -> None:
+    assert format_p(p, 0.05) == text
+    assert format_p(0.04996) == "0.0500"  # without alpha: the plain 4 decimals
+
+
+def test_g_z_with_two_seeds_is_shown_as_undefined() -> None:
+    p = protocol(2)
+    md = markdown_of(p, synthetic(p))
+    row = cells(row_of(md, "ban/gen1", "teacher", "vs teacher"))
+    assert row[8] == "–"  # the g_z column
+    assert ", g_z = –;" in md or ", g_z = –." in md
+
+
+def test_constant_difference_counts_in_the_family_and_says_why_no_p() -> None:
+    p = protocol(5)
+    c = synthetic(p, noise=0.0)  # every difference is constant...
+    runs = c.runs.copy()
+    jitter = {0: 0.001, 1: -0.002, 2: 0.0, 3: 0.003, 4: -0.001}
+    gen1 = runs["role"] == "ban/gen1"
+    runs.loc[gen1, "test_acc"] += runs.loc[gen1, "seed"].map(jitter)  # ...but gen1's
+    c.runs = runs
+    rep = build_report(p, c)
+    undefined = [x for x in rep.tested if _is_nan(x["p"])]
+    defined = [x for x in rep.tested if not _is_nan(x["p"])]
+    assert undefined and defined
+    assert rep.family_size == len(rep.tested)  # the undefined ones count in m
+    raw = [x["p"] if not _is_nan(x["p"]) else 1.0 for x in rep.tested]
+    holm = multipletests(raw, method="holm")[1]
+    for x, expected in zip(rep.tested, holm, strict=True):
+        if not _is_nan(x["p"]):
+            assert x["p_adj"] == pytest.approx(expected, abs=1e-12)
+    md = render_markdown(rep, [])
+    assert (
+        "no test possible: the paired t gives no p-value because every seed gives the "
+        "same difference" in md
+    )
+    assert "still counts in the Holm family (conservative)" in md
+
+
+def test_nemenyi_is_descriptive_when_friedman_does_not_reject(ten_seeds) -> None:
+    p = protocol(10)
+    rep = build_report(p, ten_seeds[0])
+    assert rep.omnibus["p_friedman"] < 0.05
+    assert "applies only when the Friedman test rejects (Demšar 2006); it does here." in " ".join(
+        report.report_text(rep)["omnibus"]
+    )
+    rep.omnibus = {**rep.omnibus, "p_friedman": 0.5}
+    text = " ".join(report.report_text(rep)["omnibus"])
+    assert "Friedman does not reject here, so the CD and its diagram are descriptive" in text
+
+
+def _is_nan(x) -> bool:
+    return x is None or (isinstance(x, float) and x != x)

@@ -107,7 +107,18 @@ def test_effect_sizes_use_sd_of_differences():
 def test_hedges_exact_factor_is_close_to_the_approximation():
     for df in (4, 9, 19, 49):
         assert hedges_correction(df) == pytest.approx(1 - 3 / (4 * df - 1), abs=3e-3)
-    assert hedges_correction(1) == 0.0
+    # df = 1 (2 seeds): undefined, not 0 (0 would print any effect as g_z = 0.00).
+    assert math.isnan(hedges_correction(1))
+
+
+def test_g_z_is_undefined_with_two_seeds_not_zero():
+    # Reviewer's gz_n2.py: d_z = 2.83 with 2 seeds used to come back as g_z = 0.0.
+    table = long_table({"A": [0.95, 0.93], "B": [0.90, 0.90]})
+    c = compare(table).comparisons[0]
+    assert c.d_z == pytest.approx(2 * math.sqrt(2), abs=1e-9)
+    assert math.isnan(c.g_z) and math.isnan(c.effect_size)
+    assert compare(table).to_dict()["comparisons"][0]["g_z"] is None
+    assert any("g_z is undefined with 2 paired seeds" in n for n in c.notes)
 
 
 def test_p_greater_counts_seeds_where_a_beats_b():
@@ -143,19 +154,92 @@ def test_wilcoxon_exact_p_equals_explicit_enumeration():
     assert p == pytest.approx(count / 2**15, abs=1e-15)
 
 
-def test_wilcoxon_with_ties_and_zeros_uses_corrected_normal_approximation():
-    # R: wilcox.test(extra ~ group, data = sleep, paired = TRUE) -> V = 0, p-value = 0.009091
-    # (with continuity correction, zero dropped, tie-corrected variance).
-    c = compare(sleep_table()).comparisons[0]
-    assert c.wilcoxon_method == "approx"
+def brute_force_signed_rank_p(d) -> float:
+    """Two-sided exact conditional p: every one of the 2^n sign vectors on the midranks of
+    the non-zero |d| (zeros dropped), counted one by one."""
+    d = np.asarray(d, dtype=float)
+    d = d[d != 0]
+    r = stats.rankdata(np.abs(d))
+    total = r.sum()
+    obs = min(r[d > 0].sum(), total - r[d > 0].sum())
+    hits = sum(
+        min(np.dot(s, r), total - np.dot(s, r)) <= obs + 1e-9
+        for s in itertools.product([0, 1], repeat=len(d))
+    )
+    return hits / 2 ** len(d)
+
+
+@pytest.mark.parametrize(
+    "images,expected",
+    [
+        ([1, 1, 1, 1, 2], 0.0625),  # 5 seeds, A better on every one: 2 / 2^5
+        ([2, 2, 2, 2, 2, -1], 0.0625),  # 6 seeds, one against: 4 / 2^6
+        ([1, 1, 1, 1], 0.125),  # constant +1 image on 4 seeds: 2 / 2^4
+        ([2, 2, 1, 1, 3, 0], 0.0625),  # a zero is dropped (Wilcoxon's convention): n = 5
+        ([1, 1, 2, 2, 3, 3], 0.03125),
+    ],
+)
+def test_wilcoxon_with_ties_is_exact_at_small_n(images, expected):
+    # Accuracies on a 359-image test set: differences are multiples of 1/359 and tie. The
+    # normal approximation gave 0.0477, 0.0455 and 0.0718 for the first three (reviewer's
+    # wilcoxon_ties.py); the exact conditional null over the midranks gives these values,
+    # equal to a brute-force enumeration of all 2^n sign vectors and to scipy's
+    # PermutationMethod (which enumerates exactly when 2^n <= its 9999 resamples).
+    d = np.array(images, dtype=float) / 359
+    w, p, method = wilcoxon_signed_rank(d)
+    assert method == "exact"
+    assert p == pytest.approx(expected, abs=1e-15)
+    assert p == pytest.approx(brute_force_signed_rank_p(d), abs=1e-15)
+    ref = stats.wilcoxon(d, zero_method="wilcox", method=stats.PermutationMethod())
+    assert p == pytest.approx(ref.pvalue, abs=1e-12) and w == pytest.approx(ref.statistic)
+
+
+def test_five_tied_seeds_cannot_be_significant_with_wilcoxon():
+    base = np.array([330, 328, 333, 331, 329]) / 359
+    table = long_table({"A": list(base + np.array([1, 1, 1, 1, 2]) / 359), "B": list(base)})
+    c = compare(table, test="wilcoxon").comparisons[0]
+    assert c.p == pytest.approx(0.0625) and not c.reject
+    assert any("midranks" in n and "exact" in n for n in c.notes)
+
+
+def test_wilcoxon_sleep_data_with_a_zero_and_ties_is_exact():
+    # R's wilcox.test(paired = TRUE) gives the normal approximation here (V = 0,
+    # p = 0.009091) because of the tie and the zero. With the zero dropped, 9 non-zero
+    # differences all of one sign: the exact conditional p is 2 / 2^9 = 0.00390625.
+    c = compare(sleep_table(), test="wilcoxon").comparisons[0]
+    assert c.wilcoxon_method == "exact"
     assert c.w == 0.0
-    assert c.p_wilcoxon == pytest.approx(0.009091, abs=5e-7)
-    # By hand: zero dropped, n = 9; |d| ranks have one tie of two (1.3, 1.3).
-    n = 9
-    var = n * (n + 1) * (2 * n + 1) / 24 - (2**3 - 2) / 48
-    z = (0 - n * (n + 1) / 4 + 0.5) / math.sqrt(var)
-    assert c.p_wilcoxon == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), abs=1e-12)
-    assert any("zero difference" in note for note in c.notes)
+    assert c.p_wilcoxon == pytest.approx(2 / 2**9, abs=1e-15)
+    assert c.p_wilcoxon == pytest.approx(
+        brute_force_signed_rank_p(rank_safe_differences(np.array(SLEEP_1), np.array(SLEEP_2))),
+        abs=1e-15,
+    )
+    assert any("1 zero difference(s) dropped" in note for note in c.notes)
+
+
+def test_wilcoxon_above_fifty_uses_tie_corrected_normal_approximation():
+    rng = np.random.default_rng(3)
+    d = rng.integers(-3, 6, 60).astype(float)  # ties and zeros, 60 seeds
+    nonzero = d[d != 0]
+    assert len(nonzero) > 50
+    w, p, method = wilcoxon_signed_rank(d)
+    assert method == "approx"
+    ref = stats.wilcoxon(d, zero_method="wilcox", correction=True, method="asymptotic")
+    assert p == pytest.approx(ref.pvalue, abs=1e-12)
+    # By hand: tie-corrected variance, continuity correction.
+    n = len(nonzero)
+    _, t = np.unique(np.abs(nonzero), return_counts=True)
+    var = n * (n + 1) * (2 * n + 1) / 24 - np.sum(t**3 - t) / 48
+    z = (w - n * (n + 1) / 4 + 0.5) / math.sqrt(var)
+    assert p == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), abs=1e-12)
+
+
+def test_min_p_value_agrees_with_the_tied_exact_wilcoxon():
+    from study.analysis.power import min_p_value
+
+    for n in (4, 5, 6, 10):
+        d = np.ones(n)  # all tied, all positive: the most extreme data
+        assert wilcoxon_signed_rank(d)[1] == pytest.approx(min_p_value("wilcoxon", n))
 
 
 def test_rank_safe_differences_remove_subtraction_roundoff():
@@ -352,13 +436,67 @@ def test_verdict_states_direction_ci_test_and_adjusted_p():
     assert c.reject
     assert c.verdict.startswith(
         "drug1 is lower than drug2: drug1 - drug2 = -1.58 "
-        "(95% CI -2.46 to -0.7) over 10 paired seeds, paired t "
-        "p_adj = 0.0028"
+        "(unadjusted 95% t CI of the mean difference -2.46 to -0.7) over 10 paired seeds, "
+        "paired t p_adj = 0.0028"
     )
     assert c.verdict.endswith("significant at alpha = 0.05")
     table = long_table({"A": [1.0, 2.1, 2.9, 4.2], "B": [1.1, 2.0, 3.0, 4.1]})
     c = compare(table).comparisons[0]
-    assert not c.reject and c.verdict.startswith("no significant difference between A and B")
+    assert not c.reject and c.verdict.startswith("A vs B: not significant at alpha = 0.05")
+    assert "no significant difference" not in c.verdict
+
+
+def test_non_significant_verdict_reads_the_ci_against_min_effect():
+    # CI of A - B: about -0.10 to 0.15 (mean 0.025, 4 seeds).
+    table = long_table({"A": [1.0, 2.1, 2.9, 4.2], "B": [1.1, 2.0, 3.0, 4.1]})
+    wide = compare(table, min_effect=0.05).comparisons[0]
+    assert not wide.reject
+    assert wide.verdict.endswith(
+        "inconclusive: the CI includes differences of min_effect (0.05) or more"
+    )
+    narrow = compare(table, min_effect=0.5).comparisons[0]
+    assert narrow.verdict.endswith("the CI lies within ±min_effect (±0.5)")
+    assert "inconclusive" not in narrow.verdict
+    assert "min_effect" not in compare(table).comparisons[0].verdict  # not set: no reading
+    with pytest.raises(UserInputError):
+        compare(table, min_effect=-1.0)
+
+
+def test_wilcoxon_verdict_names_the_t_interval_it_shows():
+    c = compare(sleep_table(), test="wilcoxon").comparisons[0]
+    assert "(unadjusted 95% t CI of the mean difference -2.46 to -0.7)" in c.verdict
+    assert "Wilcoxon signed-rank p_adj" in c.verdict
+
+
+@pytest.mark.parametrize(
+    "p,alpha,text",
+    [
+        (0.0497, 0.05, "0.0497"),  # 2 digits would print 0.05 next to "significant"
+        (0.05004, 0.05, "0.05004"),  # 0.050 would read as alpha itself
+        (0.0504, 0.05, "0.0504"),
+        (0.0123, 0.05, "0.012"),  # far from alpha: 2 digits
+        (0.0094, 0.01, "0.0094"),
+        (0.05, 0.05, "0.05"),
+    ],
+)
+def test_p_values_are_never_rounded_onto_alpha(p, alpha, text):
+    from study.analysis.stats import format_p_value
+
+    assert format_p_value(p, alpha=alpha) == text
+
+
+def test_borderline_verdict_prints_p_with_enough_digits():
+    # Reviewer's rounding.py: p = 0.0497 printed as "p_adj = 0.05 ...: significant".
+    n = 8
+    tc = stats.t.ppf(1 - 0.0497 / 2, n - 1)
+    z = np.array([-1.2, -0.5, 0.1, 0.3, 0.6, 0.9, 1.4, -1.6])
+    z = (z - z.mean()) / z.std(ddof=1)
+    d = 0.01 * (z + tc / math.sqrt(n))
+    table = long_table({"A": list(0.9 + d), "B": [0.9] * n})
+    c = compare(table).comparisons[0]
+    assert c.p == pytest.approx(0.0497, abs=1e-9) and c.reject
+    assert "p_adj = 0.0497 (Holm, 1 comparison)" in c.verdict
+    assert "p_adj = 0.05 " not in c.verdict
 
 
 def test_zero_variance_differences_give_no_t_test_instead_of_p_zero():
@@ -367,6 +505,7 @@ def test_zero_variance_differences_give_no_t_test_instead_of_p_zero():
     c = compare(table).comparisons[0]
     assert math.isnan(c.p_t) and math.isnan(c.p_adj) and not c.reject
     assert c.verdict.startswith("no test possible between A and B")
+    assert "every seed gives the same difference A - B = 0.5" in c.verdict
     assert c.p_permutation == pytest.approx(2 / 16)  # the sign-flip test is still defined
     table = long_table({"A": [1.0, 1.0], "B": [2.0, 2.0]}, seeds={"A": [0, 1], "B": [2, 3]})
     c = compare(table).comparisons[0]
@@ -644,3 +783,107 @@ def test_type_one_error_and_coverage_under_the_null():
     assert 0.04 <= np.mean(np.array(p_perm) < 0.05) <= 0.06
     assert np.mean(covered) >= 0.94
     assert p_t == pytest.approx(list(stats.ttest_rel(a, b, axis=1).pvalue), rel=1e-9)
+
+
+# --------------------------------------------------------------------------------------
+# the correction family keeps planned comparisons whose p is undefined
+# --------------------------------------------------------------------------------------
+
+
+def test_undefined_p_still_counts_in_the_correction_family():
+    # By hand, Holm over m = 3 with the NaN counted (as p = 1): 0.01 * 3 = 0.03,
+    # max(0.03, 0.02 * 2) = 0.04; dropping the NaN (m = 2) would give 0.02 and 0.02.
+    p = [0.01, math.nan, 0.02]
+    out = adjust_p_values(p, "holm")
+    assert out[0] == pytest.approx(0.03) and out[2] == pytest.approx(0.04)
+    assert math.isnan(out[1])
+    assert adjust_p_values(p, "bonferroni")[[0, 2]] == pytest.approx([0.03, 0.06])
+    assert adjust_p_values(p, "bh")[[0, 2]] == pytest.approx([0.03, 0.03])
+    dropped = adjust_p_values(p, "holm", count_undefined=False)
+    assert dropped[[0, 2]] == pytest.approx([0.02, 0.02])
+
+
+def test_constant_difference_comparison_counts_in_m_and_says_why_no_p():
+    a = [1.0, 2.1, 2.9, 4.2, 5.0, 6.3]
+    table = long_table(
+        {
+            "A": a,
+            "B": [x - 0.5 for x in a],  # constant difference: t undefined
+            "C": [0.1, 1.2, 2.0, 3.0, 4.1, 5.2],
+        }
+    )
+    report = compare(table, pairs=[("A", "B"), ("A", "C")], correction="bonferroni")
+    ab, ac = report.comparisons
+    assert math.isnan(ab.p) and report.settings["family_size"] == 2
+    assert ac.p_adj == pytest.approx(min(1.0, 2 * ac.p), abs=1e-15)
+    assert "(Bonferroni, 2 comparisons)" in ac.verdict
+    assert ab.verdict.startswith("no test possible between A and B: paired t gives no p-value")
+    assert "every seed gives the same difference A - B = 0.5" in ab.verdict
+    assert "still counts in the correction family (Bonferroni, 2 comparisons)" in ab.verdict
+
+
+def test_seeds_in_one_group_only_are_named_in_the_notes():
+    table = long_table(
+        {"A": [1.0, 2.1, 3.3, 4.0, 5.2, 6.1], "B": [1.5, 2.0, 3.9, 4.4, 5.0, 7.0]},
+        seeds={"A": [0, 1, 2, 3, 4, 5], "B": [2, 3, 4, 5, 6, 7]},
+    )
+    c = compare(table).comparisons[0]
+    assert "seeds of A without a pair, left out: 0-1" in c.notes
+    assert "seeds of B without a pair, left out: 6-7" in c.notes
+
+
+# --------------------------------------------------------------------------------------
+# `study compare` on the export's runs.csv and on tables with unpaired seeds
+# --------------------------------------------------------------------------------------
+
+
+def _runs_csv(path, statuses: dict[tuple[str, int], str]) -> str:
+    rng = np.random.default_rng(5)
+    rows = []
+    for role, offset in (("teacher", 0.0), ("ban/gen1", 0.01), ("ban/gen2", 0.012)):
+        for seed in range(6):
+            status = statuses.get((role, seed), "FINISHED")
+            value = 0.9 + offset + rng.normal(0, 0.003) if status == "FINISHED" else ""
+            rows.append(f"{role},{seed},{status},{value}\n")
+    path.write_text("role,seed,status,test_acc\n" + "".join(rows))
+    return str(path)
+
+
+def test_cli_compare_keeps_finished_runs_of_the_export_and_names_the_rest(tmp_path):
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
+    path = _runs_csv(tmp_path / "runs.csv", {("ban/gen1", 2): "FAILED", ("ban/gen2", 2): "SKIPPED"})
+    args = ["compare", path, "--group-col", "role", "--value-col", "test_acc"]
+    res = CliRunner().invoke(app, [*args, "--baseline", "teacher"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert "left out 2 rows whose status is not FINISHED" in res.output
+    assert "ban/gen1 seed 2 (FAILED)" in res.output and "ban/gen2 seed 2 (SKIPPED)" in res.output
+    # teacher's seed 2 has no pair in either comparison: named, not silently dropped.
+    assert "seeds of teacher without a pair, left out: 2" in res.output
+    assert "over 5 paired seeds" in res.output
+    res = CliRunner().invoke(app, [*args, "--baseline", "teacher", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output[res.output.index("{") :])
+    assert [c["n"] for c in data["comparisons"]] == [5, 5]
+
+
+def test_cli_compare_text_names_seeds_present_in_one_group_only(tmp_path):
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
+    rows = [
+        (s, g, 0.9 + 0.001 * s + (0.01 if g == "A" else 0.0) + 0.002 * ((s * 7) % 3))
+        for g in ("A", "B")
+        for s in range(10)
+        if not (g == "A" and s == 3) and not (g == "B" and s == 7)
+    ]
+    path = tmp_path / "missing.csv"
+    path.write_text("seed,group,value\n" + "".join(f"{s},{g},{v}\n" for s, g, v in rows))
+    res = CliRunner().invoke(app, ["compare", str(path), "--baseline", "B"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    assert "seeds of A without a pair, left out: 7" in res.output
+    assert "seeds of B without a pair, left out: 3" in res.output
+    assert "of the omnibus): A: 7; B: 3" in res.output

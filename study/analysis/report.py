@@ -30,7 +30,14 @@ from study import __version__
 from study.analysis import figures
 from study.analysis.collect import Collected
 from study.analysis.power import PLAN_COLUMNS, plan_seeds
-from study.analysis.stats import CORRECTION_NAMES, PAIRED, compare, omnibus
+from study.analysis.stats import (
+    CI_NAME,
+    CORRECTION_NAMES,
+    PAIRED,
+    ci_reading,
+    compare,
+    omnibus,
+)
 from study.plan import TEACHER, Plan, expand
 from study.protocol import Protocol
 from study.repro import environment
@@ -99,13 +106,25 @@ def _missing(x: Any) -> bool:
     return x is None or (isinstance(x, float | np.floating) and not math.isfinite(x))
 
 
-def format_p(p: Any) -> str:
-    """A p-value as the report prints it: 4 decimals, scientific below 0.001."""
+def format_p(p: Any, alpha: float | None = None) -> str:
+    """A p-value as the report prints it: 4 decimals, scientific below 0.001. With
+    ``alpha``, never rounded onto or across alpha: more decimals where 4 would print alpha
+    itself or a value on the other side of it (0.04996 is '0.04996', not '0.0500')."""
     if _missing(p):
         return NOT_AVAILABLE
     if p == 0:
         return "0"
-    return f"{p:.4f}" if p >= 1e-3 else f"{p:.2e}"
+    if p < 1e-3:
+        return f"{p:.2e}"
+    text = f"{p:.4f}"
+    if alpha is None or p == alpha:
+        return text
+    for decimals in range(4, 16):
+        text = f"{p:.{decimals}f}"
+        shown = float(text)
+        if shown != alpha and (shown < alpha) == (p < alpha):
+            return text
+    return text
 
 
 def _num(x: Any, digits: int = 2) -> str:
@@ -191,8 +210,9 @@ class Report:
 
     @property
     def family_size(self) -> int:
-        """Comparisons in the correction family: those with a p-value."""
-        return sum(1 for c in self.tested if not _missing(c["p"]))
+        """Comparisons in the correction family: every tested comparison (at least 2 paired
+        seeds), those whose p is undefined too (they count in m, conservatively)."""
+        return len(self.tested)
 
 
 # --------------------------------------------------------------------------------------
@@ -291,6 +311,7 @@ def build_report(protocol: Protocol, collected: Collected) -> Report:
             correction=analysis.correction,
             test=analysis.test,
             seed=0,
+            min_effect=analysis.min_effect,
         ).to_dict()
         for c, r in zip(tested, result["comparisons"], strict=True):
             c.update(r)
@@ -298,7 +319,7 @@ def build_report(protocol: Protocol, collected: Collected) -> Report:
         c["verdict_short"], c["sentence"] = _verdict_words(c, protocol)
 
     omni, omni_note = _omnibus(long, plan, analysis.alpha)
-    power = _power(long, tested, protocol)
+    power = _power(long, tested, protocol, family=len(tested))
 
     env = environment()
     header = {
@@ -397,9 +418,12 @@ def _omnibus(
     return omnibus(wide, alpha=alpha).to_dict(), None
 
 
-def _power(long: pd.DataFrame, tested: list[dict[str, Any]], protocol: Protocol) -> pd.DataFrame:
-    """power.plan_seeds for each tested comparison; one that cannot be planned says why in
-    its warning instead of taking the report down."""
+def _power(
+    long: pd.DataFrame, tested: list[dict[str, Any]], protocol: Protocol, *, family: int
+) -> pd.DataFrame:
+    """power.plan_seeds for each tested comparison, planned for the correction family the
+    report corrects over (``family`` comparisons, the protocol's correction); one that
+    cannot be planned says why in its warning instead of taking the report down."""
     a = protocol.analysis
     rows = []
     for c in tested:
@@ -412,6 +436,8 @@ def _power(long: pd.DataFrame, tested: list[dict[str, Any]], protocol: Protocol)
                     alpha=a.alpha,
                     power=POWER,
                     test=a.test,
+                    comparisons=max(family, 1),
+                    correction=a.correction,
                     pairs=[(c["a"], c["b"])],
                 )
             rows.append(row.iloc[0].to_dict())
@@ -427,18 +453,24 @@ def _verdict_words(c: dict[str, Any], protocol: Protocol) -> tuple[str, str]:
     if not c["testable"]:
         return "not testable", f"{a} vs {b}: not testable: {c['reason']}."
     units = UNITS[protocol.analysis.metric]
-    alpha = protocol.analysis.alpha
+    analysis = protocol.analysis
+    alpha = analysis.alpha
+    correction = CORRECTION_NAMES[analysis.correction]
     if _missing(c["p_adj"]):
-        why = "; ".join(c["notes"]) or "degenerate data"
-        return "no test possible", f"{a} vs {b}: no test possible ({c['test']}): {why}."
+        reasons = [n for n in _split_notes(c, analysis.test)[0] if not n.startswith("seeds of ")]
+        why = "; ".join(reasons) or "the data are degenerate"
+        return "no test possible", (
+            f"{a} vs {b}: no test possible: the {c['test']} gives no p-value because {why}; "
+            f"the comparison still counts in the {correction} family (conservative)."
+        )
     over = f"{c['n']} paired seeds" if c["pairing"] == PAIRED else f"{c['n']} unpaired seeds"
     numbers = (
-        f"{a} - {b} = {units.diff(c['mean_diff'])} {units.difference} (95% CI "
+        f"{a} - {b} = {units.diff(c['mean_diff'])} {units.difference} ({CI_NAME[c['pairing']]} "
         f"{units.diff(c['ci95'][0])} to {units.diff(c['ci95'][1])}) over {over}, "
-        f"{c['test']} p = {format_p(c['p'])}, "
-        f"{CORRECTION_NAMES[protocol.analysis.correction]}-adjusted p = {format_p(c['p_adj'])}"
+        f"{c['test']} p = {format_p(c['p'], alpha)}, "
+        f"{correction}-adjusted p = {format_p(c['p_adj'], alpha)}"
     )
-    if c["effect_size"] is not None:
+    if c["effect_size_name"]:
         numbers += f", {c['effect_size_name'].split(' ')[0]} = {_num(c['effect_size'])}"
     if c["reject"]:
         direction = "higher than" if c["mean_diff"] > 0 else "lower than"
@@ -446,10 +478,19 @@ def _verdict_words(c: dict[str, Any], protocol: Protocol) -> tuple[str, str]:
             direction = "different from"
         short = f"significantly {direction.split(' ')[0]}"
         return short, f"{a} is {direction} {b}: {numbers}; significant at alpha = {alpha:g}."
+    reading = ci_reading(
+        c["ci95"], analysis.min_effect, lambda x: f"{units.value(x)} {units.difference}"
+    )
+    short = "not significant"
+    if reading.startswith("inconclusive"):
+        short = "not significant (inconclusive)"
+    elif reading.startswith("the CI lies within"):
+        short = "not significant (CI within ±min_effect)"
     return (
-        "no significant difference",
-        f"no significant difference between {a} and {b}: {numbers}; not significant at "
-        f"alpha = {alpha:g}.",
+        short,
+        f"{a} vs {b} not significant: {numbers}; not significant at alpha = {alpha:g}"
+        + (f"; {reading}" if reading else "")
+        + ".",
     )
 
 
@@ -510,8 +551,8 @@ def report_tables(rep: Report) -> dict[str, Table]:
         (f"A - B ({u.difference})", "r", tested(lambda c: u.diff(c["mean_diff"]))),
         ("95% CI", "l", tested(lambda c: u.interval(c["ci95"]))),
         ("g_z", "r", tested(lambda c: _num(c["effect_size"]))),
-        ("p", "r", tested(lambda c: format_p(c["p"]))),
-        ("p adj.", "r", tested(lambda c: format_p(c["p_adj"]))),
+        ("p", "r", tested(lambda c: format_p(c["p"], rep.protocol.analysis.alpha))),
+        ("p adj.", "r", tested(lambda c: format_p(c["p_adj"], rep.protocol.analysis.alpha))),
         ("verdict", "l", lambda c: c["verdict_short"] + marks.get(id(c), "")),
     )
 
@@ -547,7 +588,9 @@ def report_tables(rep: Report) -> dict[str, Table]:
         ("B", "l", lambda r: r["b"]),
         ("n", "r", lambda r: str(r["n"])),
         (f"sd of A - B ({u.difference})", "r", lambda r: u.value(r["sd_diff"])),
-        (f"seeds for {POWER:.0%} power", "r", lambda r: _int(r["n_required"])),
+        ("alpha planned", "r", lambda r: _num(r["alpha_planned"], 4)),
+        (f"seeds for {POWER:.0%} power", "r", lambda r: _seeds_needed(r, "n_required")),
+        ("(alone, at alpha)", "r", lambda r: _seeds_needed(r, "n_required_unadjusted")),
         (f"MDE at n ({u.difference})", "r", lambda r: u.value(r["mde"])),
         ("power at n", "r", lambda r: _percent(r["power_at_n"])),
         ("smallest p possible", "r", lambda r: format_p(r["min_p_possible"])),
@@ -577,10 +620,8 @@ def _split_notes(c: dict[str, Any], test: str) -> tuple[list[str], list[str]]:
     others = [w for t, w in (("wilcoxon", "Wilcoxon"), ("permutation", "permutation")) if t != test]
     secondary = [n for n in c["notes"] if any(w in n for w in others)]
     primary = [n for n in c["notes"] if n not in secondary]
-    for side in ("a", "b"):
-        if c[f"unpaired_{side}"]:
-            seeds = _seed_ranges(c[f"unpaired_{side}"])
-            primary.append(f"seeds of {c[side]} without a pair, left out: {seeds}")
+    # Seeds present in one group only are in the notes already ("seeds of X without a
+    # pair, left out: ..."), written by stats.compare.
     return primary, secondary
 
 
@@ -616,6 +657,14 @@ def _int(x: Any) -> str:
     return NOT_AVAILABLE if _missing(x) else str(int(x))
 
 
+def _seeds_needed(r: dict[str, Any], key: str) -> str:
+    """Seeds needed; 'per group' for unpaired rows (their n counts both groups)."""
+    text = _int(r.get(key))
+    if text != NOT_AVAILABLE and r.get("pairing") not in (None, PAIRED):
+        text += " per group"
+    return text
+
+
 def _one_line(text: Any, limit: int = 160) -> str:
     s = " ".join(str(text or "").split())
     return s if len(s) <= limit else s[: limit - 1] + "…"
@@ -633,15 +682,21 @@ def report_text(rep: Report) -> dict[str, Any]:
     text: dict[str, Any] = {}
     n_planned = len(rep.comparisons)
     n_tested = len(rep.tested)
+    m = rep.family_size
     text["comparisons"] = (
         f"Each comparison is paired by seed (seed s of A against seed s of B) and tested with "
-        f"the {TEST_WORDS[a.test]}; A - B and its 95% CI (t interval of the mean difference) "
-        f"are in {u.difference} of {u.name}; g_z is the Hedges-corrected mean difference "
-        f"divided by the sd of the differences. p is the raw p-value, p adj. the "
+        f"the {TEST_WORDS[a.test]}; A - B and its 95% CI (the unadjusted 95% t interval of "
+        f"the mean difference, whatever the test; it is not corrected for the "
+        f"{m} comparison{'s' * (m != 1)}) are in {u.difference} of {u.name}; g_z is the "
+        f"Hedges-corrected mean difference divided by the sd of the differences (undefined, "
+        f"–, with 2 seeds). p is the raw p-value, p adj. the "
         f"{CORRECTION_NAMES[a.correction]}-corrected p-value; the correction family is the "
-        f"{rep.family_size} comparison{'s' * (rep.family_size != 1)} below that have a p-value "
-        f"({n_planned} planned, {n_tested} with at least 2 paired seeds). "
-        f"Significant: p adj. < alpha = {a.alpha:g}."
+        f"{m} comparison{'s' * (m != 1)} below with at least 2 paired seeds ({n_planned} "
+        f"planned), including any whose p is undefined (counted, conservatively). "
+        f"Significant: p adj. < alpha = {a.alpha:g}. A comparison that is not significant is "
+        f"inconclusive when its CI includes differences of min_effect "
+        f"({u.value(a.min_effect)} {u.difference}) or more, and its CI lies within "
+        f"±min_effect otherwise; not significant is not evidence of no difference."
     )
     text["comparison_notes"] = [f"[{i}] {note}" for i, (_, note) in enumerate(_footnotes(rep), 1)]
     others: dict[str, list[str]] = {}
@@ -666,7 +721,14 @@ def report_text(rep: Report) -> dict[str, Any]:
             f"Nemenyi critical difference of mean ranks at alpha = {a.alpha:g}: "
             f"CD = {_num(om['cd'], 3)} (q_alpha = {_num(om['q_alpha'], 3)}); two roles whose "
             f"mean ranks differ by more than CD differ significantly. Rank 1 = lowest "
-            f"{u.name} on a seed.",
+            f"{u.name} on a seed. The Nemenyi post-hoc test applies only when the Friedman "
+            f"test rejects (Demšar 2006)"
+            + (
+                "; it does here."
+                if sig
+                else "; Friedman does not reject here, so the CD and its diagram are "
+                "descriptive only: no pair of roles is shown to differ."
+            ),
             f"Repeated-measures ANOVA: F({_num(om['df1'], 0)}, {_num(om['df2'], 0)}) = "
             f"{_num(om['F'])}, p = {format_p(om['p_anova'])}; Greenhouse-Geisser epsilon = "
             f"{_num(om['gg_epsilon'], 3)}, corrected p = {format_p(om['p_anova_gg'])} ("
@@ -683,15 +745,31 @@ def report_text(rep: Report) -> dict[str, Any]:
         note = rep.omnibus_note or "no omnibus test"
         text["omnibus"] = [note[0].upper() + note[1:] + "."]
 
+    m = max(rep.family_size, 1)
+    planned = a.alpha / m if a.correction != "none" and m > 1 else a.alpha
+    level = (
+        f"alpha / {m} = {planned:.4g} (the {CORRECTION_NAMES[a.correction]} correction over "
+        f"the {m} comparisons of the family; "
+        + (
+            "conservative for Holm's later steps)"
+            if a.correction == "holm"
+            else "conservative for Benjamini-Hochberg)"
+            if a.correction == "bh"
+            else "Bonferroni's level)"
+        )
+        if planned != a.alpha
+        else f"alpha = {a.alpha:g}"
+    )
     text["power"] = (
         f"For each tested comparison: the sd of the seed-wise differences at the current n, "
         f"the seeds a paired t-test needs to detect the protocol's smallest effect of interest "
         f"(min_effect = {u.value(a.min_effect)} {u.difference}) with {POWER:.0%} power at "
-        f"alpha = {a.alpha:g}, the minimal detectable effect (MDE) with {POWER:.0%} power at "
-        f"the current n, the power the current n has for min_effect, and the smallest p-value "
-        f"the {TEST_WORDS[a.test]} can reach with n seeds. alpha is per comparison: with the "
-        f"{CORRECTION_NAMES[a.correction]} correction over {max(rep.family_size, 1)} "
-        f"comparisons, plan with alpha / {max(rep.family_size, 1)} to be safe."
+        f"{level}, the same for the comparison alone at alpha = {a.alpha:g}, the minimal "
+        f"detectable effect (MDE) with {POWER:.0%} power at the current n and the power the "
+        f"current n has for min_effect (both at the planned level), and the smallest p-value "
+        f"the {TEST_WORDS[a.test]} can reach with n seeds (raw; the corrected one is at "
+        f"least {m} times larger under Holm and Bonferroni). For rank and permutation tests "
+        f"the seeds needed are raised until that smallest p falls below the planned level."
     )
     warnings: dict[str, list[str]] = {}
     for r in rep.power.itertuples() if len(rep.power) else []:
@@ -768,6 +846,7 @@ def report_figures(rep: Report) -> list[FigureImage]:
                 )
             )
     om = rep.omnibus
+    alpha = rep.protocol.analysis.alpha
     if om is not None:
         out.append(
             FigureImage(
@@ -775,7 +854,13 @@ def report_figures(rep: Report) -> list[FigureImage]:
                 f"Critical-difference diagram: mean ranks of {u.name} over "
                 f"{om['n_seeds_common']} seeds (rank 1 = the lowest {u.name} on a seed). "
                 f"Bars join roles whose mean ranks differ by less than the Nemenyi "
-                f"CD = {_num(om['cd'], 2)} (not significantly different).",
+                f"CD = {_num(om['cd'], 2)} (not significantly different). The post-hoc test "
+                f"applies only when the Friedman test rejects"
+                + (
+                    "."
+                    if not _missing(om["p_friedman"]) and om["p_friedman"] < alpha
+                    else "; it does not here, so the diagram is descriptive only."
+                ),
                 figures.critical_difference(
                     om["mean_ranks"],
                     om["cd"] if om["cd"] is not None else math.nan,

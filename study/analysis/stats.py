@@ -487,10 +487,11 @@ def hedges_correction(df: float) -> float:
     """Hedges' small-sample factor J(df), exact gamma form (Hedges 1981).
 
     J = Gamma(df/2) / (sqrt(df/2) * Gamma((df-1)/2)); the common approximation
-    1 - 3/(4 df - 1) is within 0.3% of it from df = 4 on. J(1) = 0.
+    1 - 3/(4 df - 1) is within 0.3% of it from df = 4 on. Undefined (NaN) for df <= 1:
+    the gamma form gives J(1) = 0, which would print an effect of any size as g = 0.
     """
     if df <= 1:
-        return 0.0
+        return math.nan
     return float(
         math.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / math.sqrt(df / 2)
     )
@@ -499,26 +500,54 @@ def hedges_correction(df: float) -> float:
 def wilcoxon_signed_rank(differences: np.ndarray) -> tuple[float, float, str]:
     """Two-sided Wilcoxon signed-rank test of the differences: (W, p, method).
 
-    Exact null distribution when n <= 50 and there are no ties and no zeros among the
-    differences; otherwise the normal approximation with continuity correction (zeros are
-    dropped, Wilcoxon's convention). W is the smaller of the two signed-rank sums.
+    Zeros are dropped before ranking (Wilcoxon's convention, as R's ``wilcox.test`` and
+    scipy's ``zero_method='wilcox'``); tied |differences| get midranks. W is the smaller of
+    the two signed-rank sums.
+
+    Up to ``EXACT_RANK_TEST_MAX_N`` (50) non-zero differences, p comes from the exact null
+    distribution of W+ conditional on the observed (mid)ranks: all 2^n sign vectors are
+    counted by a dynamic program over the doubled midranks (integers), so ties and zeros do
+    not send a small sample to the normal approximation (method 'exact'). Without ties this
+    is the classical exact distribution (scipy's ``method='exact'``). Above 50 non-zero
+    differences: the normal approximation with tie-corrected variance and continuity
+    correction (method 'approx'). 'none': every difference is zero.
     """
     d = np.asarray(differences, dtype=float)
     nonzero = d[d != 0]
-    if len(nonzero) == 0:
+    n = len(nonzero)
+    if n == 0:
         return math.nan, math.nan, "none"
-    exact = (
-        len(d) <= EXACT_RANK_TEST_MAX_N
-        and len(nonzero) == len(d)
-        and len(np.unique(np.abs(d))) == len(d)
-    )
+    ranks = stats.rankdata(np.abs(nonzero))
+    total = float(ranks.sum())
+    w_plus = float(ranks[nonzero > 0].sum())
+    w = min(w_plus, total - w_plus)
+    if n <= EXACT_RANK_TEST_MAX_N:
+        return w, signed_rank_exact_p(ranks, w), "exact"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if exact:
-            res = stats.wilcoxon(d, method="exact")
-        else:
-            res = stats.wilcoxon(d, method=_ASYMPTOTIC, correction=True, zero_method="wilcox")
-    return float(res.statistic), float(res.pvalue), "exact" if exact else "approx"
+        res = stats.wilcoxon(d, method=_ASYMPTOTIC, correction=True, zero_method="wilcox")
+    return float(res.statistic), float(res.pvalue), "approx"
+
+
+def signed_rank_exact_p(ranks: np.ndarray, w: float) -> float:
+    """P(min(W+, W-) <= w) under H0, exactly, for the given (mid)ranks.
+
+    Under H0 each rank carries a + or - sign with probability 1/2 independently, so W+ is a
+    sum over a random subset of the ranks. Midranks are multiples of 1/2, so the doubled
+    ranks are integers and the distribution of 2 W+ over all 2^n subsets is counted exactly
+    (integers, no rounding) by the subset-sum recursion. Two-sided p = min(1, 2 P(W+ <= w)),
+    w = the smaller of the two rank sums (the null distribution is symmetric).
+    """
+    doubled = np.rint(2 * np.asarray(ranks, dtype=float)).astype(np.int64)
+    if not np.allclose(doubled, 2 * np.asarray(ranks, dtype=float)):
+        raise ValueError("ranks must be multiples of 1/2 (midranks)")
+    counts = np.zeros(int(doubled.sum()) + 1, dtype=object if len(doubled) > 60 else np.int64)
+    counts[0] = 1
+    for r in doubled:
+        counts[r:] = counts[r:] + counts[: len(counts) - r].copy()
+    limit = int(math.floor(2 * w + 1e-9))
+    tail = int(counts[: limit + 1].sum())
+    return float(min(1.0, 2 * tail / 2 ** len(doubled)))
 
 
 def sign_flip_permutation_test(
@@ -670,11 +699,16 @@ def greenhouse_geisser_epsilon(wide: np.ndarray) -> float:
     return float(np.trace(sc) ** 2 / ((k - 1) * np.trace(sc @ sc)))
 
 
-def adjust_p_values(p_values: Sequence[float], correction: str = "holm") -> np.ndarray:
+def adjust_p_values(
+    p_values: Sequence[float], correction: str = "holm", *, count_undefined: bool = True
+) -> np.ndarray:
     """p-values corrected for multiple comparisons, in the order given.
 
     ``correction``: 'holm', 'bh' (Benjamini-Hochberg), 'bonferroni' or 'none'. NaN entries
-    (a test that could not be computed) stay NaN and do not count in the family.
+    (a planned test that could not be computed) stay NaN. With ``count_undefined`` (the
+    default) they still count in the family size m, as if their p were 1: conservative,
+    since dropping them would make the correction of the others less strict. Without it
+    the family is the defined p-values only.
     """
     if correction not in CORRECTIONS:
         raise UserInputError(
@@ -687,11 +721,15 @@ def adjust_p_values(p_values: Sequence[float], correction: str = "holm") -> np.n
     method = CORRECTIONS[correction]
     # A family of one needs no correction (and multipletests is slow for it: it collects
     # garbage on every call, which costs more than all the tests of a small comparison).
-    if method is not None and ok.sum() > 1:
+    family = len(p) if count_undefined else int(ok.sum())
+    if method is not None and family > 1 and ok.any():
         # multipletests returns the corrected values in the input order (pitfall avoided:
         # a correction computed on sorted p-values must not be reported against the sorted
-        # order).
-        out[ok] = multipletests(p[ok], method=method)[1]
+        # order). An undefined p enters as 1: it counts in m and never lowers another's
+        # adjusted value (Holm, Bonferroni and BH alike).
+        filled = np.where(ok, p, 1.0) if count_undefined else p[ok]
+        adjusted = multipletests(filled, method=method)[1]
+        out[ok] = adjusted[ok] if count_undefined else adjusted
     return out
 
 
@@ -714,6 +752,7 @@ def compare(
     seed: int | None = 0,
     n_resamples: int = 10_000,
     aso: bool = False,
+    min_effect: float | None = None,
     source: str | None = None,
 ) -> ComparisonReport:
     """Compare groups across seeds, paired by seed, with a corrected p-value per comparison.
@@ -740,6 +779,14 @@ def compare(
     resampling (None: not reproducible). ``aso`` adds ``aso_epsilon_min`` (see
     ``aso_epsilon_min``) at level 1 - alpha.
 
+    The correction family is every comparison of the call: one whose p is undefined
+    (e.g. every seed gives the same difference, so the t-test has zero variance) still
+    counts in m, which is conservative. ``min_effect`` (the smallest difference of interest,
+    in the table's units) sharpens the verdict of a non-significant comparison: "the CI lies
+    within +-min_effect" or "inconclusive: the CI includes differences of min_effect or
+    more". Every verdict names its interval (the unadjusted 95% t interval of the mean
+    difference, whatever the primary test).
+
     With three compared groups or more and at least 2 seeds common to all of them, the
     report has an ``omnibus`` block (see ``omnibus``).
 
@@ -753,6 +800,14 @@ def compare(
         n_resamples=n_resamples,
         source=source,
     )
+    if min_effect is not None and not (
+        isinstance(min_effect, int | float) and math.isfinite(min_effect) and min_effect > 0
+    ):
+        raise UserInputError(
+            f"min_effect must be a positive number, got {min_effect!r}",
+            source=source,
+            field="min_effect",
+        )
     tidy = tidy_results(
         table, value_col=value_col, group_col=group_col, seed_col=seed_col, source=source
     )
@@ -770,12 +825,15 @@ def compare(
         )
         for s in samples
     ]
-    p_adj = adjust_p_values([c.p for c in comparisons], correction)
-    family = int(np.isfinite([c.p for c in comparisons]).sum())
+    # Every planned comparison counts in the family, an undefined p too (conservative).
+    p_adj = adjust_p_values([c.p for c in comparisons], correction, count_undefined=True)
+    family = len(comparisons)
     for c, padj in zip(comparisons, p_adj, strict=True):
         c.p_adj = float(padj)
         c.reject = bool(np.isfinite(padj) and padj < alpha)
-        c.verdict = _verdict(c, alpha=alpha, correction=correction, family=family)
+        c.verdict = _verdict(
+            c, alpha=alpha, correction=correction, family=family, min_effect=min_effect
+        )
 
     involved = {g for pair in resolved for g in pair}
     groups = [g for g in dict.fromkeys(tidy["group"]) if g in involved]  # table order
@@ -805,6 +863,7 @@ def compare(
         "alpha": alpha,
         "correction": correction,
         "family_size": family,
+        "min_effect": min_effect,
         "test": test,
         "seed": seed,
         "n_resamples": n_resamples,
@@ -880,17 +939,44 @@ def _compare_sample(
             ci = tres.confidence_interval(0.95)
         t_ok = sd_diff > 0
         w, p_w, w_method = wilcoxon_signed_rank(d)
+        n_zero = int(np.sum(d == 0))
+        nonzero_abs = np.abs(d[d != 0])
         if w_method == "none":
             notes.append("all paired differences are zero: no Wilcoxon test")
-        elif w_method == "approx" and np.any(d == 0):
-            notes.append(f"Wilcoxon: {int(np.sum(d == 0))} zero difference(s) dropped")
+        else:
+            if n_zero:
+                notes.append(
+                    f"Wilcoxon: {n_zero} zero difference(s) dropped before ranking "
+                    "(Wilcoxon's convention)"
+                )
+            if w_method == "approx":
+                notes.append(
+                    f"Wilcoxon: normal approximation ({len(nonzero_abs)} non-zero differences, "
+                    f"more than {EXACT_RANK_TEST_MAX_N}), tie-corrected, continuity-corrected"
+                )
+            elif len(np.unique(nonzero_abs)) < len(nonzero_abs):
+                notes.append(
+                    "Wilcoxon: tied |differences| get midranks; the p-value is exact, "
+                    "conditional on the ties"
+                )
         p_perm, perm_method = sign_flip_permutation_test(d, n_resamples=n_resamples, seed=perm_seed)
         # d_z: standardised by the sd of the differences (the paired design's own noise),
         # not by a pooled sd of the two groups (pitfall avoided).
         d_z = mean_diff / sd_diff if sd_diff > 0 else math.nan
         g_z = hedges_correction(n - 1) * d_z
         if not t_ok:
-            notes.append("the paired differences have zero variance: t and d_z are undefined")
+            if mean_diff != 0:
+                notes.append(
+                    f"every seed gives the same difference A - B = {_fmt(mean_diff)}: the "
+                    "paired differences have zero variance, so t, its CI and d_z are undefined"
+                )
+            else:
+                notes.append("the paired differences have zero variance: t and d_z are undefined")
+        elif n < 3:
+            notes.append("g_z is undefined with 2 paired seeds (Hedges' correction needs 3)")
+        for group, seeds in ((s.a, s.unpaired_a), (s.b, s.unpaired_b)):
+            if seeds:
+                notes.append(f"seeds of {group} without a pair, left out: {format_seeds(seeds)}")
         bca, bca_reason = _bca_interval((d,), np.mean, n_resamples, boot_seed)
         p_greater = float(np.mean(d > 0))
         # Normality is checked on the differences (what the paired t assumes), not on each
@@ -1043,21 +1129,38 @@ def _shapiro(x: np.ndarray) -> float | None:
         return float(stats.shapiro(x).pvalue)
 
 
-def _verdict(c: Comparison, *, alpha: float, correction: str, family: int) -> str:
+def _verdict(
+    c: Comparison,
+    *,
+    alpha: float,
+    correction: str,
+    family: int,
+    min_effect: float | None = None,
+) -> str:
+    adj = f"{CORRECTION_NAMES[correction]}, {family} comparison{'s' * (family != 1)}"
     if not np.isfinite(c.p_adj):
+        about_test = [
+            note
+            for note in c.notes
+            if not (note.startswith("Wilcoxon") and not c.test.startswith("Wilcoxon"))
+            and not (note.startswith("permutation") and "permutation" not in c.test)
+            and not note.startswith("seeds of ")
+        ]
         return (
-            f"no test possible between {c.a} and {c.b}: {c.test} is undefined "
-            f"({'; '.join(c.notes) or 'degenerate data'})"
+            f"no test possible between {c.a} and {c.b}: {c.test} gives no p-value because "
+            f"{'; '.join(about_test) or 'the data are degenerate'}; the comparison still "
+            f"counts in the correction family ({adj}), which is conservative"
         )
     over = (
         f"over {c.n} paired seeds"
         if c.pairing == PAIRED
         else f"over {c.n_a} and {c.n_b} unpaired seeds"
     )
-    adj = f"{CORRECTION_NAMES[correction]}, {family} comparison{'s' * (family != 1)}"
+    interval = CI_NAME[c.pairing]
     numbers = (
-        f"{c.a} - {c.b} = {_fmt(c.mean_diff)} (95% CI {_fmt(c.ci95[0])} to "
-        f"{_fmt(c.ci95[1])}) {over}, {c.test} p_adj = {_fmt_p(c.p_adj)} ({adj})"
+        f"{c.a} - {c.b} = {_fmt(c.mean_diff)} ({interval} {_fmt(c.ci95[0])} to "
+        f"{_fmt(c.ci95[1])}) {over}, {c.test} p_adj = {format_p_value(c.p_adj, alpha=alpha)} "
+        f"({adj})"
     )
     if c.reject:
         direction = (
@@ -1068,18 +1171,79 @@ def _verdict(c: Comparison, *, alpha: float, correction: str, family: int) -> st
             else "different from"
         )
         return f"{c.a} is {direction} {c.b}: {numbers}: significant at alpha = {alpha:g}"
-    return (
-        f"no significant difference between {c.a} and {c.b}: {numbers}: not significant "
-        f"at alpha = {alpha:g}"
+    return f"{c.a} vs {c.b}: not significant at alpha = {alpha:g}: {numbers}" + _ci_reading(
+        c.ci95, min_effect, _fmt
     )
+
+
+# The interval every verdict shows, named in full.
+CI_NAME = {
+    PAIRED: "unadjusted 95% t CI of the mean difference",
+    UNPAIRED: "unadjusted 95% Welch t CI of the mean difference",
+}
+
+
+def _ci_reading(ci: Sequence[float] | None, min_effect: float | None, fmt: Any) -> str:
+    """What a non-significant result's CI says about effects of min_effect or more."""
+    if min_effect is None:
+        return ""
+    if ci is None or any(x is None or not np.isfinite(x) for x in ci):
+        return f"; no CI to compare with min_effect = {fmt(min_effect)}"
+    if -min_effect < ci[0] and ci[1] < min_effect:
+        return f"; the CI lies within ±min_effect (±{fmt(min_effect)})"
+    return f"; inconclusive: the CI includes differences of min_effect ({fmt(min_effect)}) or more"
+
+
+def ci_reading(ci: Sequence[float] | None, min_effect: float | None, fmt: Any = None) -> str:
+    """The min_effect reading of a non-significant result's interval, without the leading
+    '; ' (empty when min_effect is None). ``fmt`` formats min_effect."""
+    return _ci_reading(ci, min_effect, fmt or _fmt).removeprefix("; ")
 
 
 def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def format_p_value(p: float, *, alpha: float | None = None, digits: int = 2) -> str:
+    """p with ``digits`` significant digits (scientific below 1e-4); never rounded onto or
+    across ``alpha``: where the rounded value would equal alpha or fall on the other side of
+    it, more digits are printed (p = 0.0497 at alpha 0.05 is '0.0497', not '0.05')."""
+    if p is None or not np.isfinite(p):
+        return "–"
+    if p < 1e-4:
+        return f"{p:.1e}"
+    text = f"{p:.{digits}g}"
+    if alpha is None or p == alpha:
+        return text
+    for more in range(digits, 16):
+        text = f"{p:.{more}g}"
+        shown = float(text)
+        if shown != alpha and (shown < alpha) == (p < alpha):
+            return text
+    return text
+
+
 def _fmt_p(p: float) -> str:
-    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+    return format_p_value(p)
+
+
+def format_seeds(seeds: Sequence[Any]) -> str:
+    """Seeds in short: 0-4, 7, 9-10 for integers; a comma-separated list otherwise."""
+    try:
+        s = sorted(int(x) for x in seeds)
+        if any(int(x) != x for x in seeds):
+            raise TypeError
+    except (TypeError, ValueError):
+        return ", ".join(str(x) for x in seeds)
+    out: list[str] = []
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[j] + 1:
+            j += 1
+        out.append(str(s[i]) if i == j else f"{s[i]}-{s[j]}")
+        i = j + 1
+    return ", ".join(out)
 
 
 def _unpaired_seeds(tidy: pd.DataFrame, groups: list[str]) -> dict[str, list[Any]]:
