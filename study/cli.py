@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -49,6 +52,36 @@ def process_settings() -> None:
     first GEMM (``repro.configure_cuda_process``, which resolving a training device also
     calls, sets the rest; importing torch here would slow every command by a second)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # A scheduler's timeout or preemption (Slurm), `kill`, a CI runner: the same clean stop
+    # as Ctrl-C (runs KILLED, metrics flushed, the last checkpoint kept), exit status 143.
+    if threading.current_thread() is threading.main_thread():  # (not so in a library call)
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, and handled as Ctrl-C is."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _interrupted_status(e: KeyboardInterrupt) -> int:
+    return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+
+
+def _check_device(spec: str | None, p=None) -> None:
+    """The training device (``--device``, else the protocol's) exists on this machine:
+    refused before the tracker is touched."""
+    from study.train import resolve_device
+
+    if spec is None and p is None:
+        return
+    try:
+        resolve_device(spec or p.train.device)
+    except UserInputError as e:
+        where = ("command line", "--device") if spec else (p.source, "train.device")
+        raise e.located(source=where[0], field=where[1]) from None
 
 
 def user_errors(fn):
@@ -128,9 +161,6 @@ def run(
 
     plan = expand(p, tuned=tuned_values(p))
     plan.require_trainable()
-    data = load_study_data(p)
-    check_writable(tracking_uri)
-    tracker = Tracker(tracking_uri)
     executor = executor or p.execution.executor
     if executor not in ("local", "slurm", "slurm-local"):
         raise UserInputError(
@@ -138,6 +168,11 @@ def run(
             source="command line",
             field="--executor",
         )
+    if executor == "local":  # a job's device is the node's, checked there
+        _check_device(device, p)
+    data = load_study_data(p)
+    check_writable(tracking_uri)
+    tracker = Tracker(tracking_uri)
     if executor != "local":
         _run_jobs(p, tracker, executor, device)
         if report:
@@ -150,13 +185,13 @@ def run(
             summary = run_study(
                 p, tracker, progress=view.update, device=device, data=data, plan=plan
             )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         err_console.print(
             "[yellow]interrupted:[/] the runs in progress are marked KILLED and their last "
             f"complete epoch is saved; run 'study run {protocol}' again to resume them",
             highlight=False,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(_interrupted_status(e)) from None
     index = Path("results") / p.study.name / "run.json"
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps(summary.index(), indent=2, sort_keys=True) + "\n")
@@ -284,13 +319,14 @@ def tune(
         str | None, typer.Option(help="Override [train] device: auto, cpu, cuda, cuda:N.")
     ] = None,
 ) -> None:
-    """Search the [tune] ranges on the validation split; write results/<study>/tuned.json."""
+    """Search the \\[tune] ranges on the validation split; write results/<study>/tuned.json."""
     from study.execute import load_study_data
     from study.protocol import load_protocol
     from study.tune import TuningError, plan_tuning
     from study.tune import tune as run_tuning
 
     p = load_protocol(protocol)
+    _check_device(device, p)
     tuning = plan_tuning(p, trials=trials, storage=storage, tracking_uri=tracking_uri)
     data = load_study_data(p)
     spec = tuning.spec
@@ -305,13 +341,13 @@ def tune(
         summary = run_tuning(
             tuning, data=data, progress=_print_tuning, timeout=timeout, device=device
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         err_console.print(
             "[yellow]interrupted:[/] the trial in progress is marked failed; run "
             f"'study tune {protocol}' again to continue the same study",
             highlight=False,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(_interrupted_status(e)) from None
     except TuningError as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -395,9 +431,36 @@ def report_cmd(
                 f"no tidy export at {where}/runs.csv; run 'study export {protocol}' first",
                 source=str(protocol),
             )
-        _write_report(p, read_export(where))
+        collected = read_export(where)
+        _check_export_matches(p, collected, where, protocol)
+        _write_report(p, collected)
     else:
         _write_report(*_collect(protocol, tracking_uri))
+
+
+def _check_export_matches(p, collected, where: Path, protocol: Path) -> None:
+    """An export answers for the protocol it was made from: the (role, seed) fingerprints
+    of the protocol as it is now, over the export's data identity, must be the export's."""
+    from study.plan import expand
+    from study.tune import tuned_values
+
+    identity = collected.meta.get("data_identity")
+    if not identity:
+        return  # an export written by hand: nothing to match it against
+    expected = expand(p, tuned=tuned_values(p)).fingerprints(identity)
+    runs = collected.runs
+    exported = {
+        (str(r), int(s)): f for r, s, f in zip(runs["role"], runs["seed"], runs["fingerprint"])
+    }
+    differ = sorted(k for k, fp in expected.items() if exported.get(k) != fp)
+    if differ:
+        role, seed = differ[0]
+        raise UserInputError(
+            f"the export at {where} was made from another version of this protocol: "
+            f"{len(differ)} of {len(expected)} (role, seed) fingerprints differ (first: {role} "
+            f"seed {seed}); run 'study export {protocol}' again",
+            source=str(protocol),
+        )
 
 
 def _collect(protocol: Path, tracking_uri: str | None):
@@ -405,15 +468,25 @@ def _collect(protocol: Path, tracking_uri: str | None):
     from study.execute import load_study_data
     from study.plan import expand
     from study.protocol import load_protocol
-    from study.track import Tracker, check_writable
+    from study.track import Tracker, check_has_store, check_writable
     from study.tune import tuned_values
 
     p = load_protocol(protocol)
     plan = expand(p, tuned=tuned_values(p))
     plan.require_trainable()
     data = load_study_data(p)
+    check_has_store(tracking_uri)
     check_writable(tracking_uri)
-    return p, collect(plan, Tracker(tracking_uri), data.identity)
+    tracker = Tracker(tracking_uri)
+    collected = collect(plan, tracker, data.identity)
+    if collected.table.empty:
+        raise UserInputError(
+            f"no FINISHED run in {tracker.uri} matches this protocol's {plan.n_runs} "
+            f"(role, seed) fingerprints: run 'study run {protocol}' first (a changed protocol "
+            "has new fingerprints)",
+            source=str(protocol),
+        )
+    return p, collected
 
 
 def _write_report(p, collected) -> None:
@@ -437,15 +510,34 @@ Alpha = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Signifi
 TestName = Annotated[str, typer.Option("--test", help="Primary test: t, wilcoxon or permutation.")]
 
 
-def _read_table(path: Path):
+def _read_table(path: Path, *, group_col: str = "group", seed_col: str = "seed"):
+    """The CSV table; with a ``status`` column (the export's runs.csv) only its FINISHED
+    rows, the others named on stderr."""
     import pandas as pd
 
     try:
-        return pd.read_csv(path)
+        table = pd.read_csv(path)
     except FileNotFoundError:
         raise UserInputError("table file not found", source=str(path)) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserInputError(f"not a readable CSV table: {e}", source=str(path)) from None
+    if "status" in table.columns:
+        finished = table["status"].astype(str).str.strip().str.upper() == "FINISHED"
+        if not finished.all():
+            left = table[~finished]
+            what = [
+                f"{r.get(group_col, '?')} seed {r.get(seed_col, '?')} ({r['status']})"
+                for r in left.to_dict("records")
+            ]
+            err_console.print(
+                f"{path}: left out {len(left)} rows whose status is not FINISHED: "
+                + ", ".join(what),
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+        table = table[finished].reset_index(drop=True)
+    return table
 
 
 def _pairs(text: str | None) -> list[tuple[str, str]] | None:
@@ -480,13 +572,23 @@ def compare(
     aso: Annotated[
         bool, typer.Option("--aso", help="Also Almost Stochastic Order (epsilon_min).")
     ] = False,
+    min_effect: Annotated[
+        float | None,
+        typer.Option(
+            "--min-effect",
+            help="Smallest difference of interest (value units): a non-significant verdict "
+            "says whether the CI rules it out.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Paired comparisons across seeds of any tidy table (seed, group, value)."""
+    """Paired comparisons across seeds of any tidy table (seed, group, value); a table with
+    a status column (the export's runs.csv) is reduced to its FINISHED rows."""
     from study.analysis.stats import compare as run_compare
+    from study.analysis.stats import format_p_value, format_seeds
 
     result = run_compare(
-        _read_table(table),
+        _read_table(table, group_col=group_col, seed_col=seed_col),
         value_col=value_col,
         group_col=group_col,
         seed_col=seed_col,
@@ -497,14 +599,30 @@ def compare(
         test=test,
         seed=seed,
         aso=aso,
+        min_effect=min_effect,
         source=str(table),
     )
     data = result.to_dict()
     if as_json:
         print(json.dumps(data, indent=2, allow_nan=False))
         return
+
+    def p_text(p) -> str:  # never rounded onto or across alpha
+        return "-" if p is None else format_p_value(p, alpha=alpha, digits=3)
+
     out = Table(title=f"{table}: {value_col} by {group_col}, {correction} correction")
-    for col in ("A", "B", "pairing", "n", "mean diff", "95% CI", "effect", "p", "p adj", ""):
+    for col in (
+        "A",
+        "B",
+        "pairing",
+        "n",
+        "mean diff",
+        "unadj. 95% t CI",
+        "effect",
+        "p",
+        "p adj",
+        "",
+    ):
         out.add_column(col)
     for c in data["comparisons"]:
         lo, hi = c["ci95"] or (None, None)
@@ -516,18 +634,32 @@ def compare(
             _fmt(c["mean_diff"]),
             f"[{_fmt(lo)}, {_fmt(hi)}]",
             f"{(c['effect_size_name'] or '').split(' ')[0]} {_fmt(c['effect_size'], 2)}",
-            _fmt_p(c["p"]),
-            _fmt_p(c["p_adj"]),
+            p_text(c["p"]),
+            p_text(c["p_adj"]),
             "reject" if c["reject"] else "",
         )
     console.print(out)
     for c in data["comparisons"]:
-        console.print(f"- {c['verdict']}", highlight=False)
+        console.print(f"- {c['verdict']}", highlight=False, markup=False)
+        for note in c["notes"]:
+            other_test = (note.startswith("Wilcoxon") and test != "wilcoxon") or (
+                note.startswith("permutation") and test != "permutation"
+            )
+            if not other_test:
+                console.print(f"  note: {note}", highlight=False, markup=False)
+    if data["unpaired_seeds"]:
+        console.print(
+            "seeds not present in every compared group (left out of the pairs that lack "
+            "them and of the omnibus): "
+            + "; ".join(f"{g}: {format_seeds(s)}" for g, s in data["unpaired_seeds"].items()),
+            highlight=False,
+            markup=False,
+        )
     om = data.get("omnibus")
     if om:
         console.print(
             f"omnibus over {om['k']} groups, {om['n_seeds_common']} common seeds: Friedman "
-            f"Q = {_fmt(om['q'], 3)}, p = {_fmt_p(om['p_friedman'])}, Kendall's W = "
+            f"Q = {_fmt(om['q'], 3)}, p = {p_text(om['p_friedman'])}, Kendall's W = "
             f"{_fmt(om['w_kendall'], 3)}, Nemenyi CD = {_fmt(om['cd'], 3)}",
             highlight=False,
         )
@@ -548,19 +680,40 @@ def plan_seeds(
     alpha: Alpha = 0.05,
     power: Annotated[float, typer.Option("--power", min=0.0, max=1.0)] = 0.8,
     test: TestName = "t",
+    comparisons: Annotated[
+        int,
+        typer.Option(
+            "--comparisons",
+            min=1,
+            help="Size m of the correction family the results will be corrected over (at "
+            "least the comparisons in this table are counted).",
+        ),
+    ] = 1,
+    correction: Annotated[
+        str,
+        typer.Option(
+            "--correction",
+            help="holm, bh, bonferroni or none; holm, bonferroni and (conservatively) bh are "
+            "planned at alpha / m.",
+        ),
+    ] = "holm",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Seeds needed to detect an effect, from the observed sd of paired differences."""
+    """Seeds needed to detect an effect, from the observed sd of paired differences, at
+    alpha / m for a family of m corrected comparisons; a table with a status column (the
+    export's runs.csv) is reduced to its FINISHED rows."""
     from study.analysis.power import plan_seeds as run_plan
 
     if effect <= 0:
         raise UserInputError(f"must be > 0, got {effect}", source="command line", field="--effect")
     frame = run_plan(
-        _read_table(table),
+        _read_table(table, group_col=group_col, seed_col=seed_col),
         effect=effect,
         alpha=alpha,
         power=power,
         test=test,
+        comparisons=comparisons,
+        correction=correction,
         value_col=value_col,
         group_col=group_col,
         seed_col=seed_col,
@@ -571,20 +724,46 @@ def plan_seeds(
     if as_json:
         print(frame.to_json(orient="records", indent=2))
         return
+    family = frame.attrs.get("family") or "one comparison, no correction needed"
+    if correction == "none" and frame.attrs.get("comparisons", 1) > 1:
+        family = f"{frame.attrs['comparisons']} comparisons, no correction"
     out = Table(title=f"seeds for effect {effect} at alpha {alpha}, power {power} ({test})")
-    for col in ("A", "B", "n", "sd diff", "seeds needed", "MDE at n", "power at n"):
+    for col in (
+        "A",
+        "B",
+        "n",
+        "sd diff",
+        "seeds needed",
+        "alone, at alpha",
+        "MDE at n",
+        "power at n",
+    ):
         out.add_column(col)
+
+    def seeds(x, pairing) -> str:
+        if x is None or x != x:
+            return "-"
+        return f"{int(x)}" + (" per group" if pairing != "paired by seed" else "")
+
     for r in frame.itertuples():
         out.add_row(
             r.a,
             r.b,
-            str(r.n),
+            str(r.n) + (" (A + B)" if r.pairing != "paired by seed" else ""),
             _fmt(r.sd_diff),
-            str(r.n_required),
+            seeds(r.n_required, r.pairing),
+            seeds(r.n_required_unadjusted, r.pairing),
             _fmt(r.mde),
             _fmt(r.power_at_n, 3),
         )
     console.print(out)
+    console.print(
+        f"family: {family}; 'seeds needed', 'MDE at n' and 'power at n' are at the planned "
+        f"level, 'alone, at alpha' plans the comparison as if it were the only one",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     for r in frame.itertuples():
         if isinstance(r.warning, str) and r.warning:
             err_console.print(f"[yellow]warning:[/] {r.a} vs {r.b}: {r.warning}", highlight=False)
@@ -613,6 +792,7 @@ def reproduce(
     from study.reproduce import reproduce_run
     from study.track import Tracker, check_writable
 
+    _check_device(device)
     check_writable(tracking_uri)
     result = reproduce_run(run_id, Tracker(tracking_uri), device=device)
     out = Table(title=f"{result.role} seed {result.seed}: run {run_id} vs {result.new_run_id}")
@@ -730,6 +910,16 @@ def bench(
         console.print(line, highlight=False, soft_wrap=True)
 
 
+PROGRESS_EVERY_S = 60.0
+"""Without a terminal, a progress line at least this often while epochs go by."""
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 class _ProgressView:
     """Runs, epochs and an ETA, drawn with rich."""
 
@@ -749,20 +939,39 @@ class _ProgressView:
         self.runs = self.progress.add_task("runs", total=None)
         self.epochs = self.progress.add_task("epochs", total=None)
         self.done = 0
+        # without a terminal (a log file: DVC, Slurm, CI) progress is a line now and then
+        self.total_epochs, self.epochs_done, self.epochs_timed = 0, 0, 0
+        self.started = self.last_line = time.monotonic()
         return self
+
+    def _eta(self) -> str:
+        """Epochs done and the time left, from this process's pace (resumed epochs are
+        done but took no time here)."""
+        elapsed = time.monotonic() - self.started
+        left = max(self.total_epochs - self.epochs_done, 0)
+        eta = elapsed / self.epochs_timed * left if self.epochs_timed else None
+        clock = "unknown" if eta is None else _clock(eta)
+        return f"epochs {self.epochs_done}/{self.total_epochs}, {_clock(elapsed)} elapsed, ETA {clock}"
 
     def update(self, event) -> None:
         if event.kind == "start":
             self.progress.update(self.runs, total=event.total_runs)
             self.progress.update(self.epochs, total=event.total_epochs)
+            self.total_epochs = event.total_epochs or 0
             if not console.is_terminal:
                 console.print(
                     f"{event.total_runs} runs to train, {event.total_epochs} epochs in total"
                 )
         elif event.kind == "epoch":
             self.progress.advance(self.epochs)
+            self.epochs_done += 1
+            self.epochs_timed += 1
+            if not console.is_terminal and time.monotonic() - self.last_line >= PROGRESS_EVERY_S:
+                self.last_line = time.monotonic()
+                console.print(f"progress: {self._eta()}", highlight=False)
         elif event.kind == "resumed":
             self.progress.advance(self.epochs, event.epoch or 0)
+            self.epochs_done += event.epoch or 0
             console.print(f"{event.role} seed {event.seed}: resumed after epoch {event.epoch}")
         elif event.kind == "note":
             err_console.print(f"[yellow]{event.role} seed {event.seed}:[/] {escape(event.message)}")
@@ -773,10 +982,9 @@ class _ProgressView:
             self.progress.update(self.runs, description=desc)
             if not console.is_terminal and event.kind == "done":
                 acc = event.metrics.get("test_acc")
+                result = f": test_acc {acc:.4f}" if acc is not None else ""
                 console.print(
-                    f"[{self.done}] {event.role} seed {event.seed}: test_acc {acc:.4f}"
-                    if acc is not None
-                    else f"[{self.done}] {event.role} seed {event.seed}",
+                    f"[{self.done}] {event.role} seed {event.seed}{result} ({self._eta()})",
                     highlight=False,
                 )
 

@@ -380,6 +380,21 @@ class Tracker:
         return {"tracking_uri": self.uri, "experiment_id": exp_id}
 
 
+def check_has_store(uri: str | None = None) -> None:
+    """For commands that only read: a sqlite store that does not exist is a mistaken
+    directory or URI, and opening it would create an empty one."""
+    resolved = resolve_uri(uri)
+    if resolved.startswith("sqlite:///"):
+        path = Path(resolved.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise UserInputError(
+                f"no MLflow store at {path}: run 'study run' here first, or point "
+                "--tracking-uri (or MLFLOW_TRACKING_URI) at the study's store",
+                source=resolved,
+                field="tracking-uri",
+            )
+
+
 def check_writable(uri: str | None = None, *, timeout_s: float = 5.0) -> None:
     """Fail fast, before any training, when the tracking store cannot be used.
 

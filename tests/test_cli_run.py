@@ -1,0 +1,105 @@
+"""The training commands' edges: devices and executors refused before the tracker is
+touched, SIGTERM handled as Ctrl-C, help text that shows what it names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from study.cli import app
+from tests.conftest import TINY_PROTOCOL
+from tests.test_resume import PROTOCOL, STEPS_PER_EPOCH, _runs, study
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "args,protocol_change,field,words",
+    [
+        (["--device", "tpu"], None, "--device", "allowed: auto, cpu, cuda, cuda:N"),
+        (["--executor", "foo"], None, "--executor", "allowed: local, slurm, slurm-local"),
+        (["--device", "cuda:99"], None, "--device", "cuda"),
+        ([], ('device = "cpu"', 'device = "cuda:99"'), "train.device", "cuda"),
+    ],
+)
+def test_a_device_or_executor_this_machine_lacks_exits_2_before_the_tracker(
+    workdir: Path, args, protocol_change, field, words
+) -> None:
+    text = TINY_PROTOCOL if protocol_change is None else TINY_PROTOCOL.replace(*protocol_change)
+    (workdir / "tiny.toml").write_text(text)
+    res = runner.invoke(app, ["run", "tiny.toml", *args], env={"COLUMNS": "300"})
+    assert res.exit_code == 2, res.output
+    assert f"field '{field}'" in res.output and words in res.output
+    assert not (workdir / "mlflow.db").exists()  # nothing half-written in the tracker
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_on_a_machine_without_one_is_refused_for_tune_too(workdir: Path) -> None:
+    tune = '\n[tune]\narm = "kd"\ntemperature = { low = 1.0, high = 8.0 }\ntrials = 2\nseeds = 1\n'
+    (workdir / "tiny.toml").write_text(TINY_PROTOCOL + tune)
+    res = runner.invoke(app, ["tune", "tiny.toml", "--device", "cuda"], env={"COLUMNS": "300"})
+    assert res.exit_code == 2, res.output
+    assert "no usable CUDA device" in res.output
+    assert not (workdir / "mlflow.db").exists() and not list(workdir.glob("optuna*"))
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """What Slurm sends at a time limit or a preemption: runs KILLED, not left RUNNING."""
+    (tmp_path / "p.toml").write_text(PROTOCOL)
+    step = 4 * STEPS_PER_EPOCH * 2 + STEPS_PER_EPOCH + 3  # student seed 0, epoch 2
+    proc = study(tmp_path, "run", "p.toml", "--no-report", fault=f"{step}:TERM")
+    assert proc.returncode == 143, proc.stderr
+    assert "again to resume" in proc.stderr
+    runs = _runs(tmp_path)
+    assert runs[("ban/gen1", "0")].info.status == "KILLED"
+    proc = study(tmp_path, "run", "p.toml", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed after epoch 1" in proc.stdout
+    assert {r.info.status for r in _runs(tmp_path).values()} == {"FINISHED"}
+
+
+def test_help_shows_section_names_in_brackets() -> None:
+    res = runner.invoke(app, ["tune", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "Search the [tune] ranges" in res.output
+
+
+def test_without_a_terminal_each_finished_run_says_epochs_done_and_eta(workdir: Path) -> None:
+    """Under DVC, Slurm or CI the output is a log file: it still says how far and how long."""
+    (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
+    res = runner.invoke(app, ["run", "tiny.toml", "--no-report"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    done = [line for line in res.output.splitlines() if line.startswith("[")]
+    assert len(done) == 15  # 5 roles x 3 seeds, ensembles included
+    assert all("ETA" in line and "elapsed" in line for line in done)
+    assert "epochs 24/24" in done[-1] and "ETA 0:00:00" in done[-1]  # 4 trained roles x 2 x 3
+
+
+def test_reading_commands_refuse_a_missing_store_and_create_none(workdir: Path) -> None:
+    (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
+    for verb in ("report", "export"):
+        res = runner.invoke(app, [verb, "tiny.toml"], env={"COLUMNS": "300"})
+        assert res.exit_code == 2, res.output
+        assert "no MLflow store at" in res.output and "run 'study run' here first" in res.output
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_a_report_needs_runs_of_this_protocol_and_an_export_made_from_it(workdir: Path) -> None:
+    (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
+    assert runner.invoke(app, ["run", "tiny.toml", "--no-report"]).exit_code == 0
+    assert runner.invoke(app, ["export", "tiny.toml"]).exit_code == 0
+    # the same study with another learning rate: every fingerprint differs
+    (workdir / "changed.toml").write_text(TINY_PROTOCOL.replace("lr = 0.05", "lr = 0.04"))
+    res = runner.invoke(
+        app, ["report", "changed.toml", "--export", "results/tiny"], env={"COLUMNS": "300"}
+    )
+    assert res.exit_code == 2, res.output
+    assert "another version of this protocol: 15 of 15" in res.output
+    res = runner.invoke(app, ["report", "changed.toml"], env={"COLUMNS": "300"})
+    assert res.exit_code == 2 and "no FINISHED run" in res.output, res.output
+    assert not (workdir / "reports").exists()
+    res = runner.invoke(app, ["report", "tiny.toml", "--from-export"])
+    assert res.exit_code == 0, res.output
+    assert (workdir / "reports" / "tiny" / "report.md").exists()
