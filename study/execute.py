@@ -162,6 +162,7 @@ def run_study(
 
     execution = protocol.execution
     size = pack_size or (execution.pack if isinstance(execution.pack, int) else None)
+    resolved = resolve_device(device or protocol.train.device)  # before the parent exists
     parent = tracker.start_parent(
         exp_id, study, {"protocol_sha": protocol.sha256, "protocol_file": protocol.source}
     )
@@ -169,7 +170,7 @@ def run_study(
     session = _Session(
         plan, data, tracker, exp_id, parent, fingerprints, run_ids, environment(), emit
     )
-    session.device = resolve_device(device or protocol.train.device)
+    session.device = resolved
     board = _ClaimBoard(tracker, study, execution.heartbeat_s, execution.stale_after_s)
     status = "FINISHED"
     given_up: set[tuple[str, int]] = set()  # failed or blocked in this invocation
@@ -227,7 +228,10 @@ def run_study(
                 break
             if summary.failed:
                 status = "FAILED"
-    except KeyboardInterrupt:
+    except Exception:  # an error escaped: the invocation failed, it was not interrupted
+        status = "FAILED"
+        raise
+    except BaseException:  # Ctrl-C (KeyboardInterrupt), or the process being told to exit
         status = "KILLED"
         raise
     finally:
@@ -384,11 +388,11 @@ class _Session:
         self.tracker.log_files(run_id, self.protocol_files)
         return run_id
 
-    def _start_or_resume(self, role: Role, seed: int, pack: int) -> tuple[str, int]:
+    def _start_or_resume(self, role: Role, seed: int, pack: int) -> tuple[str, set[int]]:
         """A new run, or the interrupted run of the same fingerprint reopened to continue
         from its checkpoint.
 
-        Returns the run id and the last epoch already logged to it (0 for a new run). An
+        Returns the run id and the epochs already logged to it (none for a new run). An
         interrupted run without a checkpoint this device can resume (none was due yet, all
         are corrupt, or they come from another device type) is left KILLED and tagged with
         the run that supersedes it: the epochs a run logs are those of one training.
@@ -396,7 +400,7 @@ class _Session:
         fingerprint = self.fingerprints[(role.key, seed)]
         hit = self.interrupted.get((role.key, fingerprint))
         if hit is None:
-            return self._start(role, seed, pack), 0
+            return self._start(role, seed, pack), set()
         slot = self.checkpoints.slot(fingerprint)
         if slot.resumable(slot.load(), self.device) is None:
             slot.clear()  # what is left in it cannot be resumed: the new run starts over
@@ -406,9 +410,13 @@ class _Session:
             self.tracker.set_tags(hit.run_id, {"superseded_by": run_id})
             self.tracker.end_run(hit.run_id, "KILLED")
             del self.interrupted[(role.key, fingerprint)]
-            return run_id, 0
+            return run_id, set()
         self.tracker.reopen(hit.run_id)
-        return hit.run_id, self.tracker.last_step(hit.run_id, "val_acc")
+        # train_loss is in every epoch's metrics (val_acc is not: val_size = 0), and an
+        # epoch's metrics go to MLflow together
+        return hit.run_id, {
+            step for step, _ in self.tracker.metric_history(hit.run_id, "train_loss")
+        }
 
     def train_pack(self, role: Role, seeds: list[int], summary: RunSummary) -> None:
         seeds = [s for s in seeds if not self._missing_dependency(role, s, summary)]
@@ -420,11 +428,12 @@ class _Session:
         slots = {s: self.checkpoints.slot(self.fingerprints[(role.key, s)]) for s in seeds}
         # Per-epoch metrics reach MLflow every `log_every_s` seconds, a batch per run: one
         # database transaction per seed and epoch would cost more than a small network's
-        # epoch. What a crash loses from the buffer is in the checkpoint's history.
+        # epoch. What a crash loses from the buffer is in the checkpoint's history, and a
+        # resumed seed logs the epochs of that history MLflow lacks before it trains on.
         metrics_log = _MetricsBuffer(
             self.tracker,
             runs,
-            {s: last for s, (_, last) in started.items()},
+            {s: logged for s, (_, logged) in started.items()},
             self.plan.protocol.execution.log_every_s,
             params={s: self._params(role, s) for s in seeds},
         )
@@ -442,6 +451,7 @@ class _Session:
                 device=self.device,
                 on_epoch=on_epoch,
                 checkpoints=slots,
+                on_resume=metrics_log.backfill,
             )
         except KeyboardInterrupt:
             metrics_log.flush()
@@ -469,7 +479,8 @@ class _Session:
                 self.tracker.set_tags(run_id, {"resumed_from_epoch": result.resumed_from})
                 self.emit(Progress("resumed", role.key, seed, epoch=result.resumed_from))
             # the epochs not yet in MLflow (buffered, or restored from a checkpoint that the
-            # killed process had not logged), and the final metrics at the last epoch's step
+            # killed process had not logged and `backfill` could not send), and the final
+            # metrics at the last epoch's step
             last = result.history[-1] if result.history else {}
             extra = {k: v for k, v in result.final.items() if k not in last}
             metrics_log.flush(seed, history=result.history, final=(role.train.epochs, extra))
@@ -509,29 +520,45 @@ class _MetricsBuffer:
     """The per-epoch metrics of a pack's runs on their way to MLflow.
 
     ``add`` buffers an epoch; when ``interval_s`` has passed since the last flush, every
-    run's buffered epochs go out, one ``log_batch`` per run. ``logged[seed]`` is the last
-    epoch MLflow holds for the seed's run. A run's ``params`` go with its first flush.
+    run's buffered epochs go out, one ``log_batch`` per run. ``logged[seed]`` is the set of
+    epochs MLflow holds for the seed's run: a set, not the last one, because a resumed run
+    may hold epochs up to its last flush and lack some before them (a checkpoint saved, the
+    process killed before that epoch was logged). A run's ``params`` go with its first flush.
     """
 
     def __init__(
         self,
         tracker: Tracker,
         runs: dict[int, str],
-        logged: dict[int, int],
+        logged: dict[int, set[int]],
         interval_s: float,
         *,
         params: dict[int, dict[str, Any]],
     ):
-        self.tracker, self.runs, self.logged, self.interval_s = tracker, runs, logged, interval_s
+        self.tracker, self.runs, self.interval_s = tracker, runs, interval_s
+        self.logged = {s: set(logged.get(s, ())) for s in runs}
         self.params = dict(params)
         self.pending: dict[int, list[tuple[int, dict[str, float], float]]] = {s: [] for s in runs}
         self.last_flush = time.monotonic()
 
     def add(self, seed: int, epoch: int, metrics: dict[str, float]) -> None:
-        if epoch > self.logged[seed]:
+        if epoch not in self.logged[seed]:
             self.pending[seed].append((epoch, dict(metrics), time.time()))
         if time.monotonic() - self.last_flush >= self.interval_s:
             self.flush()
+
+    def backfill(self, seed: int, history: list[dict[str, float]]) -> None:
+        """A seed resumed from a checkpoint whose ``history`` holds epochs MLflow lacks:
+        send them now, before its training goes on (``train_role``'s ``on_resume``)."""
+        rows = [
+            (e, history[e - 1], time.time())
+            for e in range(1, len(history) + 1)
+            if e not in self.logged[seed]
+        ]
+        params = self.params.pop(seed, None)
+        if rows or params:
+            self.tracker.log_history(self.runs[seed], rows, params=params)
+            self.logged[seed].update(e for e, _, _ in rows)
 
     def flush(
         self,
@@ -544,19 +571,21 @@ class _MetricsBuffer:
         seed's whole training), every epoch MLflow lacks is sent; ``final`` adds
         ``(step, metrics)``. One transaction per run (up to 1000 metrics)."""
         for s in [seed] if seed is not None else list(self.runs):
-            rows = self.pending[s]
+            rows = [r for r in self.pending[s] if r[0] not in self.logged[s]]
             if history is not None:
                 when = {e: t for e, _, t in rows}
                 rows = [
                     (e, history[e - 1], when.get(e, time.time()))
-                    for e in range(self.logged[s] + 1, len(history) + 1)
+                    for e in range(1, len(history) + 1)
+                    if e not in self.logged[s]
                 ]
+            epochs = [e for e, _, _ in rows]
             if final is not None and final[1]:
                 rows = [*rows, (final[0], final[1], time.time())]
             params = self.params.pop(s, None)
             if rows or params:
                 self.tracker.log_history(self.runs[s], rows, params=params)
-                self.logged[s] = max([self.logged[s], *(e for e, _, _ in rows)])
+                self.logged[s].update(epochs)
             self.pending[s] = []
         if seed is None:
             self.last_flush = time.monotonic()

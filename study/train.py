@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from study.checkpoint import CheckpointSlot
 from study.data import DataSplits, augment_batch, normalize
+from study.errors import UserInputError
 from study.losses import get_loss
 from study.models import create_model
 from study.models.dropout import SeedDropout
@@ -36,6 +38,9 @@ from study.protocol import TrainSection
 from study.repro import configure_cuda_process, deterministic_mode
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]  # (seed, epoch, metrics)
+# (seed, history): a seed resumed from a checkpoint, with the epochs the checkpoint restored,
+# before its training goes on (the executor logs those MLflow lacks at once).
+ResumeCallback = Callable[[int, list[dict[str, float]]], None]
 
 # Fault injection for the crash tests: "N:KILL" or "N:INT" sends that signal to this process
 # after N training steps in all (SIGKILL is a real crash: no cleanup, no flush).
@@ -100,6 +105,21 @@ def resolve_device(spec: str) -> torch.device:
     configure_cuda_process()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", spec)
+    if match is None:
+        raise UserInputError(f"unknown device {spec!r}; allowed: auto, cpu, cuda, cuda:N")
+    if spec.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserInputError(
+                f"device {spec!r} asked for, but this machine has no usable CUDA device; "
+                "use auto or cpu"
+            )
+        if match.group(1) is not None and int(match.group(1)) >= count:
+            raise UserInputError(
+                f"device {spec!r} asked for, but this machine has {count} CUDA device(s): "
+                f"cuda:0 to cuda:{count - 1}"
+            )
     return torch.device(spec)
 
 
@@ -219,17 +239,22 @@ class TeacherCache:
     Exact only where a training step's view of an image is the image itself (augmentation
     "none"): then a step's teacher outputs are rows of this table instead of a forward
     pass. Each row is computed by the same forward pass (the same precision, the same
-    arithmetic per image) as in a step, so a row is bit for bit what the step would compute;
-    ``lookup`` checks that on its first batch against a real forward pass and, should the
-    backend round a batch differently from the table, switches the cache off (``None``
-    from then on). ``forward`` is anything mapping a normalised batch to logits (a model in
-    eval mode, or a seed pack's shared forward pass).
+    arithmetic per image) as in a step, but a backend may round a row differently in a
+    batch of another size (its kernels block and vectorise by batch size: a small_cnn's
+    partial last batch was seen 2e-8 off a table filled in batches of 1024). So ``lookup``
+    checks the table against a real forward pass on the first batch of every batch shape it
+    is given, which in the first epoch are the full batches and the last, partial one, and,
+    should the backend round one differently from the table, switches the cache off
+    (``None`` from then on). ``checked`` holds the shapes verified. ``forward`` is anything
+    mapping a normalised batch to logits (a model in eval mode, or a seed pack's shared
+    forward pass).
     """
 
     def __init__(
         self, forward: Callable[[Tensor], Tensor], table: Tensor, *, precision: str = "fp32"
     ):
-        self.forward, self.table, self.precision, self.checked = forward, table, precision, False
+        self.forward, self.table, self.precision = forward, table, precision
+        self.checked: set[tuple[int, ...]] = set()
 
     @classmethod
     def build(
@@ -247,7 +272,7 @@ class TeacherCache:
 
         ``table_forward`` fills the table (default: ``forward``; a seed pack's teachers fill
         it with their shared forward pass, every seed on every image, concatenated along
-        ``batch_dim``) and ``forward`` is the step's own, which the first lookup checks.
+        ``batch_dim``) and ``forward`` is the step's own, which ``lookup`` checks.
         """
         if not teacher_cache.on or data.augmentation != "none" or len(data.train_x) == 0:
             return None
@@ -262,12 +287,14 @@ class TeacherCache:
 
     def lookup(self, index: Tensor | tuple[Tensor, ...], xb: Tensor) -> Tensor | None:
         """The teacher's logits for a training batch ``xb`` (normalised): ``table[index]``
-        (the batch's rows). None once the cache is off."""
+        (the batch's rows). None once the cache is off. The first batch of each shape is
+        checked against a real forward pass (see the class)."""
         if self.table is None:
             return None
         cached = self.table[index]
-        if not self.checked:
-            self.checked = True
+        shape = tuple(xb.shape)
+        if shape not in self.checked:
+            self.checked.add(shape)
             with torch.inference_mode(), _autocast(self.table.device, self.precision):
                 fresh = self.forward(xb).float()
             if not torch.equal(fresh, cached):
@@ -329,6 +356,63 @@ def final_metrics(
     return out
 
 
+class _OneValuePerChannel(Exception):
+    pass
+
+
+def one_example_breaks_batchnorm(role: Role, data: DataSplits) -> bool:
+    """Whether a training batch of one example leaves a BatchNorm layer of the role's model
+    one value per channel (1x1 maps), where training-mode BatchNorm cannot normalise and
+    PyTorch raises "Expected more than 1 value per channel". Found on meta tensors (no
+    memory, no arithmetic)."""
+
+    def pre_hook(module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        if x.dim() >= 2 and x.numel() // x.shape[1] == 1:
+            raise _OneValuePerChannel
+
+    try:
+        with torch.device("meta"):
+            model = build_model(role, data).train()
+            norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            if not norms:
+                return False
+            hooks = [m.register_forward_pre_hook(pre_hook) for m in norms]
+            try:
+                model(torch.empty(1, data.in_channels, data.image_size, data.image_size))
+            finally:
+                for h in hooks:
+                    h.remove()
+    except _OneValuePerChannel:
+        return True
+    except Exception:  # noqa: BLE001 - a model the meta device cannot run: train as given
+        return False
+    return False
+
+
+def train_batches(role: Role, data: DataSplits) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` positions, in an epoch's permutation, of its training batches:
+    ``batch_size`` examples each and the remainder last, as ``range(0, n, batch_size)``.
+
+    A remainder of one example is folded into the batch before it (one batch of
+    ``batch_size + 1``) where, and only where, a batch of one cannot train: where a
+    BatchNorm layer would see one value per channel (``one_example_breaks_batchnorm``).
+    Why this fix and not another: the example still trains in every epoch, every seed and
+    the loop and the pack fold alike, and no configuration that trains today changes by a
+    bit (an MLP without BatchNorm, or a BatchNorm over larger maps, trains its one-example
+    batch as before). Dropping the remainder (``drop_last``) would change every run whose
+    ``n_train % batch_size`` is not 0; folding whenever the remainder is one would change
+    runs that work; refusing the protocol would turn away a batch size that has one
+    obvious meaning.
+    """
+    assert role.train is not None
+    n, size = len(data.train_x), role.train.batch_size
+    bounds = [(i, min(i + size, n)) for i in range(0, n, size)]
+    if len(bounds) > 1 and n % size == 1 and one_example_breaks_batchnorm(role, data):
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def train_role(
     role: Role,
     seeds: list[int],
@@ -339,6 +423,7 @@ def train_role(
     on_epoch: EpochCallback | None = None,
     evaluate_test: bool = True,
     checkpoints: dict[int, CheckpointSlot] | None = None,
+    on_resume: ResumeCallback | None = None,
 ) -> list[SeedResult]:
     """Train one role for a pack of seeds; seed s distils from ``teachers[s]``.
 
@@ -349,7 +434,9 @@ def train_role(
     False the test split is never touched: what tuning trials use. With ``checkpoints``,
     each seed saves its complete state at the end of an epoch into its slot whenever the
     slot says a save is due (``CheckpointSlot.due``: every epoch, or on a time cadence) and,
-    if the slot already holds a state, resumes from it instead of starting over.
+    if the slot already holds a state, resumes from it instead of starting over; a seed
+    that resumes is first handed to ``on_resume(seed, history)`` with the epochs its
+    checkpoint restored, before its training goes on.
     """
     if role.kind == "ensemble" or role.train is None:
         raise ValueError(f"role {role.key} is not trained")
@@ -367,6 +454,7 @@ def train_role(
             on_epoch=on_epoch,
             evaluate_test=evaluate_test,
             checkpoints=checkpoints,
+            on_resume=on_resume,
         )
     results = []
     for seed in seeds:
@@ -374,7 +462,9 @@ def train_role(
         slot = checkpoints.get(seed) if checkpoints else None
         try:
             results.append(
-                _train_seed(role, seed, data, teacher, device, on_epoch, evaluate_test, slot)
+                _train_seed(
+                    role, seed, data, teacher, device, on_epoch, evaluate_test, slot, on_resume
+                )
             )
         except TrainingDiverged as e:  # this seed fails alone; the pack goes on
             results.append(SeedResult(seed=seed, state_dict={}, failure=str(e)))
@@ -390,6 +480,7 @@ def _train_seed(
     on_epoch: EpochCallback | None,
     evaluate_test: bool = True,
     slot: CheckpointSlot | None = None,
+    on_resume: ResumeCallback | None = None,
 ) -> SeedResult:
     cfg = role.train
     assert cfg is not None
@@ -419,100 +510,114 @@ def _train_seed(
     dropout = stream("dropout")
     seeded_dropout(model, dropout)
 
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    teacher_val = teacher_test = None
-    if teacher is not None:
-        teacher_val = predict_probs(teacher, data.val_x, data, batch_size=cfg.eval_batch_size)
-        if evaluate_test:
-            teacher_test = predict_probs(teacher, data.test_x, data, batch_size=cfg.eval_batch_size)
-
-    distils = teacher is not None and loss_spec.needs_teacher  # else: agreement metrics only
-    cache = None
-    if distils:
-        cache = TeacherCache.build(
-            teacher, data, batch_size=cfg.eval_batch_size, precision=cfg.precision, device=device
-        )
-
-    result = SeedResult(seed=seed, state_dict={})
-    n = len(train_x)
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), deterministic_mode(cfg.deterministic, device):
-        # Torch's global generators, for random layers other than nn.Dropout (torchvision's
-        # stochastic depth): seeded per seed and generation as well.
-        torch.manual_seed(derive_seed(seed, role.generation, "dropout"))
-        generators = {"order": order, "augment": augment, "loss": loss_rng}
-        saved = slot.resumable(slot.load(), device) if slot is not None else None
-        if saved is not None:
-            _restore(saved, model, opt, sched, scaler, generators, dropout, device)
-            result.history = list(saved["history"])
-            result.resumed_from = int(saved["epoch"])
-        for epoch in range(len(result.history) + 1, cfg.epochs + 1):
-            model.train()
-            perm = torch.randperm(n, generator=order).to(device)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device)
-            for i in range(0, n, cfg.batch_size):
-                idx = perm[i : i + cfg.batch_size]
-                xb = augment_batch(train_x[idx], data.augmentation, augment)
-                xb = normalize(xb, data.mean, data.std)
-                yb = train_y[idx]
-                t_logits = None
-                if cache is not None:
-                    t_logits = cache.lookup(idx, xb)
-                if distils and t_logits is None:
-                    with torch.inference_mode(), _autocast(device, cfg.precision):
-                        t_logits = teacher(xb)
-                    t_logits = t_logits.float().clone()  # leave inference mode for autograd
-                with _autocast(device, cfg.precision):
-                    logits = model(xb)
-                loss = loss_spec(logits, yb, t_logits, generator=loss_rng, **role.loss_params)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                loss_sum += loss.detach() * len(idx)
-                correct += (logits.detach().argmax(1) == yb).sum()
-                if _FAULT:
-                    _maybe_fault()
-            train_loss = float(loss_sum) / n
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(seed, epoch, train_loss)
-            metrics = {"train_loss": train_loss, "train_acc": float(correct) / n}
-            metrics["lr"] = opt.param_groups[0]["lr"]
-            sched.step()
-            metrics.update(_evaluate(model, data, cfg, evaluate_test))
-            result.history.append(metrics)
-            if slot is not None and slot.due():
-                slot.save(
-                    _capture(
-                        epoch,
-                        result.history,
-                        model,
-                        opt,
-                        sched,
-                        scaler,
-                        generators,
-                        dropout,
-                        device,
-                    )
+    # Deterministic mode (where on) covers every forward pass of the training, not only
+    # its steps: the teacher's predictions, the teacher-output table and the final
+    # evaluation too (on the CPU it changes no result; on a GPU it pins the kernels).
+    with deterministic_mode(cfg.deterministic, device):
+        train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+        teacher_val = teacher_test = None
+        if teacher is not None:
+            teacher_val = predict_probs(teacher, data.val_x, data, batch_size=cfg.eval_batch_size)
+            if evaluate_test:
+                teacher_test = predict_probs(
+                    teacher, data.test_x, data, batch_size=cfg.eval_batch_size
                 )
-            if on_epoch is not None:
-                on_epoch(seed, epoch, metrics)
 
-    val_probs = predict_probs(model, data.val_x, data, batch_size=cfg.eval_batch_size)
-    test_probs = None
-    if evaluate_test:
-        test_probs = predict_probs(model, data.test_x, data, batch_size=cfg.eval_batch_size)
-    if evaluate_test:
-        result.final = final_metrics(val_probs, test_probs, data, teacher_test)
-    else:
-        result.final = {k: v for k, v in evaluate_probs(val_probs, data.val_y, "val").items()}
-    if teacher_val is not None and len(data.val_y):
-        result.final["val_teacher_agreement"] = agreement_metrics(val_probs, teacher_val)[
-            "teacher_agreement"
-        ]
-    if distils:
-        record_teacher_outputs(result, cache)
+        distils = teacher is not None and loss_spec.needs_teacher  # else: agreement only
+        cache = None
+        if distils:
+            cache = TeacherCache.build(
+                teacher,
+                data,
+                batch_size=cfg.eval_batch_size,
+                precision=cfg.precision,
+                device=device,
+            )
+
+        result = SeedResult(seed=seed, state_dict={})
+        n = len(train_x)
+        cuda = [device] if device.type == "cuda" else []
+        batches = train_batches(role, data)
+        with torch.random.fork_rng(devices=cuda):
+            # Torch's global generators, for random layers other than nn.Dropout
+            # (torchvision's stochastic depth): seeded per seed and generation as well.
+            torch.manual_seed(derive_seed(seed, role.generation, "dropout"))
+            generators = {"order": order, "augment": augment, "loss": loss_rng}
+            saved = slot.resumable(slot.load(), device) if slot is not None else None
+            if saved is not None:
+                if on_resume is not None:
+                    on_resume(seed, list(saved["history"]))
+                _restore(saved, model, opt, sched, scaler, generators, dropout, device)
+                result.history = list(saved["history"])
+                result.resumed_from = int(saved["epoch"])
+            for epoch in range(len(result.history) + 1, cfg.epochs + 1):
+                model.train()
+                perm = torch.randperm(n, generator=order).to(device)
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), device=device)
+                for start, stop in batches:
+                    idx = perm[start:stop]
+                    xb = augment_batch(train_x[idx], data.augmentation, augment)
+                    xb = normalize(xb, data.mean, data.std)
+                    yb = train_y[idx]
+                    t_logits = None
+                    if cache is not None:
+                        t_logits = cache.lookup(idx, xb)
+                    if distils and t_logits is None:
+                        with torch.inference_mode(), _autocast(device, cfg.precision):
+                            t_logits = teacher(xb)
+                        t_logits = t_logits.float().clone()  # leave inference mode
+                    with _autocast(device, cfg.precision):
+                        logits = model(xb)
+                    loss = loss_spec(logits, yb, t_logits, generator=loss_rng, **role.loss_params)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                    loss_sum += loss.detach() * len(idx)
+                    correct += (logits.detach().argmax(1) == yb).sum()
+                    if _FAULT:
+                        _maybe_fault()
+                train_loss = float(loss_sum) / n
+                if not math.isfinite(train_loss):
+                    raise TrainingDiverged(seed, epoch, train_loss)
+                metrics = {"train_loss": train_loss, "train_acc": float(correct) / n}
+                metrics["lr"] = opt.param_groups[0]["lr"]
+                sched.step()
+                metrics.update(_evaluate(model, data, cfg, evaluate_test))
+                result.history.append(metrics)
+                if slot is not None and slot.due():
+                    slot.save(
+                        _capture(
+                            epoch,
+                            result.history,
+                            model,
+                            opt,
+                            sched,
+                            scaler,
+                            generators,
+                            dropout,
+                            device,
+                        )
+                    )
+                if on_epoch is not None:
+                    on_epoch(seed, epoch, metrics)
+
+        val_probs = predict_probs(model, data.val_x, data, batch_size=cfg.eval_batch_size)
+        test_probs = None
+        if evaluate_test:
+            test_probs = predict_probs(model, data.test_x, data, batch_size=cfg.eval_batch_size)
+        if evaluate_test:
+            result.final = final_metrics(val_probs, test_probs, data, teacher_test)
+        else:
+            result.final = dict(evaluate_probs(val_probs, data.val_y, "val"))
+        if teacher_val is not None and len(data.val_y):
+            result.final["val_teacher_agreement"] = agreement_metrics(val_probs, teacher_val)[
+                "teacher_agreement"
+            ]
+        if distils:
+            record_teacher_outputs(result, cache)
+
     result.state_dict = {
         k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
         for k, v in model.state_dict().items()

@@ -229,3 +229,55 @@ def test_env_prints_the_provenance_snapshot(tmp_path: Path) -> None:
     for key in ("python", "torch", "cuda", "cudnn", "gpu", "cpu", "git_commit", "git_dirty"):
         assert key in snap
     assert any(line.startswith("torch==") for line in snap["pip_freeze"])
+
+
+@pytest.mark.parametrize("pack", [1, 2])  # the loop, and a pack
+def test_a_resumed_run_logs_the_epochs_its_checkpoint_had_and_mlflow_lacked_once(
+    workdir: Path, monkeypatch, pack: int
+) -> None:
+    """Killed after a checkpoint was saved and before its epoch reached MLflow, a run
+    resumes with that epoch missing from MLflow while later epochs are logged as they
+    come: the epoch is logged from the checkpoint's history, and every epoch is there once."""
+    from study.execute import run_study
+    from study.plan import Plan, expand
+    from study.protocol import parse_protocol
+    from study.track import Tracker
+
+    text = PROTOCOL.replace("pack = 1 ", f"pack = {pack} ")
+    text = text.replace("log_every_s = 3600", "log_every_s = 0")  # an epoch is logged at once
+    protocol = parse_protocol(text)
+    full = expand(protocol)
+    plan = Plan(protocol=protocol, roles=(full.role("teacher"),), seeds=full.seeds)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    real_save = CheckpointSlot.save
+
+    def save_then_interrupt(self, state):
+        real_save(self, state)
+        if state["epoch"] == 2:  # the checkpoint is on disk; epoch 2 is not yet logged
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(CheckpointSlot, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(protocol, Tracker(uri), plan=plan)
+    monkeypatch.setattr(CheckpointSlot, "save", real_save)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("resume")
+    seen = []
+
+    def progress(event) -> None:  # what MLflow holds while seed 0 trains on
+        if event.kind == "epoch" and event.seed == 0 and event.epoch == 3:
+            [run] = client.search_runs([exp.experiment_id], "tags.seed = '0'")
+            seen.extend(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+
+    summary = run_study(protocol, Tracker(uri), plan=plan, progress=progress)
+    assert summary.trained == 2 and not summary.failed
+    # epoch 2 was logged from the checkpoint before epoch 3 was trained, not at the end
+    assert sorted(seen) == [1, 2, 3]
+    runs = client.search_runs([exp.experiment_id], "tags.fingerprint != ''")
+    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["seed"]: r.data.tags.get("resumed_from_epoch") for r in runs}["0"] == "2"
+    for r in runs:
+        for key in ("train_loss", "train_acc", "lr", "val_acc", "val_nll", "test_acc"):
+            steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
+            assert steps == [1, 2, 3, 4], (r.data.tags["seed"], key, steps)

@@ -224,3 +224,25 @@ def test_execution_channels_last_reaches_the_convnets_training(
     teacher_run = summary.runs["teacher@0"]["run_id"]
     state = tracker.load_checkpoint(teacher_run)
     assert all(v.is_contiguous() for v in state.values())  # logged in the plain format
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")]
+)
+def test_the_invocation_run_ends_failed_when_an_error_escapes_and_killed_on_ctrl_c(
+    workdir: Path, tiny_protocol_text, monkeypatch, error, status
+) -> None:
+    from study import execute
+    from study.protocol import parse_protocol
+    from study.track import Tracker
+
+    def crash(self, role, seeds, summary):
+        raise error
+
+    monkeypatch.setattr(execute._Session, "train_pack", crash)
+    tracker = Tracker(f"sqlite:///{workdir}/mlflow.db")
+    with pytest.raises(type(error)):
+        execute.run_study(parse_protocol(tiny_protocol_text), tracker)
+    exp_id = tracker.experiment_id("tiny", create=False)
+    parents = tracker.client.search_runs([exp_id], "tags.kind = 'invocation'")
+    assert [r.info.status for r in parents] == [status]

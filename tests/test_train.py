@@ -158,7 +158,8 @@ def test_the_teacher_cache_trains_a_student_bit_for_bit_like_teacher_forward_pas
     teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
     role = plan.role(student)
     [cached] = train_role(role, [0], digits, teachers={0: teacher}, device=torch.device("cpu"))
-    # one pass over the training set to fill the table, one batch to check it, no others
+    # one pass over the training set to fill the table, and the first batch of each batch
+    # size to check it (a full one and the last, partial one), no others
     n_train, steps = len(digits.train_x), -(-len(digits.train_x) // role.train.batch_size)
     assert sum(calls) < n_train + 2 * role.train.batch_size + len(digits.val_x) + len(digits.test_x)
     monkeypatch.setattr(train.TeacherCache, "build", classmethod(lambda cls, *a, **k: None))
@@ -300,3 +301,161 @@ def test_a_student_that_does_not_distil_runs_its_teacher_only_for_the_agreement(
     [r] = train_role(role, [0], digits, teachers={0: teacher}, device=cpu)
     assert sum(images) == len(digits.val_x) + len(digits.test_x)  # one pass over each
     assert "teacher_agreement" in r.final and r.teacher_cached is None and r.notes == []
+
+
+def _perturb_all_but_the_first_batch(role, seeds, digits):
+    """A TeacherCache.__init__ whose table is off by 1e-6 everywhere but in the rows of
+    each seed's first training batch: the first lookup's check passes, later ones do not."""
+    import study.train as train
+    from study.plan import derive_seed
+
+    n, size = len(digits.train_x), role.train.batch_size
+    firsts = []
+    for seed in seeds:
+        order = torch.Generator().manual_seed(derive_seed(seed, role.generation, "order"))
+        firsts.append(torch.randperm(n, generator=order)[:size])
+    real_init = train.TeacherCache.__init__
+
+    def init(self, forward, table, **kwargs):
+        per_seed = table if table.dim() == 3 else table[None]  # a pack's [K, N, C]
+        for rows, first in zip(per_seed, firsts, strict=True):
+            later = torch.ones(n, dtype=torch.bool)
+            later[first] = False
+            rows[later] += 1e-6
+        real_init(self, forward, table, **kwargs)
+
+    return init
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1]])  # the loop, and a pack
+def test_the_teacher_cache_is_checked_on_the_last_partial_batch_too(
+    plan, digits, seeds, monkeypatch
+) -> None:
+    """A backend may round a batch of another size differently from the table: the first
+    epoch's last, partial batch is checked against a real forward pass as well, and a
+    mismatch there switches the cache off (with the note) although the first batch agreed."""
+    import study.train as train
+
+    cpu = torch.device("cpu")
+    trained = train_role(plan.role("teacher"), seeds, digits, device=cpu)
+    teachers = {
+        r.seed: load_model(plan.role("teacher"), digits, r.state_dict, cpu) for r in trained
+    }
+    role = plan.role("kd/gen1")
+    assert len(digits.train_x) % role.train.batch_size  # there is a partial batch
+    built = []
+    real_build = train.TeacherCache.build.__func__
+    monkeypatch.setattr(
+        train.TeacherCache,
+        "build",
+        classmethod(lambda cls, *a, **kw: built.append(real_build(cls, *a, **kw)) or built[-1]),
+    )
+    monkeypatch.setattr(
+        train.TeacherCache, "__init__", _perturb_all_but_the_first_batch(role, seeds, digits)
+    )
+    results = train_role(role, seeds, digits, teachers=teachers, device=cpu)
+    [cache] = built
+    assert cache.table is None and len(cache.checked) == 2  # the full and the partial shape
+    for r in results:
+        assert r.teacher_cached is False
+        [note] = r.notes
+        assert note.startswith("teacher-output cache switched off")
+
+
+def test_the_teacher_cache_checks_the_first_batch_of_every_shape(digits) -> None:
+    from study.train import TeacherCache
+
+    weights = torch.randn(64, 10)
+    forward = lambda x: x.flatten(1) @ weights  # noqa: E731
+    cache = TeacherCache.build(
+        forward, digits, batch_size=256, precision="fp32", device=torch.device("cpu")
+    )
+    assert cache is not None
+    full, partial = torch.arange(0, 8), torch.tensor([100, 101, 102])
+    cache.table[partial] += 1e-6  # as if the backend rounded a 3-image batch otherwise
+    xb = normalize(digits.train_x[full], digits.mean, digits.std)
+    assert torch.equal(cache.lookup(full, xb), forward(xb))
+    assert torch.equal(cache.lookup(full + 8, xb), cache.table[full + 8])  # shape known
+    xb = normalize(digits.train_x[partial], digits.mean, digits.std)
+    assert cache.lookup(partial, xb) is None and cache.table is None
+
+
+def _one_example_last_batch(plan, digits):
+    """small_cnn with four blocks on 8x8 digits (the configuration cnn.py advertises): its
+    last BatchNorm sees 1x1 maps. A batch size dividing n_train - 1 leaves one example."""
+    import dataclasses
+
+    base = plan.role("teacher")
+    role = dataclasses.replace(
+        base, arch="small_cnn", arch_kwargs={"channels": [4, 4, 4, 4], "hidden": 8}
+    )
+    n = len(digits.train_x)
+    size = next(b for b in range(100, n) if n % b == 1)
+    return dataclasses.replace(
+        role, train=role.train.model_copy(update={"batch_size": size, "epochs": 1})
+    )
+
+
+def test_a_last_batch_of_one_is_folded_into_the_previous_one_where_batchnorm_needs_it(
+    plan, digits
+) -> None:
+    import dataclasses
+
+    from study.pack import train_pack
+    from study.train import one_example_breaks_batchnorm, train_batches
+
+    cpu = torch.device("cpu")
+    role = _one_example_last_batch(plan, digits)
+    n, size = len(digits.train_x), role.train.batch_size
+    assert one_example_breaks_batchnorm(role, digits)
+    batches = train_batches(role, digits)
+    assert batches[-1] == (n - 1 - size, n) and len(batches) == n // size
+    [loop] = train_role(role, [0], digits, device=cpu)  # raised ValueError before
+    [alone] = train_pack(role, [0], digits, device=cpu)
+    packed = train_role(role, [0, 1], digits, device=cpu)
+    assert all(r.failure is None for r in (loop, alone, *packed))
+    assert alone.final == loop.final and _same(alone.state_dict, loop.state_dict)
+    # Where a batch of one trains (no BatchNorm, or BatchNorm over larger maps), it stays:
+    # those trainings are as they were.
+    for arch, kwargs in (("mlp", {"hidden": [16]}), ("small_cnn", {"channels": [4, 8]})):
+        other = dataclasses.replace(role, arch=arch, arch_kwargs=kwargs)
+        assert not one_example_breaks_batchnorm(other, digits)
+        assert train_batches(other, digits)[-1] == (n - 1, n)
+
+
+def test_teacher_predictions_cache_and_final_evaluation_run_in_deterministic_mode(
+    plan, digits, monkeypatch
+) -> None:
+    """Deterministic mode (on by default on the CPU) covers every forward pass of a
+    training, in the loop and in a pack: not only the epochs."""
+    from study import pack, train
+
+    cpu = torch.device("cpu")
+    trained = train_role(plan.role("teacher"), [0, 1], digits, device=cpu)
+    teachers = {
+        r.seed: load_model(plan.role("teacher"), digits, r.state_dict, cpu) for r in trained
+    }
+    seen: list[tuple[str, bool]] = []
+
+    def spy(name, real):
+        def wrapped(*args, **kwargs):
+            seen.append((name, torch.are_deterministic_algorithms_enabled()))
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    real_build = train.TeacherCache.build.__func__
+    monkeypatch.setattr(train, "predict_probs", spy("loop", train.predict_probs))
+    monkeypatch.setattr(pack, "predict_pack_probs", spy("pack", pack.predict_pack_probs))
+    monkeypatch.setattr(
+        train.TeacherCache,
+        "build",
+        classmethod(lambda cls, *a, **kw: spy("cache", real_build)(cls, *a, **kw)),
+    )
+    assert not torch.are_deterministic_algorithms_enabled()
+    role = plan.role("kd/gen1")
+    train_role(role, [0], digits, teachers=teachers, device=cpu)  # the loop
+    train_role(role, [0, 1], digits, teachers=teachers, device=cpu)  # a pack
+    assert {name for name, _ in seen} == {"loop", "pack", "cache"}
+    assert all(on for _, on in seen), seen
+    assert not torch.are_deterministic_algorithms_enabled()  # as it was
