@@ -343,7 +343,7 @@ def tune(
         )
     except KeyboardInterrupt as e:
         err_console.print(
-            "[yellow]interrupted:[/] the trial in progress is marked failed; run "
+            "[yellow]interrupted:[/] a trial in progress is marked failed; run "
             f"'study tune {protocol}' again to continue the same study",
             highlight=False,
         )

@@ -32,7 +32,7 @@ from study.errors import UserInputError
 from study.pack import auto_pack_size
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
-from study.repro import environment, pip_freeze, resolve_deterministic
+from study.repro import deterministic_mode, environment, pip_freeze, resolve_deterministic
 from study.track import Claim, Tracker
 from study.train import (
     SeedResult,
@@ -498,9 +498,14 @@ class _Session:
         run_id = self._start(role, seed)
         members = [self.model(m, seed) for m in role.members]
         teacher = self.model("teacher", seed)
-        final = evaluate_ensemble(
-            members, self.data, batch_size=self.plan.protocol.train.eval_batch_size, teacher=teacher
-        )
+        recipe = self.plan.role(role.members[-1]).train  # the members' (one arm's)
+        with deterministic_mode(recipe.deterministic if recipe else None, self.device):
+            final = evaluate_ensemble(
+                members,
+                self.data,
+                batch_size=self.plan.protocol.train.eval_batch_size,
+                teacher=teacher,
+            )
         self.tracker.log_history(run_id, [(0, final, time.time())], params=self._params(role, seed))
         self.tracker.end_run(run_id)
         self.run_ids[(role.key, seed)] = run_id

@@ -235,10 +235,6 @@ class Tracker:
         """Mark an interrupted run as running again (it is being resumed)."""
         self.client.update_run(run_id, status="RUNNING")
 
-    def last_step(self, run_id: str, key: str) -> int:
-        steps = [m.step for m in self.client.get_metric_history(run_id, key)]
-        return max(steps, default=0)
-
     def finished_runs(self, experiment_id: str) -> dict[tuple[str, str], FinishedRun]:
         """FINISHED (role, seed) runs of the experiment, by (role, fingerprint)."""
         found: dict[tuple[str, str], FinishedRun] = {}

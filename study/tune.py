@@ -43,17 +43,37 @@ status FINISHED (complete), KILLED (pruned: stopped on purpose, its metrics are 
 also an interrupted trial) or FAILED. Trial runs carry no fingerprint: the executor and
 the report never take them for a (role, seed) run.
 
+Per-step metrics of a trial reach MLflow in batches (every ``[execution] log_every_s``
+seconds and at the trial's end), and every tracker or Optuna write holds Ctrl-C back until
+it is done: an interrupt inside a sqlite write would leave its transaction open and lock
+the store for the cleanup. After Ctrl-C the trial is failed in Optuna, its run and the
+parent run end KILLED, and KeyboardInterrupt goes on (``study tune`` exits 130). A rerun
+ends the trial runs a dead worker of this machine left RUNNING (``_settle_trial_runs``).
+
+What a study is. The Optuna study's name ends in a hash of ``tuning_config``: the ranges,
+metric, tuning seeds, epochs, sampler seed, pruner, the tuned role's config and the
+fingerprints of its teachers (recipes, architectures, [data] settings, package version).
+A changed [tune] (or recipe, teacher, data settings) is a new study, started from zero;
+an unchanged one resumes. The budget (``trials``) is not part of it: raising it tops the
+same study up.
+
 The result, ``results/<study>/tuned.json``, is what ``study run`` reads where an arm's loss
-says ``temperature = "tuned"`` or ``alpha = "tuned"`` (see ``load_tuned``).
+says ``temperature = "tuned"`` or ``alpha = "tuned"`` (see ``load_tuned``). It records the
+config hash, and a file whose hash is not the current protocol's counts as no result.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
+import hashlib
 import json
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -67,6 +87,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from study import __version__
 from study.data import DataSplits
 from study.errors import UserInputError
 from study.execute import Progress, load_study_data, run_study
@@ -93,6 +114,8 @@ SEARCHABLE = ("temperature", "alpha", "lr")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 PARENT_ATTR = "mlflow_parent_run_id"
+CONFIG_ATTR = "config_hash"
+DATA_ATTR = "data_identity"
 
 
 class TuningError(RuntimeError):
@@ -177,6 +200,8 @@ class TuningPlan:
     teachers: Plan  # the roles the student distils from, for the tuning seeds
     epochs: int  # per seed, per trial
     results_dir: Path
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # see tuning_config
+    config_hash: str = ""
 
     @property
     def seeds(self) -> list[int]:
@@ -196,8 +221,71 @@ class TuningPlan:
 
 
 def optuna_study_name(protocol: Protocol) -> str:
+    """``<study>-tune-<arm>-gen<g>-<hash>``: the hash of ``tuning_config``, so that a
+    changed search (ranges, seeds, epochs, metric, sampler, pruner, the student's recipe,
+    its teachers or the data) is a new Optuna study, and an unchanged one resumes."""
     spec = _spec(protocol)
-    return f"{protocol.study.name}-tune-{spec.arm}-gen{spec.generation}"
+    key = tuning_hash(protocol)[:12]
+    return f"{protocol.study.name}-tune-{spec.arm}-gen{spec.generation}-{key}"
+
+
+def tuning_config(protocol: Protocol) -> dict[str, Any]:
+    """Everything that determines a trial of the protocol's tuning study, given its values.
+
+    The search (ranges, metric, tuning seeds, epochs per seed, sampler seed, pruner), the
+    tuned role's config as the protocol gives it ("tuned" where a trial fills in its
+    value) and, per tuning seed, the fingerprint of the model it distils from (teacher
+    and earlier generations: their recipes, architectures, seeds and the package version).
+    The data enters through the protocol's [data] settings (the data's content hash is
+    only known once the data is loaded: ``tune`` checks it against the one the study
+    was started with). Not included: names, the device, [execution], and the budget
+    (``trials``): raising it tops the same study up.
+    """
+    spec = _spec(protocol)
+    student, chain = _tuned_roles(protocol)
+    seeds = spec.seed_list
+    data = protocol.data.model_dump(exclude={"root", "download"})
+    data_key = "protocol-data:" + _digest(data)
+    teachers = Plan(protocol=protocol, roles=tuple(chain), seeds=tuple(seeds))
+    fingerprints = teachers.fingerprints(data_key)
+    space = {k: getattr(spec, k).model_dump() for k in SEARCHABLE if getattr(spec, k)}
+    return {
+        "space": space,
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "seeds": seeds,
+        "epochs": spec.epochs or student.train.epochs,
+        "sampler": "tpe",
+        "sampler_seed": spec.sampler_seed,
+        "pruner": spec.pruner,
+        "student": student.config(),
+        "teachers": {str(s): fingerprints[(chain[-1].key, s)] for s in seeds},
+        "data": data,
+        "version": __version__,
+    }
+
+
+def tuning_hash(protocol: Protocol) -> str:
+    """The hash of ``tuning_config(protocol)`` (sha256, 32 hex digits)."""
+    return _digest(tuning_config(protocol))
+
+
+def _digest(payload: Any) -> str:
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _tuned_roles(protocol: Protocol) -> tuple[Role, list[Role]]:
+    """The tuned role and the chain it distils from (teacher, generations 1..g-1), as the
+    protocol gives them: no tuned values, which would make the study depend on its own
+    result."""
+    spec = _spec(protocol)
+    plan = expand(protocol)
+    student = plan.role(f"{spec.arm}/gen{spec.generation}")
+    chain = [plan.role(TEACHER)] + [
+        plan.role(f"{spec.arm}/gen{k}") for k in range(1, spec.generation)
+    ]
+    return student, chain
 
 
 def _spec(protocol: Protocol) -> TuneSection:
@@ -226,8 +314,7 @@ def plan_tuning(
         raise UserInputError(f"must be >= 1, got {n_trials}", field="--trials")
     uri = resolve_uri(tracking_uri)
     where = resolve_storage(storage, uri)
-    plan = expand(protocol, tuned=tuned_values(protocol, results_dir))
-    student = plan.role(f"{spec.arm}/gen{spec.generation}")
+    student, chain = _tuned_roles(protocol)
     for name, value in student.loss_params.items():
         if value == TUNED and getattr(spec, name, None) is None:
             raise UserInputError(
@@ -236,15 +323,13 @@ def plan_tuning(
                 source=protocol.source,
                 field=f"tune.{name}",
             )
-    chain = [plan.role(TEACHER)] + [
-        plan.role(f"{spec.arm}/gen{k}") for k in range(1, spec.generation)
-    ]
     seeds = spec.seed_list
     copy = protocol.model_copy(
         update={"study": protocol.study.model_copy(update={"seeds": list(seeds)})}
     )
     teachers = Plan(protocol=copy, roles=tuple(chain), seeds=tuple(seeds))
     teachers.require_trainable()
+    config = tuning_config(protocol)
     return TuningPlan(
         protocol=protocol,
         spec=spec,
@@ -256,6 +341,8 @@ def plan_tuning(
         teachers=teachers,
         epochs=spec.epochs or student.train.epochs,
         results_dir=results_dir,
+        config=config,
+        config_hash=_digest(config),
     )
 
 
@@ -338,28 +425,33 @@ def tune(
             # One worker at a time: creating the MLflow store, the teachers, the parent run.
             with _exclusive(tuning.storage.lock):
                 check_writable(tuning.tracking_uri)
-                tracker = Tracker(tuning.tracking_uri)
+                tracker = _Shielded(Tracker(tuning.tracking_uri))
                 exp_id = tracker.experiment_id(tuning.protocol.study.name)
                 assert exp_id is not None
                 storage = tuning.storage.open()
-                study = _open_study(tuning, storage)
+                study = _open_study(tuning, storage, data.identity)
+                _settle_trial_runs(tuning, tracker, exp_id, study)
                 emit(TuneProgress("start", finished=_count(study), total=tuning.trials))
-                teachers = _teachers(tuning, tracker, exp_id, data, dev, device, emit)
+                teachers = _teachers(tuning, tracker.raw, exp_id, data, dev, device, emit)
                 parent = _parent_run(tuning, tracker, exp_id, study)
             worker = _Worker(tuning, storage, tracker, exp_id, parent, data, teachers, dev, emit)
-            status = "FAILED"
+            interrupted = False
             try:
                 while timeout is None or time.time() - start < timeout:
                     trial = worker.reserve()
                     if trial is None:
                         break
                     worker.run(trial)
-                status = "FINISHED"
             except KeyboardInterrupt:
-                status = "KILLED"
+                interrupted = True  # handled below, out of the except block: see _Worker.run
+            except BaseException:
+                _end_run_quietly(tracker, parent, "FAILED")
                 raise
-            finally:
-                tracker.end_run(parent, status)
+            if interrupted:
+                gc.collect()
+                _end_run_quietly(tracker, parent, "KILLED")
+                raise KeyboardInterrupt
+            tracker.end_run(parent, "FINISHED")
             result = tuning_result(
                 tuning, study, tracker.experiment_info(tuning.protocol.study.name)
             )
@@ -374,7 +466,9 @@ def tune(
         optuna.logging.set_verbosity(verbosity)
 
 
-def _open_study(tuning: TuningPlan, storage) -> optuna.Study:
+def _open_study(tuning: TuningPlan, storage, data_identity: str) -> optuna.Study:
+    """The tuning study, created or resumed. Its name holds the hash of the config; the
+    hash and the identity of the data its trials ran on are kept as study attributes."""
     study = optuna.create_study(
         storage=storage,
         study_name=tuning.study_name,
@@ -389,6 +483,30 @@ def _open_study(tuning: TuningPlan, storage) -> optuna.Study:
             source=tuning.protocol.source,
             field="tune.metric",
         )
+    attrs = study.user_attrs
+    known = attrs.get(CONFIG_ATTR)
+    if known is not None and known != tuning.config_hash:
+        raise UserInputError(
+            f"the Optuna study '{tuning.study_name}' in {tuning.storage.url} was run with "
+            f"another tuning config (hash {str(known)[:12]}, now {tuning.config_hash[:12]}): "
+            "use another --storage",
+            source=tuning.protocol.source,
+            field="tune",
+        )
+    data = attrs.get(DATA_ATTR)
+    if data is not None and data != data_identity:
+        raise UserInputError(
+            f"the trials of the Optuna study '{tuning.study_name}' in {tuning.storage.url} "
+            f"ran on other data (identity {str(data)[:12]}, now {data_identity[:12]}): the "
+            "data files changed; use another --storage to tune on the new data",
+            source=tuning.protocol.source,
+            field="data",
+        )
+    if known is None:
+        study.set_user_attr(CONFIG_ATTR, tuning.config_hash)
+        study.set_user_attr("config", json.loads(json.dumps(tuning.config, default=str)))
+    if data is None:
+        study.set_user_attr(DATA_ATTR, data_identity)
     return study
 
 
@@ -537,19 +655,27 @@ class _Worker:
             if finished + running >= self.tuning.trials:
                 return None
             # the sampler of trial n depends on n only (the next number: the trials so far)
-            trial = self._view(_sampler(self.tuning, len(trials))).ask()
-            try:
-                trial.set_user_attr("worker", WORKER)
-            except BaseException:
-                trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                raise
+            with _no_interrupt():
+                trial = self._view(_sampler(self.tuning, len(trials))).ask()
+                try:
+                    trial.set_user_attr("worker", WORKER)
+                except BaseException:
+                    trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                    raise
         return trial
 
     def run(self, trial: optuna.Trial) -> FrozenTrial:
-        """Train the trial's student on every tuning seed; tell Optuna and MLflow the end."""
+        """Train the trial's student on every tuning seed; tell Optuna and MLflow the end.
+
+        Ctrl-C: the trial fails in Optuna, its MLflow run ends KILLED with the epochs it
+        logged, and KeyboardInterrupt goes on. Every tracker and Optuna write holds Ctrl-C
+        back until it is done (``_no_interrupt``), and the cleanup runs out of the except
+        block, once the interrupted frames are gone.
+        """
         t0 = time.time()
-        run_id = None
-        tags: dict[str, Any] = {}
+        run_id: str | None = None
+        metrics: _TrialMetrics | None = None
+        outcome: tuple[TrialState, float | None, str, str, dict[str, Any]] | None = None
         try:
             values = {
                 name: trial.suggest_float(name, r.low, r.high, log=r.log)
@@ -557,30 +683,66 @@ class _Worker:
             }
             role = trial_role(self.tuning.student, values, self.tuning.epochs)
             run_id = self._start(trial, values, role)
-            value = self._objective(trial, role, run_id)
+            metrics = _TrialMetrics(
+                self.tracker, run_id, self.tuning.protocol.execution.log_every_s
+            )
+            value = self._objective(trial, role, metrics)
+            outcome = (TrialState.COMPLETE, value, "complete", "FINISHED", {})
         except optuna.TrialPruned as e:
-            frozen = trial.study.tell(trial, state=TrialState.PRUNED)
-            state, status, tags = "pruned", "KILLED", {"pruned": str(e)}
+            outcome = (TrialState.PRUNED, None, "pruned", "KILLED", {"pruned": str(e)})
         except TrainingDiverged as e:
-            frozen = trial.study.tell(trial, state=TrialState.FAIL)
-            state, status, tags = "fail", "FAILED", {"failure": str(e)}
-        except BaseException as e:  # interrupted, or a bug: the trial fails, then re-raise
-            trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            if run_id is not None:
-                interrupted = isinstance(e, KeyboardInterrupt)
-                reason = "interrupted" if interrupted else f"{type(e).__name__}: {e}"
-                self.tracker.set_tags(run_id, {"trial_state": "fail", "failure": reason[:4000]})
-                self.tracker.end_run(run_id, "KILLED" if interrupted else "FAILED")
+            outcome = (TrialState.FAIL, None, "fail", "FAILED", {"failure": str(e)})
+        except KeyboardInterrupt:
+            pass  # outcome None: cleaned up below, out of the except block
+        except BaseException as e:  # a bug: the trial fails, then re-raise
+            self._abort(trial, run_id, metrics, f"{type(e).__name__}: {e}", "FAILED")
             raise
-        else:
-            frozen = trial.study.tell(trial, value)
-            state, status = "complete", "FINISHED"
-        self.tracker.set_tags(run_id, {"trial_state": state, **tags})
-        self.tracker.end_run(run_id, status)
+        if outcome is None:
+            gc.collect()  # what the interrupted frames held (a database cursor) goes now
+            self._abort(trial, run_id, metrics, "interrupted", "KILLED")
+            raise KeyboardInterrupt
+        state, value, name, status, tags = outcome
+        assert run_id is not None and metrics is not None
+        with _no_interrupt():  # the trial's end is recorded whole, or not at all
+            if state == TrialState.COMPLETE:
+                frozen = trial.study.tell(trial, value)
+            else:
+                frozen = trial.study.tell(trial, state=state)
+            metrics.flush()
+            self.tracker.set_tags(run_id, {"trial_state": name, **tags})
+            self.tracker.end_run(run_id, status)
         self.ran += 1
         self.durations.append(time.time() - t0)
-        self._report(trial.study, frozen, state)
+        self._report(trial.study, frozen, name)
         return frozen
+
+    def _abort(
+        self,
+        trial: optuna.Trial,
+        run_id: str | None,
+        metrics: _TrialMetrics | None,
+        reason: str,
+        status: str,
+    ) -> None:
+        """The trial fails: Optuna first, then its MLflow run (best effort: a run left
+        RUNNING is ended by the next `study tune`, see ``_settle_trial_runs``)."""
+        with _no_interrupt():
+            try:
+                trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            except Exception as e:  # noqa: BLE001 - the cause being reported matters more
+                _warn(f"could not mark trial {trial.number} failed in Optuna: {e}")
+            if run_id is None:
+                return
+            try:
+                if metrics is not None:
+                    metrics.flush()
+                self.tracker.set_tags(run_id, {"trial_state": "fail", "failure": reason[:4000]})
+                self.tracker.end_run(run_id, status)
+            except Exception as e:  # noqa: BLE001
+                _warn(
+                    f"could not end the MLflow run of trial {trial.number} ({run_id}): "
+                    f"{type(e).__name__}: {e}; the next `study tune` ends it"
+                )
 
     def _start(self, trial: optuna.Trial, values: dict[str, float], role: Role) -> str:
         return self.tracker.start_run(
@@ -606,7 +768,7 @@ class _Worker:
             },
         )
 
-    def _objective(self, trial: optuna.Trial, role: Role, run_id: str) -> float:
+    def _objective(self, trial: optuna.Trial, role: Role, metrics: _TrialMetrics) -> float:
         """Mean final validation metric over the tuning seeds, reported step by step."""
         metric = self.tuning.spec.metric
         epochs = role.train.epochs
@@ -614,12 +776,14 @@ class _Worker:
         finals: list[float] = []
         for i, seed in enumerate(self.tuning.seeds):
 
-            def on_epoch(seed: int, epoch: int, metrics: dict[str, float], i: int = i) -> None:
+            def on_epoch(seed: int, epoch: int, values: dict[str, float], i: int = i) -> None:
                 step = i * epochs + epoch
-                running = (sum(finals) + metrics[metric]) / (len(finals) + 1)
-                self.tracker.log_metrics(run_id, {**metrics, "objective": running}, step=step)
-                trial.report(running, step)
-                if step < last and trial.should_prune():
+                running = (sum(finals) + values[metric]) / (len(finals) + 1)
+                metrics.add(step, {**values, "objective": running})
+                with _no_interrupt():
+                    trial.report(running, step)
+                    prune = step < last and trial.should_prune()
+                if prune:
                     raise optuna.TrialPruned(
                         f"pruned at step {step} (seed {seed}, epoch {epoch}): "
                         f"running {metric} {running:.4f}"
@@ -635,7 +799,7 @@ class _Worker:
                 evaluate_test=False,
             )
             finals.append(result.final[metric])
-            self.tracker.log_metrics(run_id, {f"seed_{seed}.{metric}": finals[-1]}, step=last)
+            metrics.add(last, {f"seed_{seed}.{metric}": finals[-1]})
         return sum(finals) / len(finals)
 
     def _report(self, study: optuna.Study, frozen: FrozenTrial, state: str) -> None:
@@ -660,6 +824,120 @@ class _Worker:
                 eta_s=max(0, self.tuning.trials - finished) * mean,
             )
         )
+
+
+class _TrialMetrics:
+    """A trial run's per-step metrics on their way to MLflow: sent every ``interval_s``
+    seconds and at the trial's end, one batch each, instead of one database transaction
+    per epoch (as ``study run`` does)."""
+
+    def __init__(self, tracker: Any, run_id: str, interval_s: float):
+        self.tracker, self.run_id, self.interval_s = tracker, run_id, interval_s
+        self.pending: list[tuple[int, dict[str, float], float]] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        self.pending.append((step, dict(values), time.time()))
+        if time.monotonic() - self.last_flush >= self.interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.tracker.log_history(self.run_id, self.pending)
+            self.pending = []
+        self.last_flush = time.monotonic()
+
+
+_shield = threading.local()
+
+
+@contextlib.contextmanager
+def _no_interrupt() -> Iterator[None]:
+    """Ctrl-C held back until the block is done, then delivered where it ends.
+
+    A KeyboardInterrupt raised inside a write to MLflow's sqlite store leaves that
+    write's transaction open on a connection nothing closes while the traceback lives;
+    every later write of the process then waits out sqlite's busy timeout and fails with
+    "database is locked". The blocks held are single writes (milliseconds). Only in the
+    main thread, where Python runs signal handlers; nested blocks are one block.
+    """
+    if getattr(_shield, "on", False) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    _shield.on = True
+    try:
+        yield
+    finally:
+        _shield.on = False
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if received:
+            signal.raise_signal(signal.SIGINT)
+
+
+class _Shielded:
+    """A Tracker whose every method call runs inside ``_no_interrupt``."""
+
+    def __init__(self, tracker: Tracker):
+        self.raw = tracker
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.raw, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with _no_interrupt():
+                return attr(*args, **kwargs)
+
+        return call
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _end_run_quietly(tracker: Any, run_id: str, status: str) -> None:
+    try:
+        tracker.end_run(run_id, status)
+    except Exception as e:  # noqa: BLE001 - an interrupt or a failure is being reported
+        _warn(f"could not end the MLflow parent run {run_id} as {status}: {e}")
+
+
+def _settle_trial_runs(
+    tuning: TuningPlan, tracker: Any, exp_id: str, study: optuna.Study
+) -> list[str]:
+    """End the trial runs left RUNNING by a worker of this machine that is gone (killed,
+    or interrupted before it could write), as Optuna recorded their trials: complete
+    FINISHED, pruned or failed KILLED. A trial Optuna still counts as running is left to
+    ``fail_orphaned_trials``. Returns the run ids ended."""
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    host, ended = socket.gethostname(), []
+    where = (
+        "attributes.status = 'RUNNING' and tags.kind = 'trial' and "
+        f"tags.optuna_study = '{tuning.study_name}'"
+    )
+    for run in tracker._search(exp_id, where):
+        tags = run.data.tags
+        name, _, pid = str(tags.get("worker", "")).rpartition(":")
+        if name != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        number = tags.get("trial_number", "")
+        state = states.get(int(number)) if number.isdigit() else None
+        if state is None or state == TrialState.RUNNING:
+            continue
+        if state == TrialState.COMPLETE:
+            status, update = "FINISHED", {"trial_state": "complete"}
+        elif state == TrialState.PRUNED:
+            status, update = "KILLED", {"trial_state": "pruned"}
+        else:
+            status, update = "KILLED", {"trial_state": "fail"}
+            update.setdefault("failure", tags.get("failure") or "interrupted (worker gone)")
+        tracker.set_tags(run.info.run_id, update)
+        tracker.end_run(run.info.run_id, status)
+        ended.append(run.info.run_id)
+    return ended
 
 
 def fail_orphaned_trials(study: optuna.Study) -> list[int]:
@@ -730,7 +1008,10 @@ def tuning_result(
         "seeds": tuning.seeds,
         "epochs": tuning.epochs,
         "search_space": {k: r.model_dump() for k, r in tuning.space.items()},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_hash": tuning.config_hash,
+        "tuning_config": json.loads(json.dumps(tuning.config, default=str)),
+        "data_identity": study.user_attrs.get(DATA_ATTR),
+        "date": _last_finished(trials).isoformat(timespec="seconds"),
         "history": [
             {
                 "number": t.number,
@@ -745,6 +1026,15 @@ def tuning_result(
         "importances": _importances(study, spec.sampler_seed) if len(complete) >= 2 else {},
         "mlflow": dict(mlflow or {}),
     }
+
+
+def _last_finished(trials: list[FrozenTrial]) -> datetime:
+    """When the study's last trial ended (UTC): tuned.json of an unchanged study is the
+    same file on every rewrite, so DVC sees no new result where there is none."""
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    if not ends:
+        return datetime.now(timezone.utc)
+    return max(ends).astimezone(timezone.utc)
 
 
 def _importances(study: optuna.Study, seed: int) -> dict[str, float]:
@@ -769,9 +1059,13 @@ def write_tuned(result: dict[str, Any], path: Path) -> Path:
 def load_tuned(protocol: Protocol, results_dir: Path = Path("results")) -> dict | None:
     """The protocol's tuning result (results/<study>/tuned.json), None if there is none.
 
-    A file written for another arm or generation than the protocol's [tune] names counts
-    as none: it answers another question.
+    A file written for another tuning config than the protocol's counts as none: another
+    arm or generation, other ranges, seeds, epochs, metric, sampler seed or pruner, or
+    another recipe, teacher or data for the tuned role (``tuning_hash``); so does any file
+    when the protocol has no [tune] section, since nothing ties it to the protocol.
     """
+    if protocol.tune is None:
+        return None
     path = results_dir / protocol.study.name / TUNED_FILE
     if not path.exists():
         return None
@@ -779,12 +1073,17 @@ def load_tuned(protocol: Protocol, results_dir: Path = Path("results")) -> dict 
         result = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserInputError(f"cannot read the tuning result: {e}", source=str(path)) from None
-    if protocol.tune is not None and result.get("optuna_study") != optuna_study_name(protocol):
+    if not isinstance(result, dict) or result.get("config_hash") != tuning_hash(protocol):
         return None
     return result
 
 
-def tuned_values(protocol: Protocol, results_dir: Path = Path("results")) -> dict[str, float]:
-    """The best values found by `study tune`, for ``plan.expand(protocol, tuned=...)``."""
+def tuned_values(
+    protocol: Protocol, results_dir: Path = Path("results")
+) -> dict[str, float] | None:
+    """The best values found by `study tune`, for ``plan.expand(protocol, tuned=...)``;
+    None when there is no result for the protocol's current tuning config, or no trial of
+    it completed."""
     result = load_tuned(protocol, results_dir)
-    return dict(result.get("best_params") or {}) if result else {}
+    best = result.get("best_params") if result else None
+    return dict(best) if best else None

@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from study.cli import app
@@ -24,17 +25,21 @@ from study.errors import UserInputError
 from study.execute import load_study_data
 from study.plan import expand
 from study.protocol import parse_protocol
+from study.track import Tracker
 from study.tune import (
+    _settle_trial_runs,
     fail_orphaned_trials,
     load_tuned,
+    optuna_study_name,
     plan_tuning,
     resolve_storage,
     trial_role,
+    tuned_values,
+    tuning_hash,
 )
 from tests.conftest import interruptible
 
 STUDY = "tiny"
-OPTUNA_STUDY = "tiny-tune-kd-gen1"
 
 # A wide lr range makes bad trials obvious early: with the median pruner (2 start-up
 # trials for a budget of 6) and sampler seed 0, trial 5 is pruned in its first epoch.
@@ -78,6 +83,9 @@ pruner = "median"
 """
 
 
+OPTUNA_STUDY = optuna_study_name(parse_protocol(textwrap.dedent(TUNE_PROTOCOL)))
+
+
 def _write_protocol(where: Path, text: str = TUNE_PROTOCOL) -> Path:
     path = where / "tiny.toml"
     path.write_text(textwrap.dedent(text))
@@ -114,11 +122,14 @@ def _popen(cwd: Path, *args: str) -> subprocess.Popen:
     )
 
 
-def _trials(cwd: Path) -> list[optuna.trial.FrozenTrial]:
-    storage = optuna.storages.JournalStorage(
+def _journal(cwd: Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(cwd / "optuna-journal.log"))
     )
-    return optuna.load_study(study_name=OPTUNA_STUDY, storage=storage).get_trials()
+
+
+def _trials(cwd: Path, name: str = OPTUNA_STUDY) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=_journal(cwd)).get_trials()
 
 
 def _mlflow_runs(cwd: Path) -> list:
@@ -207,6 +218,9 @@ def test_tuned_json_holds_the_best_values_and_the_history(tuned) -> None:
     assert [h["number"] for h in result["history"]] == list(range(6))
     assert {h["state"] for h in result["history"]} >= {"complete", "pruned"}
     assert set(result["importances"]) == {"alpha", "lr"}
+    assert result["config_hash"] == tuning_hash(parse_protocol(TUNE_PROTOCOL))
+    assert result["optuna_study"].endswith("-" + result["config_hash"][:12])
+    assert result["data_identity"] == load_study_data(parse_protocol(TUNE_PROTOCOL)).identity
     assert load_tuned(parse_protocol(TUNE_PROTOCOL), cwd / "results") == result
 
 
@@ -241,9 +255,14 @@ def test_interrupted_tune_continues_the_same_study(tmp_path) -> None:
     _, err = first.communicate(timeout=120)
     assert first.returncode == 130, err
     assert "run 'study tune tiny.toml' again" in err
+    assert "Traceback" not in err and "locked" not in err, err
     before = _trials(tmp_path)
     assert len(before) in (1, 2)
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in before)
+    parents, trial_runs = _tuning_runs(tmp_path)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert len(trial_runs) == len(before)
+    assert "RUNNING" not in {r.info.status for r in trial_runs}
 
     second = _tune(tmp_path, "--trials", "3")
     assert second.returncode == 0, second.stderr
@@ -272,6 +291,193 @@ def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path) -> None:
     assert sorted(int(r.data.tags["trial_number"]) for r in trial_runs) == list(range(4))
     teachers = [r for r in _mlflow_runs(tmp_path) if r.data.tags.get("role") == "teacher"]
     assert sorted(int(r.data.tags["seed"]) for r in teachers) == [1000, 1001]  # trained once
+
+
+def _interrupting_script(where: Path) -> Path:
+    """`python script.py tune tiny.toml`: `study tune` that sends itself Ctrl-C while a
+    write to the MLflow store is open: the second metrics INSERT after the first trial has
+    ended (with log_every_s = 0, the first epoch of trial 1). A signal arriving there is
+    what a user's Ctrl-C hits most of the time when epochs are short."""
+    script = where / "interrupt_in_a_write.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal, sys
+            from sqlalchemy import event
+            from sqlalchemy.engine import Engine
+
+            state = {"armed": False, "inserts": 0}
+
+            @event.listens_for(Engine, "after_cursor_execute")
+            def interrupt(conn, cursor, statement, parameters, context, executemany):
+                if statement.startswith("INSERT INTO tags") and "trial_state" in repr(parameters):
+                    state["armed"] = True  # a trial has ended
+                elif state["armed"] and statement.startswith("INSERT INTO metrics"):
+                    state["inserts"] += 1
+                    if state["inserts"] == 2:
+                        os.kill(os.getpid(), signal.SIGINT)  # inside this write's transaction
+
+            from study.cli import app
+            sys.argv = ["study", *sys.argv[1:]]
+            app()
+            """
+        )
+    )
+    return script
+
+
+def test_ctrl_c_in_a_tracker_write_ends_the_trial_and_parent_runs_killed(tmp_path) -> None:
+    text = textwrap.dedent(TUNE_PROTOCOL).replace('pruner = "median"', 'pruner = "none"')
+    _write_protocol(tmp_path, text + "\n[execution]\nlog_every_s = 0\n")
+    script = _interrupting_script(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(script), "tune", "tiny.toml", "--trials", "3"],
+        cwd=tmp_path,
+        env=_env(),
+        preexec_fn=interruptible,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert "run 'study tune tiny.toml' again" in proc.stderr
+    assert "locked" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "trial 0: complete" in proc.stdout
+    name = optuna_study_name(parse_protocol(text))
+    states = {t.number: t.state for t in _trials(tmp_path, name)}
+    assert states == {0: optuna.trial.TrialState.COMPLETE, 1: optuna.trial.TrialState.FAIL}
+    parents, trial_runs = _tuning_runs(tmp_path)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    by_number = {int(r.data.tags["trial_number"]): r for r in trial_runs}
+    assert by_number[0].info.status == "FINISHED"
+    assert by_number[1].info.status == "KILLED"
+    assert by_number[1].data.tags["trial_state"] == "fail"
+    assert by_number[1].data.tags["failure"] == "interrupted"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = client.get_metric_history(by_number[1].info.run_id, "val_acc")
+    assert [m.step for m in logged] == [1]  # the epoch it trained is kept
+
+
+def test_a_rerun_ends_the_trial_runs_a_dead_worker_left_running(tmp_path) -> None:
+    protocol = parse_protocol(TUNE_PROTOCOL)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tuning = plan_tuning(protocol, storage=str(tmp_path / "j.log"), tracking_uri=uri)
+    study = optuna.create_study(study_name=tuning.study_name, storage=tuning.storage.open())
+    for state in (TrialState.FAIL, TrialState.COMPLETE, TrialState.RUNNING, TrialState.FAIL):
+        trial = study.ask()
+        if state != TrialState.RUNNING:
+            study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    ).stdout.strip()
+    tracker = Tracker(uri)
+    exp_id = tracker.experiment_id(STUDY)
+    workers = [f"{socket.gethostname()}:{dead}"] * 3 + [f"{socket.gethostname()}:{os.getpid()}"]
+    runs = [
+        tracker.start_run(
+            exp_id,
+            parent_id=None,
+            name=f"trial {n}",
+            tags={"kind": "trial", "optuna_study": tuning.study_name, "trial_number": n,
+                  "worker": worker},
+        )
+        for n, worker in enumerate(workers)
+    ]  # fmt: skip
+    ended = _settle_trial_runs(tuning, tracker, exp_id, study)
+    assert ended == [runs[0], runs[1]] or sorted(ended) == sorted(runs[:2])
+    status = [tracker.run_record(r)["status"] for r in runs]
+    # failed -> KILLED, complete -> FINISHED; Optuna's RUNNING trial is left to
+    # fail_orphaned_trials, and a live worker's run to that worker
+    assert status == ["KILLED", "FINISHED", "RUNNING", "RUNNING"]
+    assert tracker.run_record(runs[0])["tags"]["trial_state"] == "fail"
+
+
+# -- a tuning study is tied to what determines its trials ----------------------------------
+
+
+def test_a_changed_tune_section_starts_a_new_study_and_an_unchanged_one_resumes(
+    tmp_path,
+) -> None:
+    text = textwrap.dedent(TUNE_PROTOCOL).replace('pruner = "median"', 'pruner = "none"')
+    _write_protocol(tmp_path, text)
+    first = _tune(tmp_path, "--trials", "2")
+    assert first.returncode == 0, first.stderr
+    result = tmp_path / "results" / STUDY / "tuned.json"
+    old = json.loads(result.read_text())
+
+    narrow = text.replace("alpha = { low = 0.0, high = 1.0 }", "alpha = { low = 0.9, high = 0.95 }")
+    _write_protocol(tmp_path, narrow)
+    second = _tune(tmp_path, "--trials", "2")
+    assert second.returncode == 0, second.stderr
+    assert "already finished" not in second.stdout
+    assert "this run: 2 trials" in second.stdout
+    new = json.loads(result.read_text())
+    assert new["config_hash"] != old["config_hash"]
+    assert new["optuna_study"] == optuna_study_name(parse_protocol(narrow)) != old["optuna_study"]
+    assert new["n_trials"] == 2
+    assert 0.9 <= new["best_params"]["alpha"] <= 0.95
+    assert all(0.9 <= h["params"]["alpha"] <= 0.95 for h in new["history"])
+    assert len(_trials(tmp_path, old["optuna_study"])) == 2  # the old study is kept as it was
+
+    before = result.read_bytes()
+    again = _tune(tmp_path, "--trials", "2")
+    assert again.returncode == 0, again.stderr
+    assert "2/2 trials already finished" in again.stdout
+    assert "this run: 0 trials" in again.stdout
+    assert result.read_bytes() == before  # byte for byte: DVC sees no new result
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("alpha = { low = 0.0, high = 1.0 }", "alpha = { low = 0.0, high = 0.5 }"),
+        ("seeds = 2\nsampler_seed = 0", "seeds = 3\nsampler_seed = 0"),
+        ("sampler_seed = 0", "sampler_seed = 1"),
+        ('pruner = "median"', 'pruner = "none"'),
+        ('metric = "val_acc"', 'metric = "val_acc"\nepochs = 2'),
+        ("[teacher]\narch = \"mlp\"\nkwargs = { hidden = [16] }",
+         "[teacher]\narch = \"mlp\"\nkwargs = { hidden = [8] }"),
+        ("batch_size = 256", "batch_size = 128"),
+        ("val_size = 0.15", "val_size = 0.2"),
+        ('loss = { name = "kd", temperature = 4.0,', 'loss = { name = "kd", temperature = 2.0,'),
+    ],
+    ids=["range", "seeds", "sampler-seed", "pruner", "epochs", "teacher", "recipe", "data",
+         "loss"],
+)  # fmt: skip
+def test_a_tuning_result_of_another_config_is_not_used(
+    tuned, workdir: Path, old: str, new: str
+) -> None:
+    cwd, _ = tuned
+    (workdir / "results" / STUDY).mkdir(parents=True)
+    (workdir / "results" / STUDY / "tuned.json").write_bytes(
+        (cwd / "results" / STUDY / "tuned.json").read_bytes()
+    )
+    text = textwrap.dedent(TUNE_PROTOCOL)
+    assert text.count(old) == 1, old
+    changed = parse_protocol(text.replace(old, new))
+    assert load_tuned(parse_protocol(text), workdir / "results") is not None
+    assert load_tuned(changed, workdir / "results") is None
+    assert tuned_values(changed, workdir / "results") is None
+    _write_protocol(workdir, text.replace(old, new))
+    result = CliRunner().invoke(app, ["run", "tiny.toml", "--no-report"])
+    assert result.exit_code == 2, result.output
+    assert "study tune tiny.toml" in " ".join(result.output.split())
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_a_tuning_result_holds_through_changes_that_do_not_touch_the_trials(tuned) -> None:
+    cwd, _ = tuned
+    text = textwrap.dedent(TUNE_PROTOCOL)
+    best = json.loads((cwd / "results" / STUDY / "tuned.json").read_text())["best_params"]
+    for old, new in [
+        ("seeds = 2\n\n[data]", "seeds = 3\ndescription = 'more seeds'\n\n[data]"),
+        ("trials = 6", "trials = 12"),  # the budget: a larger one tops the study up
+        ('device = "cpu"', 'device = "auto"'),
+    ]:
+        assert text.count(old) == 1, old
+        assert tuned_values(parse_protocol(text.replace(old, new)), cwd / "results") == best
+    without = parse_protocol(text[: text.index("[tune]")].replace('alpha = "tuned"', "alpha = 0.5"))
+    assert load_tuned(without, cwd / "results") is None  # nothing ties the file to it
 
 
 # -- refusals: exit 2 before anything is created -------------------------------------------
