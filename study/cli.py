@@ -450,7 +450,8 @@ def _check_export_matches(p, collected, where: Path, protocol: Path) -> None:
     expected = expand(p, tuned=tuned_values(p)).fingerprints(identity)
     runs = collected.runs
     exported = {
-        (str(r), int(s)): f for r, s, f in zip(runs["role"], runs["seed"], runs["fingerprint"])
+        (str(r), int(s)): f
+        for r, s, f in zip(runs["role"], runs["seed"], runs["fingerprint"], strict=True)
     }
     differ = sorted(k for k, fp in expected.items() if exported.get(k) != fp)
     if differ:
@@ -951,7 +952,8 @@ class _ProgressView:
         left = max(self.total_epochs - self.epochs_done, 0)
         eta = elapsed / self.epochs_timed * left if self.epochs_timed else None
         clock = "unknown" if eta is None else _clock(eta)
-        return f"epochs {self.epochs_done}/{self.total_epochs}, {_clock(elapsed)} elapsed, ETA {clock}"
+        done = f"epochs {self.epochs_done}/{self.total_epochs}"
+        return f"{done}, {_clock(elapsed)} elapsed, ETA {clock}"
 
     def update(self, event) -> None:
         if event.kind == "start":

@@ -140,7 +140,7 @@ class ArmSection(_Strict):
             return {"name": v}
         if isinstance(v, dict) and "name" not in v:
             raise ValueError(
-                "the loss needs a name: loss = \"ban\", or loss = { name = \"kd\", "
+                'the loss needs a name: loss = "ban", or loss = { name = "kd", '
                 "temperature = 4.0, alpha = 0.9 }"
             )
         if isinstance(v, dict) and "name" in v and "params" not in v:

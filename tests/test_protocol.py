@@ -240,7 +240,9 @@ def test_tuning_needs_a_validation_split(tmp_path, tiny_protocol_text) -> None:
 
 def test_only_the_tuned_arm_may_take_tuned_values(tmp_path, tiny_protocol_text) -> None:
     """Values tuned for kd's loss must not reach another arm that also says "tuned"."""
-    text = _replace(tiny_protocol_text, 'loss = "ban"', 'loss = { name = "ban", temperature = "tuned" }')
+    text = _replace(
+        tiny_protocol_text, 'loss = "ban"', 'loss = { name = "ban", temperature = "tuned" }'
+    )
     path = tmp_path / "t.toml"
     path.write_text(text + TUNE)
     with pytest.raises(UserInputError) as info:
@@ -267,8 +269,10 @@ def test_only_the_tuned_arm_may_take_tuned_values(tmp_path, tiny_protocol_text) 
 def test_a_tuned_arm_must_be_tunable_as_declared(
     tmp_path, tiny_protocol_text, tune_change, field, words
 ) -> None:
-    text = _replace(tiny_protocol_text, "temperature = 4.0, alpha = 0.9", 'temperature = 4.0, alpha = "tuned"')
-    text = _replace(text, "[[arms]]\nname = \"kd\"", "[[arms]]\nname = \"kd\"\ngenerations = 2")
+    text = _replace(
+        tiny_protocol_text, "temperature = 4.0, alpha = 0.9", 'temperature = 4.0, alpha = "tuned"'
+    )
+    text = _replace(text, '[[arms]]\nname = "kd"', '[[arms]]\nname = "kd"\ngenerations = 2')
     if tune_change.startswith("arm"):
         tune = TUNE.replace(tune_change, 'arm = "kd"\ngeneration = 2')
     else:

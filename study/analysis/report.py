@@ -36,6 +36,7 @@ from study.analysis.stats import (
     PAIRED,
     ci_reading,
     compare,
+    format_seeds,
     omnibus,
 )
 from study.plan import TEACHER, Plan, expand
@@ -339,7 +340,7 @@ def build_report(protocol: Protocol, collected: Collected) -> Report:
         },
         "metric": metric,
         "seeds": len(plan.seeds),
-        "seed_list": _seed_ranges(plan.seeds),
+        "seed_list": format_seeds(plan.seeds),
         "roles": len(plan.roles),
         "runs_planned": plan.n_runs,
         "runs_finished": int((collected.runs["status"] == "FINISHED").sum()),
@@ -492,20 +493,6 @@ def _verdict_words(c: dict[str, Any], protocol: Protocol) -> tuple[str, str]:
         + (f"; {reading}" if reading else "")
         + ".",
     )
-
-
-def _seed_ranges(seeds: tuple[int, ...] | list[int]) -> str:
-    """0-19 or 0-4, 7, 9-10: the planned seeds in short."""
-    out: list[str] = []
-    s = sorted(seeds)
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[j] + 1:
-            j += 1
-        out.append(str(s[i]) if i == j else f"{s[i]}-{s[j]}")
-        i = j + 1
-    return ", ".join(out)
 
 
 # --------------------------------------------------------------------------------------
