@@ -378,6 +378,28 @@ def test_disjoint_seed_sets_use_welch_and_mann_whitney():
     assert c.p_greater == pytest.approx(np.mean([x > y for x in a for y in b]))
 
 
+def test_mann_whitney_with_ties_is_exact_for_small_groups():
+    """Accuracies tie; the normal approximation is not the small-sample answer then. Two
+    groups of 3 with ties: the exact conditional p over all C(6, 3) = 20 splits, counted by
+    brute force and by scipy's exact permutation method."""
+    a, b = [0.71, 0.72, 0.72], [0.70, 0.70, 0.71]
+    table = long_table({"A": a, "B": b}, seeds={"A": [0, 1, 2], "B": [10, 11, 12]})
+    c = compare(table).comparisons[0]
+    pooled = np.array(a + b)
+    ranks = stats.rankdata(pooled)
+    observed = ranks[:3].sum()
+    sums = [ranks[list(idx)].sum() for idx in itertools.combinations(range(6), 3)]
+    lower = np.mean([x <= observed + 1e-9 for x in sums])
+    upper = np.mean([x >= observed - 1e-9 for x in sums])
+    brute = min(1.0, 2 * min(lower, upper))
+    assert c.p_mannwhitney == pytest.approx(brute, abs=1e-12) == pytest.approx(0.2, abs=1e-12)
+    ref = stats.mannwhitneyu(a, b, method=stats.PermutationMethod(n_resamples=np.inf))
+    assert c.p_mannwhitney == pytest.approx(ref.pvalue, abs=1e-12)
+    asymptotic = stats.mannwhitneyu(a, b, method="asymptotic").pvalue
+    assert abs(asymptotic - brute) > 0.05  # what the old code reported instead
+    assert c.u == ref.statistic
+
+
 def test_paired_bootstrap_resamples_seeds_not_groups():
     # Strong seed effect, small treatment noise: resampling each group on its own would give
     # an interval dominated by the seed effect (about 10x wider than the paired one).

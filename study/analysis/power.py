@@ -57,7 +57,8 @@ def min_p_value(test: str, n: int, *, n_b: int | None = None, n_resamples: int =
     (R + 1), doubled for two sides).
 
     Unpaired (``n_b`` given, groups of n and n_b): 't' 0; 'wilcoxon' (Mann-Whitney U)
-    2 / C(n + n_b, n) when exact (both groups <= 50, no ties), else the normal
+    2 / C(n + n_b, n) when exact (both groups <= 50; ties keep it exact, see
+    ``stats.rank_sum_exact_p``, and no ties is the best case), else the normal
     approximation; 'permutation' 2 / C(n + n_b, n) when exact (at most 100000 splits),
     else 2 / (n_resamples + 1). Values are capped at 1.
     """
