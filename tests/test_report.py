@@ -453,3 +453,27 @@ def test_nemenyi_is_descriptive_when_friedman_does_not_reject(ten_seeds) -> None
 
 def _is_nan(x) -> bool:
     return x is None or (isinstance(x, float) and x != x)
+
+
+def test_paired_lines_mean_is_over_the_seeds_every_role_has(monkeypatch) -> None:
+    """Its slopes must be the paired differences the tests use: seed 2 lacks gen1, so the
+    mean leaves seed 2 out at the teacher too."""
+    import matplotlib.axes
+
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(np.asarray(y, dtype=float))))
+        return real_plot(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    values = pd.DataFrame(
+        [("teacher", 0, 0.90), ("teacher", 1, 0.92), ("teacher", 2, 0.50)]
+        + [("gen1", 0, 0.91), ("gen1", 1, 0.93)],
+        columns=["role", "seed", "value"],
+    )
+    figures.paired_lines(values, [("ban", ["teacher", "gen1"])], "test accuracy")
+    [(label, mean)] = [(lab, y) for lab, y in drawn if lab is not None]
+    assert label == "mean over the 2 seeds in every role"
+    assert mean == pytest.approx([0.91, 0.92])

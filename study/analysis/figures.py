@@ -90,7 +90,7 @@ def paired_lines(
     """One line per seed across the roles of each chain (teacher -> gen1 -> gen2 ...).
 
     ``chains``: (panel title, roles in x order). A seed missing a role breaks its line there.
-    The thick line is the mean over the seeds present at each role.
+    The thick line is the mean over the seeds present at every role of the chain.
     """
     n = len(chains)
     widest = max(len(roles) for _, roles in chains)
@@ -115,14 +115,19 @@ def paired_lines(
                     marker="o",
                     ms=2.5,
                 )
+            # the mean over the seeds every role has: its slopes are the paired differences
+            # the tests use (a seed missing in one role would tilt a mean over all seeds)
+            complete = wide.dropna()
             ax.plot(
                 x,
-                wide.mean(axis=0).to_numpy(dtype=float),
+                complete.mean(axis=0).to_numpy(dtype=float),
                 color="#c44e52",
                 lw=2.4,
                 marker="o",
                 ms=5,
-                label="mean over seeds",
+                label="mean over seeds"
+                if len(complete) == len(wide)
+                else f"mean over the {len(complete)} seeds in every role",
             )
             ax.set_xticks(x, roles)
             ax.set_xlim(-0.3, len(roles) - 0.7)
