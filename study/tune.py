@@ -435,22 +435,22 @@ def tune(
                 teachers = _teachers(tuning, tracker.raw, exp_id, data, dev, device, emit)
                 parent = _parent_run(tuning, tracker, exp_id, study)
             worker = _Worker(tuning, storage, tracker, exp_id, parent, data, teachers, dev, emit)
-            interrupted = False
+            interrupted: type[KeyboardInterrupt] | None = None
             try:
                 while timeout is None or time.time() - start < timeout:
                     trial = worker.reserve()
                     if trial is None:
                         break
                     worker.run(trial)
-            except KeyboardInterrupt:
-                interrupted = True  # handled below, out of the except block: see _Worker.run
+            except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (the CLI's subclass)
+                interrupted = type(e)  # handled below, out of the except block: _Worker.run
             except BaseException:
                 _end_run_quietly(tracker, parent, "FAILED")
                 raise
-            if interrupted:
+            if interrupted is not None:
                 gc.collect()
                 _end_run_quietly(tracker, parent, "KILLED")
-                raise KeyboardInterrupt
+                raise interrupted()
             tracker.end_run(parent, "FINISHED")
             result = tuning_result(
                 tuning, study, tracker.experiment_info(tuning.protocol.study.name)
@@ -676,6 +676,7 @@ class _Worker:
         run_id: str | None = None
         metrics: _TrialMetrics | None = None
         outcome: tuple[TrialState, float | None, str, str, dict[str, Any]] | None = None
+        stop: type[KeyboardInterrupt] = KeyboardInterrupt
         try:
             values = {
                 name: trial.suggest_float(name, r.low, r.high, log=r.log)
@@ -692,15 +693,15 @@ class _Worker:
             outcome = (TrialState.PRUNED, None, "pruned", "KILLED", {"pruned": str(e)})
         except TrainingDiverged as e:
             outcome = (TrialState.FAIL, None, "fail", "FAILED", {"failure": str(e)})
-        except KeyboardInterrupt:
-            pass  # outcome None: cleaned up below, out of the except block
+        except KeyboardInterrupt as e:  # outcome None: cleaned up below, out of the except
+            stop = type(e)
         except BaseException as e:  # a bug: the trial fails, then re-raise
             self._abort(trial, run_id, metrics, f"{type(e).__name__}: {e}", "FAILED")
             raise
         if outcome is None:
             gc.collect()  # what the interrupted frames held (a database cursor) goes now
             self._abort(trial, run_id, metrics, "interrupted", "KILLED")
-            raise KeyboardInterrupt
+            raise stop()
         state, value, name, status, tags = outcome
         assert run_id is not None and metrics is not None
         with _no_interrupt():  # the trial's end is recorded whole, or not at all
@@ -853,7 +854,7 @@ _shield = threading.local()
 
 @contextlib.contextmanager
 def _no_interrupt() -> Iterator[None]:
-    """Ctrl-C held back until the block is done, then delivered where it ends.
+    """Ctrl-C (and SIGTERM) held back until the block is done, then delivered where it ends.
 
     A KeyboardInterrupt raised inside a write to MLflow's sqlite store leaves that
     write's transaction open on a connection nothing closes while the traceback lives;
@@ -865,15 +866,17 @@ def _no_interrupt() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)  # SIGTERM: `study` stops on it as on Ctrl-C
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in held}
     _shield.on = True
     try:
         yield
     finally:
         _shield.on = False
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-        if received:
-            signal.raise_signal(signal.SIGINT)
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(received):
+            signal.raise_signal(s)
 
 
 class _Shielded:

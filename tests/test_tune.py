@@ -293,7 +293,7 @@ def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path) -> None:
     assert sorted(int(r.data.tags["seed"]) for r in teachers) == [1000, 1001]  # trained once
 
 
-def _interrupting_script(where: Path) -> Path:
+def _interrupting_script(where: Path, signal_name: str = "SIGINT") -> Path:
     """`python script.py tune tiny.toml`: `study tune` that sends itself Ctrl-C while a
     write to the MLflow store is open: the second metrics INSERT after the first trial has
     ended (with log_every_s = 0, the first epoch of trial 1). A signal arriving there is
@@ -315,21 +315,25 @@ def _interrupting_script(where: Path) -> Path:
                 elif state["armed"] and statement.startswith("INSERT INTO metrics"):
                     state["inserts"] += 1
                     if state["inserts"] == 2:
-                        os.kill(os.getpid(), signal.SIGINT)  # inside this write's transaction
+                        os.kill(os.getpid(), signal.SIGNAL)  # inside this write's transaction
 
             from study.cli import app
             sys.argv = ["study", *sys.argv[1:]]
             app()
             """
-        )
+        ).replace("SIGNAL", signal_name)
     )
     return script
 
 
-def test_ctrl_c_in_a_tracker_write_ends_the_trial_and_parent_runs_killed(tmp_path) -> None:
+@pytest.mark.parametrize("signal_name,status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_in_a_tracker_write_ends_the_trial_and_parent_runs_killed(
+    tmp_path, signal_name, status
+) -> None:
+    """Ctrl-C, or SIGTERM (a scheduler's time limit), inside a write to the store."""
     text = textwrap.dedent(TUNE_PROTOCOL).replace('pruner = "median"', 'pruner = "none"')
     _write_protocol(tmp_path, text + "\n[execution]\nlog_every_s = 0\n")
-    script = _interrupting_script(tmp_path)
+    script = _interrupting_script(tmp_path, signal_name)
     proc = subprocess.run(
         [sys.executable, str(script), "tune", "tiny.toml", "--trials", "3"],
         cwd=tmp_path,
@@ -339,7 +343,7 @@ def test_ctrl_c_in_a_tracker_write_ends_the_trial_and_parent_runs_killed(tmp_pat
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 130, proc.stderr
+    assert proc.returncode == status, proc.stderr
     assert "run 'study tune tiny.toml' again" in proc.stderr
     assert "locked" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "trial 0: complete" in proc.stdout
