@@ -17,9 +17,9 @@ import torch
 
 from study.errors import UserInputError
 from study.execute import load_study_data
-from study.plan import Plan, expand
+from study.plan import Plan, Role, expand
 from study.protocol import Protocol
-from study.repro import environment
+from study.repro import environment, resolve_deterministic
 from study.track import FINAL_METRICS, Tracker
 from study.train import (
     channels_last,
@@ -78,7 +78,7 @@ def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -
             "the data read now differs from the data the run was trained on "
             f"(identity {data.identity[:12]} vs {str(tags.get('data_identity'))[:12]})"
         )
-    dev = resolve_device(device or (role.train.device if role.train else "auto"))
+    dev = _device_for(device, tags.get("device"), role, result.notes)
 
     def model_of(dep_run_id: str, key: str) -> torch.nn.Module:
         state = tracker.load_checkpoint(dep_run_id)
@@ -87,7 +87,21 @@ def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -
     exp_id = tracker.experiment_id(f"{protocol.study.name}-reproduce")
     assert exp_id is not None
     new_tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
-    new_tags.update({"reproduces": run_id, "device": str(dev)})
+    # the new run's tags describe the new run; what the original recorded stays beside
+    now = {
+        "device": str(dev),
+        "data_identity": data.identity,
+        "pack_size": 1 if role.kind != "ensemble" else None,
+        "deterministic": resolve_deterministic(role.train.deterministic, dev)
+        if role.train
+        else None,
+    }
+    for key, value in now.items():
+        if key in tags and value is not None and str(value) != tags[key]:
+            new_tags[f"original_{key}"] = tags[key]
+        if value is not None:
+            new_tags[key] = str(value)
+    new_tags["reproduces"] = run_id
     new_id = tracker.start_run(
         exp_id,
         parent_id=None,
@@ -128,6 +142,28 @@ def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -
             original, new = run["metrics"].get(name), final.get(name)
             result.rows.append({"metric": name, "original": original, "reproduced": new})
     return result
+
+
+def _device_for(
+    given: str | None, recorded: str | None, role: Role, notes: list[str]
+) -> torch.device:
+    """``--device``, else the device the run was trained on, else (that device is not on
+    this machine) the protocol's, with a note: a CPU run re-trained on a GPU, or the
+    reverse, differs in float rounding, and the comparison says so."""
+    if given is not None:
+        return resolve_device(given)
+    if recorded:
+        try:
+            return resolve_device(recorded)
+        except UserInputError as e:
+            fallback = role.train.device if role.train else "auto"
+            dev = resolve_device(fallback)
+            notes.append(
+                f"the run was trained on {recorded}, which this machine lacks ({e.reason}); "
+                f"re-trained on {dev} instead: expect float-rounding differences"
+            )
+            return dev
+    return resolve_device(role.train.device if role.train else "auto")
 
 
 def _teacher_of_first_member(tracker: Tracker, member_run_id: str) -> str | None:

@@ -103,3 +103,29 @@ def test_a_report_needs_runs_of_this_protocol_and_an_export_made_from_it(workdir
     res = runner.invoke(app, ["report", "tiny.toml", "--from-export"])
     assert res.exit_code == 0, res.output
     assert (workdir / "reports" / "tiny" / "report.md").exists()
+
+
+def test_reproduce_trains_where_the_run_trained_and_tags_what_it_did(workdir: Path) -> None:
+    """Without --device the run's own device; one this machine lacks falls back with a
+    note. The new run's tags describe the new run, the original's values kept beside."""
+    from mlflow.tracking import MlflowClient
+
+    (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
+    assert runner.invoke(app, ["run", "tiny.toml", "--no-report"]).exit_code == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    [run] = client.search_runs(
+        [exp.experiment_id], "tags.role = 'ban/gen1' and tags.seed = '1'", max_results=5
+    )
+    assert run.data.tags["pack_size"] == "3"  # auto: the three MLP seeds in one pack
+    client.set_tag(run.info.run_id, "device", "cuda:7")  # as if trained on a GPU host
+    res = runner.invoke(app, ["reproduce", run.info.run_id], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "trained on cuda:7, which this machine lacks" in res.output
+    scratch = client.get_experiment_by_name("tiny-reproduce")
+    [again] = client.search_runs([scratch.experiment_id])
+    tags = again.data.tags
+    assert (tags["device"], tags["original_device"]) == ("cpu", "cuda:7")
+    assert (tags["pack_size"], tags["original_pack_size"]) == ("1", "3")
+    assert tags["data_identity"] == run.data.tags["data_identity"]
+    assert "original_data_identity" not in tags and tags["reproduces"] == run.info.run_id

@@ -477,3 +477,9 @@ def test_paired_lines_mean_is_over_the_seeds_every_role_has(monkeypatch) -> None
     [(label, mean)] = [(lab, y) for lab, y in drawn if lab is not None]
     assert label == "mean over the 2 seeds in every role"
     assert mean == pytest.approx([0.91, 0.92])
+
+
+def test_every_p_column_keeps_p_off_alpha() -> None:
+    assert report._method(0.04996, "exact", 0.05) == "0.04996 (exact)"
+    assert report._method(0.05004, "monte carlo", 0.05) == "0.05004 (MC)"
+    assert report.format_p(0.04996) == "0.0500"  # what alpha-blind rounding printed

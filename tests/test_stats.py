@@ -909,3 +909,29 @@ def test_cli_compare_text_names_seeds_present_in_one_group_only(tmp_path):
     assert "seeds of A without a pair, left out: 7" in res.output
     assert "seeds of B without a pair, left out: 3" in res.output
     assert "of the omnibus): A: 7; B: 3" in res.output
+
+
+def _float32_accuracies(correct: list[int], n_test: int = 359) -> list[float]:
+    """Test accuracies as a training logs them: float32 k / N, read back as floats."""
+    return [float(np.float32(k / n_test)) for k in correct]
+
+
+def test_ties_in_float32_accuracies_are_ties():
+    """Two seeds that each win by one test image differ by a few 1e-8 in float32 A - B: the
+    exact Wilcoxon must still see the tie (0.0508, not the no-ties 0.037 'significant')."""
+    a = _float32_accuracies([335, 327, 315, 309, 320, 322, 320, 330, 305, 333])
+    b = _float32_accuracies([334, 329, 313, 307, 319, 321, 318, 329, 304, 332])
+    images = np.array([1, -2, 2, 2, 1, 1, 2, 1, 1, 1], dtype=float)  # A - B in test images
+    table = long_table({"A": a, "B": b})
+    c = compare(table, test="wilcoxon").comparisons[0]
+    assert c.p == pytest.approx(wilcoxon_signed_rank(images)[1], abs=1e-15)
+    assert c.p == pytest.approx(0.05078125, abs=1e-12) and not c.reject
+    assert any("float rounding" in note for note in c.notes)
+
+
+def test_a_constant_float32_difference_has_no_t():
+    b = _float32_accuracies([318, 322, 329, 331, 325])
+    a = _float32_accuracies([319, 323, 330, 332, 326])  # every seed wins by one image
+    c = compare(long_table({"A": a, "B": b})).comparisons[0]
+    assert math.isnan(c.p) and not c.reject
+    assert any("every seed gives the same difference" in note for note in c.notes)

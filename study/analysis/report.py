@@ -543,16 +543,21 @@ def report_tables(rep: Report) -> dict[str, Table]:
         ("verdict", "l", lambda c: c["verdict_short"] + marks.get(id(c), "")),
     )
 
+    alpha = rep.protocol.analysis.alpha
     tables["details"] = Table.of(
         rep.tested,
         ("A", "l", lambda c: c["a"]),
         ("B", "l", lambda c: c["b"]),
         ("t", "r", lambda c: _num(c["t"])),
         ("df", "r", lambda c: _num(c["df"], 0)),
-        ("p (t)", "r", lambda c: format_p(c["p_t"])),
+        ("p (t)", "r", lambda c: format_p(c["p_t"], alpha)),
         ("W", "r", lambda c: _num(c["w"], 1)),
-        ("p (Wilcoxon)", "r", lambda c: _method(c["p_wilcoxon"], c["wilcoxon_method"])),
-        ("p (permutation)", "r", lambda c: _method(c["p_permutation"], c["permutation_method"])),
+        ("p (Wilcoxon)", "r", lambda c: _method(c["p_wilcoxon"], c["wilcoxon_method"], alpha)),
+        (
+            "p (permutation)",
+            "r",
+            lambda c: _method(c["p_permutation"], c["permutation_method"], alpha),
+        ),
         (f"BCa 95% CI ({u.difference})", "l", lambda c: u.interval(c["ci95_bca"])),
         ("d_z", "r", lambda c: _num(c["d_z"])),
         ("seeds A > B", "r", lambda c: _percent(c["p_greater"])),
@@ -633,11 +638,11 @@ def _percent(x: Any) -> str:
     return f"{100 * float(x):.0f}%"
 
 
-def _method(p: Any, method: str | None) -> str:
+def _method(p: Any, method: str | None, alpha: float | None = None) -> str:
     """A p-value with how it was computed: exact, approx (normal), MC (Monte Carlo)."""
     if _missing(p) or not method:
-        return format_p(p)
-    return f"{format_p(p)} ({'MC' if method == 'monte carlo' else method})"
+        return format_p(p, alpha)
+    return f"{format_p(p, alpha)} ({'MC' if method == 'monte carlo' else method})"
 
 
 def _int(x: Any) -> str:
@@ -702,9 +707,10 @@ def report_text(rep: Report) -> dict[str, Any]:
         lines = [
             f"Over all {k} roles with results, on the {n} seed{'s' * (n != 1)} every one of "
             f"them has: Friedman chi-square = {_num(om['q'])} (df = {k - 1}), "
-            f"p = {format_p(om['p_friedman'])} ({'' if sig else 'not '}significant at alpha = "
-            f"{a.alpha:g}); Kendall's W = {_num(om['w_kendall'], 3)} (0: no agreement of the "
-            f"seeds on the ranking, 1: every seed ranks the roles alike).",
+            f"p = {format_p(om['p_friedman'], a.alpha)} "
+            f"({'' if sig else 'not '}significant at alpha = {a.alpha:g}); "
+            f"Kendall's W = {_num(om['w_kendall'], 3)} (0: no agreement of the seeds on the "
+            "ranking, 1: every seed ranks the roles alike).",
             f"Nemenyi critical difference of mean ranks at alpha = {a.alpha:g}: "
             f"CD = {_num(om['cd'], 3)} (q_alpha = {_num(om['q_alpha'], 3)}); two roles whose "
             f"mean ranks differ by more than CD differ significantly. Rank 1 = lowest "
@@ -717,8 +723,9 @@ def report_text(rep: Report) -> dict[str, Any]:
                 "descriptive only: no pair of roles is shown to differ."
             ),
             f"Repeated-measures ANOVA: F({_num(om['df1'], 0)}, {_num(om['df2'], 0)}) = "
-            f"{_num(om['F'])}, p = {format_p(om['p_anova'])}; Greenhouse-Geisser epsilon = "
-            f"{_num(om['gg_epsilon'], 3)}, corrected p = {format_p(om['p_anova_gg'])} ("
+            f"{_num(om['F'])}, p = {format_p(om['p_anova'], a.alpha)}; "
+            f"Greenhouse-Geisser epsilon = {_num(om['gg_epsilon'], 3)}, "
+            f"corrected p = {format_p(om['p_anova_gg'], a.alpha)} ("
             + (
                 "normality of the differences not rejected: applicable"
                 if om["anova_applicable"]

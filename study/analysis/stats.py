@@ -467,20 +467,39 @@ def _sorted_seeds(seeds: set[Any]) -> list[Any]:
 # --------------------------------------------------------------------------------------
 
 
-def rank_safe_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """A - B rounded to 12 significant digits of the data's scale.
+FLOAT_TIE_RESOLUTION = 1e-6
+"""Differences closer than this, relative to the data's scale, are one value: float32
+metrics (the accuracies a training logs) carry ~1e-7 relative rounding, so two seeds that
+each win by one test image differ by a few 1e-8 in A - B."""
 
-    Pitfall avoided: roundoff in the subtraction (0.3 - 0.1 - 0.2 != 0) would split true ties
-    of |A - B| and turn true zeros into tiny non-zeros, which changes the rank tests (see the
-    warning in scipy.stats.wilcoxon). The rounding is far below any meaningful digit.
+
+def rank_safe_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A - B with float rounding removed: |differences| within ``FLOAT_TIE_RESOLUTION``
+    times the data's scale of each other are one value (their mean, the sign kept), and
+    those within it of zero are zero.
+
+    Pitfall avoided: rounding (0.3 - 0.1 - 0.2 != 0; accuracies stored as float32 k/N)
+    would split true ties of |A - B| and turn true zeros into tiny non-zeros, which changes
+    the rank tests (see the warning in scipy.stats.wilcoxon), and would give a constant
+    difference a tiny variance and an absurd t. Neighbours are merged in sorted order
+    rather than rounded to a grid, which would split a tie straddling a grid boundary.
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     d = a - b
     scale = float(max(np.max(np.abs(a), initial=0.0), np.max(np.abs(b), initial=0.0)))
-    if scale == 0.0:
+    if scale == 0.0 or len(d) == 0:
         return d
-    return np.round(d, 12 - int(math.ceil(math.log10(scale))))
+    tol = FLOAT_TIE_RESOLUTION * scale
+    magnitude = np.abs(d)
+    out = np.zeros_like(d)
+    order = np.flatnonzero(magnitude > tol)
+    order = order[np.argsort(magnitude[order], kind="stable")]
+    if len(order):
+        breaks = np.flatnonzero(np.diff(magnitude[order]) > tol) + 1
+        for group in np.split(order, breaks):
+            out[group] = np.sign(d[group]) * float(np.mean(magnitude[group]))
+    return out
 
 
 def hedges_correction(df: float) -> float:
@@ -930,6 +949,15 @@ def _compare_sample(
     if paired:
         d = s.differences
         n = len(d)
+        raw = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+        if not np.array_equal(raw, d) and np.max(np.abs(raw - d)) > 1e-12 * max(
+            1.0, float(np.max(np.abs(np.concatenate([a, b]))))
+        ):
+            notes.append(
+                "differences equal up to float rounding (within "
+                f"{FLOAT_TIE_RESOLUTION:g} x the values' scale, e.g. float32 accuracies) "
+                "are treated as equal"
+            )
         mean_diff = float(np.mean(d))
         sd_diff = float(np.std(d, ddof=1))
         with warnings.catch_warnings():
