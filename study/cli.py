@@ -95,6 +95,9 @@ def user_errors(fn):
             message = escape(e.message)  # "[tune]" in a message is text, not rich markup
             err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except Terminated:  # `run` and `tune` say more; any other command just stops
+            err_console.print("[yellow]terminated[/] (SIGTERM)", highlight=False)
+            raise typer.Exit(_interrupted_status(Terminated())) from None
 
     return wrapper
 
@@ -447,7 +450,9 @@ def _check_export_matches(p, collected, where: Path, protocol: Path) -> None:
     identity = collected.meta.get("data_identity")
     if not identity:
         return  # an export written by hand: nothing to match it against
-    expected = expand(p, tuned=tuned_values(p)).fingerprints(identity)
+    plan = expand(p, tuned=tuned_values(p))
+    plan.require_trainable()  # a "tuned" value without a (current) result says so itself
+    expected = plan.fingerprints(identity)
     runs = collected.runs
     exported = {
         (str(r), int(s)): f
@@ -457,9 +462,10 @@ def _check_export_matches(p, collected, where: Path, protocol: Path) -> None:
     if differ:
         role, seed = differ[0]
         raise UserInputError(
-            f"the export at {where} was made from another version of this protocol: "
-            f"{len(differ)} of {len(expected)} (role, seed) fingerprints differ (first: {role} "
-            f"seed {seed}); run 'study export {protocol}' again",
+            f"the export at {where} does not match this protocol: {len(differ)} of "
+            f"{len(expected)} (role, seed) fingerprints differ (first: {role} seed {seed}; the "
+            "protocol, its tuning result or the package version changed since the export); "
+            f"run 'study export {protocol}' again",
             source=str(protocol),
         )
 
@@ -480,11 +486,11 @@ def _collect(protocol: Path, tracking_uri: str | None):
     check_writable(tracking_uri)
     tracker = Tracker(tracking_uri)
     collected = collect(plan, tracker, data.identity)
-    if collected.table.empty:
+    if (collected.runs["status"] == "ABSENT").all():  # failed runs still make a report
         raise UserInputError(
-            f"no FINISHED run in {tracker.uri} matches this protocol's {plan.n_runs} "
-            f"(role, seed) fingerprints: run 'study run {protocol}' first (a changed protocol "
-            "has new fingerprints)",
+            f"no run in {tracker.uri} matches this protocol's {plan.n_runs} (role, seed) "
+            f"fingerprints: run 'study run {protocol}' first (a changed protocol, tuning "
+            "result, data or package version gives new fingerprints)",
             source=str(protocol),
         )
     return p, collected
@@ -912,7 +918,7 @@ def bench(
 
 
 PROGRESS_EVERY_S = 60.0
-"""Without a terminal, a progress line at least this often while epochs go by."""
+"""Without a terminal, a progress line this often while the study runs."""
 
 
 def _clock(seconds: float) -> str:
@@ -942,8 +948,20 @@ class _ProgressView:
         self.done = 0
         # without a terminal (a log file: DVC, Slurm, CI) progress is a line now and then
         self.total_epochs, self.epochs_done, self.epochs_timed = 0, 0, 0
-        self.started = self.last_line = time.monotonic()
+        self.started = time.monotonic()
+        self.stop = threading.Event()
+        self.ticker = None
+        if not console.is_terminal:
+            self.ticker = threading.Thread(target=self._tick, daemon=True)
+            self.ticker.start()
         return self
+
+    def _tick(self) -> None:
+        """Without a terminal: a progress line every PROGRESS_EVERY_S, epochs or not (a
+        CIFAR epoch on a CPU, a teacher cache being filled, can take longer)."""
+        while not self.stop.wait(PROGRESS_EVERY_S):
+            if self.total_epochs:
+                console.print(f"progress: {self._eta()}", highlight=False)
 
     def _eta(self) -> str:
         """Epochs done and the time left, from this process's pace (resumed epochs are
@@ -968,9 +986,6 @@ class _ProgressView:
             self.progress.advance(self.epochs)
             self.epochs_done += 1
             self.epochs_timed += 1
-            if not console.is_terminal and time.monotonic() - self.last_line >= PROGRESS_EVERY_S:
-                self.last_line = time.monotonic()
-                console.print(f"progress: {self._eta()}", highlight=False)
         elif event.kind == "resumed":
             self.progress.advance(self.epochs, event.epoch or 0)
             self.epochs_done += event.epoch or 0
@@ -991,6 +1006,9 @@ class _ProgressView:
                 )
 
     def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.ticker is not None:
+            self.ticker.join()
         self.progress.__exit__(*exc)
 
 

@@ -442,6 +442,11 @@ class _Session:
             metrics_log.add(seed, epoch, metrics)
             self.emit(Progress("epoch", role.key, seed, epoch, metrics=metrics))
 
+        def on_resume(seed: int, history: list[dict[str, float]]) -> None:
+            metrics_log.backfill(seed, history)
+            # said before the seed trains on, so that progress counts the epochs it skips
+            self.emit(Progress("resumed", role.key, seed, epoch=len(history)))
+
         try:
             results = train_role(
                 role,
@@ -451,7 +456,7 @@ class _Session:
                 device=self.device,
                 on_epoch=on_epoch,
                 checkpoints=slots,
-                on_resume=metrics_log.backfill,
+                on_resume=on_resume,
             )
         except KeyboardInterrupt:
             metrics_log.flush()
@@ -477,7 +482,6 @@ class _Session:
                 self.emit(Progress("note", role.key, seed, message=note))
             if result.resumed_from:
                 self.tracker.set_tags(run_id, {"resumed_from_epoch": result.resumed_from})
-                self.emit(Progress("resumed", role.key, seed, epoch=result.resumed_from))
             # the epochs not yet in MLflow (buffered, or restored from a checkpoint that the
             # killed process had not logged and `backfill` could not send), and the final
             # metrics at the last epoch's step

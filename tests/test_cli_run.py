@@ -66,8 +66,14 @@ def test_help_shows_section_names_in_brackets() -> None:
     assert res.exit_code == 0 and "Search the [tune] ranges" in res.output
 
 
-def test_without_a_terminal_each_finished_run_says_epochs_done_and_eta(workdir: Path) -> None:
-    """Under DVC, Slurm or CI the output is a log file: it still says how far and how long."""
+def test_without_a_terminal_each_finished_run_says_epochs_done_and_eta(
+    workdir: Path, monkeypatch
+) -> None:
+    """Under DVC, Slurm or CI the output is a log file: it still says how far and how long,
+    at each finished run and on a clock (here every 50 ms instead of every minute)."""
+    import study.cli
+
+    monkeypatch.setattr(study.cli, "PROGRESS_EVERY_S", 0.05)
     (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
     res = runner.invoke(app, ["run", "tiny.toml", "--no-report"], env={"COLUMNS": "300"})
     assert res.exit_code == 0, res.output
@@ -75,6 +81,8 @@ def test_without_a_terminal_each_finished_run_says_epochs_done_and_eta(workdir: 
     assert len(done) == 15  # 5 roles x 3 seeds, ensembles included
     assert all("ETA" in line and "elapsed" in line for line in done)
     assert "epochs 24/24" in done[-1] and "ETA 0:00:00" in done[-1]  # 4 trained roles x 2 x 3
+    ticks = [line for line in res.output.splitlines() if line.startswith("progress: epochs ")]
+    assert ticks and all("/24, " in line and "ETA" in line for line in ticks)
 
 
 def test_reading_commands_refuse_a_missing_store_and_create_none(workdir: Path) -> None:
@@ -96,9 +104,9 @@ def test_a_report_needs_runs_of_this_protocol_and_an_export_made_from_it(workdir
         app, ["report", "changed.toml", "--export", "results/tiny"], env={"COLUMNS": "300"}
     )
     assert res.exit_code == 2, res.output
-    assert "another version of this protocol: 15 of 15" in res.output
+    assert "does not match this protocol: 15 of 15" in res.output
     res = runner.invoke(app, ["report", "changed.toml"], env={"COLUMNS": "300"})
-    assert res.exit_code == 2 and "no FINISHED run" in res.output, res.output
+    assert res.exit_code == 2 and "no run in" in res.output, res.output
     assert not (workdir / "reports").exists()
     res = runner.invoke(app, ["report", "tiny.toml", "--from-export"])
     assert res.exit_code == 0, res.output
@@ -129,3 +137,35 @@ def test_reproduce_trains_where_the_run_trained_and_tags_what_it_did(workdir: Pa
     assert (tags["pack_size"], tags["original_pack_size"]) == ("1", "3")
     assert tags["data_identity"] == run.data.tags["data_identity"]
     assert "original_data_identity" not in tags and tags["reproduces"] == run.info.run_id
+
+
+def test_a_study_whose_runs_all_failed_still_gets_its_report(workdir: Path, monkeypatch) -> None:
+    """The report of a diverged study is where the failure reasons are: not refused."""
+    import study.train
+
+    monkeypatch.setattr(study.train, "_DIVERGE", {0, 1, 2})  # STUDY_TEST_DIVERGE_SEEDS
+    (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
+    res = runner.invoke(app, ["run", "tiny.toml", "--no-report"])
+    assert res.exit_code == 1, res.output  # every teacher failed, the rest skipped
+    res = runner.invoke(app, ["report", "tiny.toml"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "FAILED" in (workdir / "reports" / "tiny" / "report.md").read_text()
+
+
+def test_sigterm_stops_any_command_with_143(workdir: Path) -> None:
+    import os
+    import signal
+
+    import typer
+
+    import study.cli
+
+    @study.cli.user_errors
+    def slow() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    study.cli.process_settings()  # what the CLI does before any command
+    with pytest.raises(typer.Exit) as stopped:
+        slow()
+    assert stopped.value.exit_code == 143
