@@ -519,8 +519,8 @@ def format_report(report: BenchReport) -> Sequence[str]:
     c = report.config
     lines = [
         f"{c['arch']} {json.dumps(c['arch_kwargs'])} on {c['dataset_shape']}-shaped data, "
-        f"batch {c['batch']} per seed, {c['precision']}, {c['steps']} steps x {c['repeats']} "
-        f"timed epochs",
+        f"batch {c['batch']} per seed, {c['precision']} (harness and packs; reference: fp32), "
+        f"{c['steps']} steps x {c['repeats']} timed epochs",
         f"device: {report.device} ({report.device_name}), torch threads: {report.threads}, "
         f"memory: {report.memory}",
         "deterministic mode (harness and packs): "

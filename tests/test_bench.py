@@ -44,6 +44,7 @@ def test_bench_measures_reference_harness_packs_and_kd_side_by_side() -> None:
     assert report.memory.startswith("peak RSS")
     lines = format_report(report)
     assert any(line.startswith("pack 3 + kd") for line in lines)
+    assert "fp32 (harness and packs; reference: fp32)" in lines[0]  # what the ratios compare
     payload = json.loads(report.to_json())
     assert [row["name"] for row in payload["results"]] == names
 

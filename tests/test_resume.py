@@ -228,6 +228,7 @@ def test_env_prints_the_provenance_snapshot(tmp_path: Path) -> None:
     snap = json.loads(proc.stdout)
     for key in ("python", "torch", "cuda", "cudnn", "gpu", "cpu", "git_commit", "git_dirty"):
         assert key in snap
+    assert snap["cuda_available"] is __import__("torch").cuda.is_available()
     assert any(line.startswith("torch==") for line in snap["pip_freeze"])
 
 
