@@ -91,6 +91,7 @@ def load_study_data(protocol: Protocol) -> DataSplits:
             data_seed=d.data_seed,
             augmentation=d.augmentation,
             image_size=d.image_size,
+            synthetic=dict(d.synthetic) or None,
         )
     except UserInputError as e:
         field = f"data.{e.field}" if e.field else "data"

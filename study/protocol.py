@@ -62,6 +62,11 @@ class DataSection(_Strict):
     data_seed: int = Field(default=0, ge=0)
     augmentation: Literal["default", "crop_flip", "crop", "flip", "none"] = "default"
     image_size: int | None = Field(default=None, ge=4)
+    synthetic: dict[str, int] = Field(
+        default_factory=dict,
+        description="options of the synthetic dataset: n_train, n_test, num_classes, "
+        "channels, image_size, seed",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -70,6 +75,21 @@ class DataSection(_Strict):
         if v not in allowed:
             raise ValueError(f"unknown dataset '{v}'; allowed: {', '.join(allowed)}")
         return v
+
+    @model_validator(mode="after")
+    def _synthetic(self) -> DataSection:
+        from study.data.sources import SYNTHETIC_DEFAULTS
+
+        if self.synthetic and self.dataset != "synthetic":
+            raise ValueError(
+                f"[data.synthetic] options are for dataset = 'synthetic', not {self.dataset!r}"
+            )
+        unknown = sorted(set(self.synthetic) - set(SYNTHETIC_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"unknown synthetic option {unknown[0]!r}; allowed: {', '.join(SYNTHETIC_DEFAULTS)}"
+            )
+        return self
 
     @field_validator("val_size")
     @classmethod

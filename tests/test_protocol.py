@@ -282,3 +282,34 @@ def test_a_tuned_arm_must_be_tunable_as_declared(
     with pytest.raises(UserInputError) as info:
         load_protocol(path)
     assert info.value.field == field and words in info.value.message
+
+
+def test_synthetic_dataset_options_reach_the_loader(tmp_path) -> None:
+    from study.execute import load_study_data
+
+    text = """
+[study]
+name = "synth"
+seeds = 2
+[data]
+dataset = "synthetic"
+val_size = 0.1
+synthetic = { n_train = 64, n_test = 32, num_classes = 3, image_size = 8, channels = 1 }
+[teacher]
+arch = "mlp"
+[[arms]]
+name = "kd"
+loss = "kd"
+"""
+    data = load_study_data(parse_protocol(text))
+    assert data.num_classes == 3 and data.test_x.shape == (32, 1, 8, 8)
+    assert len(data.train_x) + len(data.val_x) == 64
+    for old, new in [
+        ("channels = 1 }", "chanels = 1 }"),  # a misspelt option
+        ('dataset = "synthetic"', 'dataset = "digits"'),  # options of another dataset
+    ]:
+        path = tmp_path / "bad.toml"
+        path.write_text(text.replace(old, new))
+        with pytest.raises(UserInputError) as info:
+            load_protocol(path)
+        assert info.value.field == "data" and "synthetic" in info.value.message
