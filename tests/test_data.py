@@ -307,6 +307,87 @@ def test_imagefolder_defaults_to_32_pixels_and_falls_back_to_val(tmp_path):
     assert data.image_size == 32 and data.test_x.shape == (6, 3, 32, 32)
 
 
+def test_imagefolder_ignores_hidden_folders_files_and_pycache(tmp_path):
+    from PIL import Image
+
+    write_imagefolder(tmp_path)
+    for split in ("train", "test"):
+        for junk in (".ipynb_checkpoints", "__pycache__"):
+            folder = tmp_path / split / junk
+            folder.mkdir()
+            Image.new("RGB", (9, 9), (1, 2, 3)).save(folder / "0-checkpoint.png")
+        (tmp_path / split / ".empty_hidden").mkdir()  # an empty hidden folder is no class
+        nested = tmp_path / split / "cat" / ".ipynb_checkpoints"
+        nested.mkdir()
+        Image.new("RGB", (9, 9), (1, 2, 3)).save(nested / "0-checkpoint.png")
+        (tmp_path / split / "dog" / "._0.png").write_bytes(b"macOS resource fork, not a png")
+    data = load_data("imagefolder", root=tmp_path, val_size=0, image_size=8)
+    assert data.classes == ("cat", "dog", "eel") and data.num_classes == 3
+    assert sorted(data.train_y.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert len(data.test_y) == 6
+
+
+def test_imagefolder_empty_class_folder_is_named(tmp_path):
+    write_imagefolder(tmp_path)
+    (tmp_path / "train" / "fox").mkdir()
+    (tmp_path / "test" / "fox").mkdir()
+    (tmp_path / "train" / "fox" / "notes.txt").write_text("not an image")
+    with pytest.raises(UserInputError, match="no images") as caught:
+        load_data("imagefolder", root=tmp_path, val_size=0)
+    assert not isinstance(caught.value, DataNotFoundError)
+    assert str(tmp_path / "train" / "fox") in str(caught.value)
+    assert ".png" in caught.value.reason and caught.value.field == "root"
+
+
+def _write_gray_classes(root: Path, levels: dict, dtype, step) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls, level in levels.items():
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(2):
+                pixels = np.full((6, 6), level + step * i, dtype=dtype)
+                Image.fromarray(pixels).save(
+                    folder / f"{i}.{'png' if dtype == np.uint16 else 'tif'}"
+                )
+
+
+def test_imagefolder_16_bit_images_are_rescaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    _write_gray_classes(tmp_path, {"bright": 60000, "dark": 1000}, np.uint16, 100)
+    assert Image.open(tmp_path / "train" / "dark" / "0.png").mode == "I;16"
+    data = load_data("imagefolder", root=tmp_path, val_size=0, image_size=6)
+    bright, dark = (data.train_x[data.train_y == y] for y in range(2))
+    assert data.classes == ("bright", "dark")
+    # value >> 8: 60000, 60100 -> 234; 1000, 1100 -> 3, 4 (three equal channels)
+    assert bright.unique().tolist() == [234] and dark.unique().tolist() == [3, 4]
+    assert data.std != (1.0, 1.0, 1.0)
+
+
+def test_imagefolder_32_bit_images_rescale_in_16_bit_range_or_are_refused(tmp_path):
+    from PIL import Image
+
+    _write_gray_classes(tmp_path / "int", {"a": 512, "b": 65535}, np.int32, -256)
+    assert Image.open(tmp_path / "int" / "train" / "a" / "0.tif").mode == "I"
+    data = load_data("imagefolder", root=tmp_path / "int", val_size=0, image_size=6)
+    assert [data.train_x[data.train_y == y].unique().tolist() for y in range(2)] == [
+        [1, 2],
+        [254, 255],
+    ]
+    _write_gray_classes(tmp_path / "wide", {"a": 10, "b": 70000}, np.int32, 1)
+    with pytest.raises(UserInputError, match="outside 0..65535") as caught:
+        load_data("imagefolder", root=tmp_path / "wide", val_size=0)
+    assert str(tmp_path / "wide" / "train" / "b" / "0.tif") in caught.value.reason
+    _write_gray_classes(tmp_path / "float", {"a": 0.25, "b": 0.75}, np.float32, 0.0)
+    assert Image.open(tmp_path / "float" / "train" / "a" / "0.tif").mode == "F"
+    with pytest.raises(UserInputError, match="32-bit float") as caught:
+        load_data("imagefolder", root=tmp_path / "float", val_size=0)
+    assert str(tmp_path / "float" / "train") in caught.value.reason
+    assert caught.value.field == "root"
+
+
 def test_missing_imagefolder_says_where_and_that_it_cannot_download(tmp_path):
     with pytest.raises(DataNotFoundError, match="cannot be downloaded") as caught:
         load_data("imagefolder", root=tmp_path)
@@ -375,6 +456,34 @@ def test_identity_is_stable_and_changes_with_every_setting():
     }
     assert base not in others and len(others) == 5
     assert len(base) == 64 and int(base, 16) >= 0
+
+
+def test_identity_hashes_the_split_not_the_val_size_as_written():
+    # digits: 0.1 of the 1438 non-test images is 144; 0.1001 rounds to 144 as well
+    a, b, c = (load_data("digits", root="unused", val_size=v) for v in (0.1, 144, 0.1001))
+    assert torch.equal(a.val_x, b.val_x) and torch.equal(a.val_x, c.val_x)
+    assert a.identity == b.identity == c.identity
+    # without a validation split, data_seed selects nothing: the same data, one identity
+    no_val = {load_data("digits", root="unused", val_size=0, data_seed=s).identity for s in (0, 1)}
+    assert len(no_val) == 1
+
+
+def test_identity_changes_when_the_draw_behind_the_split_changes(monkeypatch):
+    from study.data import sources
+
+    before = load_data("digits", root="unused")
+    real = sources.stratified_split
+
+    def other_stream(labels, size, seed):
+        # another permutation stream for the validation draw (as a torch release that
+        # changed CPU randperm would give); the fixed digits test split is left alone
+        return real(labels, size, seed if seed == DIGITS_TEST_SEED else seed + 7)
+
+    monkeypatch.setattr(sources, "stratified_split", other_stream)
+    after = load_data("digits", root="unused")
+    assert torch.equal(before.test_x, after.test_x)
+    assert not torch.equal(before.val_x, after.val_x)
+    assert before.identity != after.identity
 
 
 @not_published

@@ -102,6 +102,31 @@ def test_torchvision_stems_follow_in_channels_and_keep_resolution():
     assert isinstance(densenet.features.pool0, nn.Identity)
 
 
+def test_densenet121_refuses_images_below_8_pixels_by_name():
+    with pytest.raises(UserInputError, match=r"image_size=7 .*>= 8") as caught:
+        create_model("densenet121", in_channels=3, num_classes=10, image_size=7)
+    assert caught.value.field == "image_size" and "densenet121" in caught.value.reason
+    torch.manual_seed(0)
+    model = create_model("densenet121", in_channels=1, num_classes=3, image_size=8).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 8, 8)).shape == (1, 3)
+
+
+def test_mobilenet_v2_final_map_is_the_documented_2x2():
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from study.models import torchvision_adapters
+
+    model = create_model(
+        "mobilenet_v2", in_channels=3, num_classes=10, image_size=32, width_mult=0.25
+    )
+    features = create_feature_extractor(model.eval(), {"features.18": "last"})
+    with torch.no_grad():
+        assert features(torch.randn(1, 3, 32, 32))["last"].shape[-2:] == (2, 2)
+    assert "2x2 at 32x32" in torchvision_adapters.mobilenet_v2.__doc__
+    assert "2x2 at 32x32" in " ".join(torchvision_adapters.__doc__.split())
+
+
 def test_unknown_model_name_lists_the_allowed_names():
     with pytest.raises(UserInputError) as caught:
         validate_model_kwargs("wrn_28_10", {})

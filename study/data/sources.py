@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import pickle
 import warnings
 from collections.abc import Callable, Mapping
@@ -166,21 +167,28 @@ def load_data(
     if image_size is not None and train_x.shape[-1] != image_size:
         train_x, test_x = _resize(train_x, image_size), _resize(test_x, image_size)
 
-    settings = {
-        "val_size": 0 if val_size == 0 else val_size,
-        "data_seed": data_seed,
-        "image_size": int(train_x.shape[-1]),
-    }
+    keep, held = stratified_split(source.train_y, val_size, seed=data_seed)
+    # The identity hashes the split's result (the held-out indices), not its inputs:
+    # val_size = 0.1, 144 and 0.1001 that hold out the same images are one identity, and
+    # a change of the draw behind the split (a torch release that changes CPU randperm)
+    # is another. val_size and data_seed act on the data only through ``held``, so they
+    # are not hashed themselves.
+    settings: dict[str, Any] = {"image_size": int(train_x.shape[-1])}
     if name == "synthetic":
         settings["synthetic"] = dict(sorted((synthetic or {}).items()))
     identity = data_identity(
         name,
-        {"train_x": train_x, "train_y": source.train_y, "test_x": test_x, "test_y": source.test_y},
+        {
+            "train_x": train_x,
+            "train_y": source.train_y,
+            "test_x": test_x,
+            "test_y": source.test_y,
+            "val_indices": held,
+        },
         source.classes,
         settings,
     )
 
-    keep, held = stratified_split(source.train_y, val_size, seed=data_seed)
     mean, std = channel_stats(train_x[keep])
     return DataSplits(
         name=name,
@@ -464,6 +472,91 @@ def load_svhn(request: SourceRequest) -> SourceData:
 # ---------------------------------------------------------------------------------------
 
 IMAGEFOLDER_DEFAULT_SIZE = 32
+_IGNORED_NAMES = ("__pycache__",)
+"""Besides hidden names (a leading '.'), what is never a class folder or an image."""
+
+
+def _ignored(name: str) -> bool:
+    """Hidden entries (``.ipynb_checkpoints``, ``.DS_Store``, macOS ``._x.png``) and
+    ``__pycache__``: what tools put next to the images, never a class or an image."""
+    return name.startswith(".") or name in _IGNORED_NAMES
+
+
+class _ImageFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder without hidden folders (and ``__pycache__``) as classes.
+
+    torchvision takes every sub-directory as a class: Jupyter's ``.ipynb_checkpoints``
+    would become class 0, move every real label up by one and add its copies to the data.
+    Files under a hidden folder inside a class folder, and hidden files, are skipped too.
+    Empty class folders are kept here (``allow_empty``) and reported by ``load_imagefolder``
+    by name.
+    """
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(
+            entry.name
+            for entry in Path(directory).iterdir()
+            if entry.is_dir() and not _ignored(entry.name)
+        )
+        if not classes:
+            raise FileNotFoundError(f"no class folder in {directory}")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+
+def _image_file(root: Path) -> Callable[[str], bool]:
+    """``is_valid_file`` for ``_ImageFolder``: an image extension and no ignored part."""
+    extensions = torchvision.datasets.folder.IMG_EXTENSIONS
+    skip = len(os.path.join(str(root), ""))  # torchvision joins str(root) and the parts
+
+    def valid(path: str) -> bool:
+        parts = path[skip:].split(os.sep)
+        return path.lower().endswith(extensions) and not any(_ignored(p) for p in parts)
+
+    return valid
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _load_rgb(path: str) -> Any:
+    """Open an image as 8-bit RGB (a PIL image), rescaling 16-bit images first.
+
+    PIL's ``convert('RGB')`` clips the 16-bit modes (``I;16*``) and ``I`` at 255, so two
+    16-bit images whose values all exceed 255 would both load as white. They are rescaled
+    to 8 bits by ``value >> 8`` before the conversion: a fixed map, the same for every
+    image (no per-image stretch, which would erase the intensity differences between
+    images), and the one torchvision applies itself when it converts uint16 to uint8
+    (``v2.functional.to_dtype(..., scale=True)``) and libpng applies when it strips 16-bit
+    samples. Mode ``I`` (32-bit integers: some TIFFs, and 16-bit PNGs in old Pillow) is
+    taken as 16-bit data when its values lie in 0..65535 and refused otherwise; mode ``F``
+    (32-bit float) has no defined range and is refused. A refusal is a ``UserInputError``
+    naming the file. Data that fill only part of the 16-bit range keep few levels (12-bit
+    values 0..4095 become 0..15): convert such files to 8 bits with their own range first.
+    """
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        image = Image.open(f)
+        mode = image.mode
+        if mode in _SIXTEEN_BIT_MODES or mode == "I":
+            values = np.asarray(image)
+            if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+                raise UserInputError(
+                    f"dataset 'imagefolder': {path} is a 32-bit integer image with values "
+                    f"outside 0..65535 ({values.min()}..{values.max()}); allowed: 8-bit or "
+                    "16-bit images (16-bit ones are rescaled to 8 bits by value >> 8)",
+                    field="root",
+                )
+            eight = (values.astype(np.int64) >> 8).astype(np.uint8)
+            return Image.fromarray(eight).convert("RGB")  # uint8 2-D: mode L
+        if mode == "F":
+            raise UserInputError(
+                f"dataset 'imagefolder': {path} is a 32-bit float image, which has no defined "
+                "range to map onto 0..255; allowed: 8-bit or 16-bit images (16-bit ones are "
+                "rescaled to 8 bits by value >> 8); convert it to one of those first",
+                field="root",
+            )
+        return image.convert("RGB")
 
 
 @register_dataset(
@@ -477,7 +570,15 @@ IMAGEFOLDER_DEFAULT_SIZE = 32
 def load_imagefolder(request: SourceRequest) -> SourceData:
     """Images of any size, one folder per class; the test set is ``test/``, or ``val/`` when
     there is no ``test/``. Each image is read as RGB, its shorter side resized to
-    ``image_size`` (default 32) and centre-cropped to a square, once, at load time."""
+    ``image_size`` (default 32) and centre-cropped to a square, once, at load time.
+
+    Hidden folders and files (a leading '.', e.g. ``.ipynb_checkpoints``) and
+    ``__pycache__`` are ignored; a class folder with no image is an error naming it.
+    Grayscale and palette images become three equal channels (palette: its colours).
+    16-bit images are rescaled to 8 bits by ``value >> 8`` (see ``_load_rgb``); 32-bit
+    float images are refused. The alpha channel of RGBA / LA images is dropped, not
+    composited onto a background: a transparent pixel keeps the colour stored under it.
+    """
     size = request.image_size or IMAGEFOLDER_DEFAULT_SIZE
     train_dir = request.root / "train"
     test_dir = request.root / "test"
@@ -489,11 +590,30 @@ def load_imagefolder(request: SourceRequest) -> SourceData:
             raise _not_found("imagefolder", d, "one folder per class (or val/ for test/)", how)
     transform = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
-    def read(directory: Path) -> torchvision.datasets.ImageFolder:
+    def read(directory: Path) -> _ImageFolder:
         try:
-            return torchvision.datasets.ImageFolder(str(directory), transform=transform)
+            dataset = _ImageFolder(
+                str(directory),
+                transform=transform,
+                loader=_load_rgb,
+                is_valid_file=_image_file(directory),
+                allow_empty=True,
+            )
         except FileNotFoundError as err:
-            raise _not_found("imagefolder", directory, "image files", how) from err
+            raise _not_found(
+                "imagefolder", directory, "one folder of images per class", how
+            ) from err
+        empty = sorted(set(dataset.classes) - {dataset.classes[t] for t in dataset.targets})
+        if empty:
+            extensions = ", ".join(torchvision.datasets.folder.IMG_EXTENSIONS)
+            raise UserInputError(
+                f"dataset 'imagefolder': class folder{'s' if len(empty) > 1 else ''} "
+                f"{', '.join(str(directory / name) for name in empty)} "
+                f"{'have' if len(empty) > 1 else 'has'} no images; every class folder needs "
+                f"at least one image ({extensions}); add images or remove the folder",
+                field="root",
+            )
+        return dataset
 
     train, test = read(train_dir), read(test_dir)
     if train.classes != test.classes:
@@ -503,7 +623,7 @@ def load_imagefolder(request: SourceRequest) -> SourceData:
             field="root",
         )
 
-    def stack(dataset: torchvision.datasets.ImageFolder) -> tuple[Tensor, Tensor]:
+    def stack(dataset: _ImageFolder) -> tuple[Tensor, Tensor]:
         images = [dataset[i][0] for i in range(len(dataset))]
         return torch.stack(images), torch.as_tensor(dataset.targets, dtype=torch.int64)
 

@@ -29,7 +29,9 @@ class DataSplits:
     removed), for every dataset alike rather than the published CIFAR/MNIST constants: those
     are wrong for subsets and synthetic data, and on the full sets they agree with these to
     about three decimals. ``identity`` is a sha256 hex over the dataset name,
-    the tensors read from the files, the class names and the split settings.
+    the tensors read from the files, the class names, the image size and the indices of
+    the validation images in the official training set (the split's result, not the
+    ``val_size`` and ``data_seed`` that produced it).
     """
 
     name: str
@@ -142,6 +144,8 @@ def data_identity(
     """sha256 hex over what determines the splits: name, settings, classes and tensors.
 
     Tensors are hashed with their dtype and shape, so a reshape is a different identity.
+    ``load_data`` passes the official train and test tensors and the held-out (validation)
+    indices, so settings that select the same split give the same identity.
     """
     h = hashlib.sha256()
     h.update(b"study.data identity v1\0")
