@@ -153,7 +153,7 @@ def run(
 
     Several `study run` processes on one protocol and tracking store share the work.
     """
-    from study.execute import run_study
+    from study.execute import check_models, run_study
     from study.protocol import load_protocol
     from study.track import Tracker, check_writable
 
@@ -174,6 +174,7 @@ def run(
     if executor == "local":  # a job's device is the node's, checked there
         _check_device(device, p)
     data = load_study_data(p)
+    check_models(plan, data)
     check_writable(tracking_uri)
     tracker = Tracker(tracking_uri)
     if executor != "local":
@@ -323,15 +324,17 @@ def tune(
     ] = None,
 ) -> None:
     """Search the \\[tune] ranges on the validation split; write results/<study>/tuned.json."""
-    from study.execute import load_study_data
+    from study.execute import check_models, load_study_data
+    from study.plan import expand
     from study.protocol import load_protocol
     from study.tune import TuningError, plan_tuning
     from study.tune import tune as run_tuning
 
     p = load_protocol(protocol)
     _check_device(device, p)
-    tuning = plan_tuning(p, trials=trials, storage=storage, tracking_uri=tracking_uri)
     data = load_study_data(p)
+    check_models(expand(p), data)
+    tuning = plan_tuning(p, trials=trials, storage=storage, tracking_uri=tracking_uri)
     spec = tuning.spec
     console.print(
         f"tuning {', '.join(tuning.space)} of arm '{spec.arm}' generation {spec.generation} "

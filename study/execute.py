@@ -36,6 +36,7 @@ from study.repro import deterministic_mode, environment, pip_freeze, resolve_det
 from study.track import Claim, Tracker
 from study.train import (
     SeedResult,
+    build_model,
     channels_last,
     evaluate_ensemble,
     load_model,
@@ -98,6 +99,31 @@ def load_study_data(protocol: Protocol) -> DataSplits:
         raise type(e)(e.reason, source=protocol.source, field=field) from None
 
 
+def check_models(plan: Plan, data: DataSplits) -> None:
+    """Every trained role's network can be built for the data (image size, channels):
+    refused now, naming the protocol's field, and not when the role's turn to train comes,
+    after other roles have trained. Built on the meta device: no memory, no arithmetic."""
+    p = plan.protocol
+    seen: set[str] = set()
+    for role in plan.trained_roles:
+        key = json.dumps([role.arch, role.arch_kwargs], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            with torch.device("meta"):
+                build_model(role, data)
+        except UserInputError as e:
+            index = next((i for i, a in enumerate(p.arms) if a.name == role.arm), None)
+            where = "teacher" if index is None else f"arms[{index}] ('{role.arm}')"
+            raise UserInputError(
+                f"{e.reason} (for the data: {data.in_channels} x {data.image_size} x "
+                f"{data.image_size}; [data] image_size resizes)",
+                source=p.source,
+                field=f"{where}.{e.field}" if e.field else where,
+            ) from None
+
+
 def run_study(
     protocol: Protocol,
     tracker: Tracker,
@@ -126,6 +152,7 @@ def run_study(
     plan = plan or expand(protocol)
     plan.require_trainable()
     data = data or load_study_data(protocol)
+    check_models(plan, data)
     fingerprints = plan.fingerprints(data.identity)
     study = protocol.study.name
     exp_id = tracker.experiment_id(study)

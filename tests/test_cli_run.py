@@ -169,3 +169,17 @@ def test_sigterm_stops_any_command_with_143(workdir: Path) -> None:
     with pytest.raises(typer.Exit) as stopped:
         slow()
     assert stopped.value.exit_code == 143
+
+
+def test_a_network_the_data_cannot_feed_exits_2_before_the_tracker(workdir: Path) -> None:
+    """densenet121 needs 8x8 images at least: the digits are 8x8, so image_size = 4 is
+    refused when the data is known, naming the arm, before anything trains or is tracked."""
+    text = TINY_PROTOCOL.replace(
+        'name = "kd"\narch = "mlp"\nkwargs = { hidden = [16] }',
+        'name = "kd"\narch = "densenet121"\nkwargs = {}',
+    ).replace('augmentation = "none"', 'augmentation = "none"\nimage_size = 4')
+    (workdir / "tiny.toml").write_text(text)
+    res = runner.invoke(app, ["run", "tiny.toml"], env={"COLUMNS": "300"})
+    assert res.exit_code == 2, res.output
+    assert "field 'arms[1] ('kd').image_size'" in res.output and ">= 8" in res.output
+    assert not (workdir / "mlflow.db").exists()
