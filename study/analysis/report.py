@@ -37,6 +37,7 @@ from study.analysis.stats import (
     ci_reading,
     compare,
     format_seeds,
+    kept_off_alpha,
     omnibus,
 )
 from study.plan import TEACHER, Plan, expand
@@ -117,15 +118,7 @@ def format_p(p: Any, alpha: float | None = None) -> str:
         return "0"
     if p < 1e-3:
         return f"{p:.2e}"
-    text = f"{p:.4f}"
-    if alpha is None or p == alpha:
-        return text
-    for decimals in range(4, 16):
-        text = f"{p:.{decimals}f}"
-        shown = float(text)
-        if shown != alpha and (shown < alpha) == (p < alpha):
-            return text
-    return text
+    return kept_off_alpha(p, alpha, lambda k: f"{p:.{k}f}", 4)
 
 
 def _num(x: Any, digits: int = 2) -> str:

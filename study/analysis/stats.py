@@ -24,7 +24,7 @@ import itertools
 import math
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -1271,11 +1271,20 @@ def format_p_value(p: float, *, alpha: float | None = None, digits: int = 2) -> 
         return "–"
     if p < 1e-4:
         return f"{p:.1e}"
-    text = f"{p:.{digits}g}"
+    return kept_off_alpha(p, alpha, lambda k: f"{p:.{k}g}", digits)
+
+
+def kept_off_alpha(
+    p: float, alpha: float | None, render: Callable[[int], str], precision: int
+) -> str:
+    """``render(precision)``, or with more precision where that text would read as alpha
+    itself or as a value on the other side of alpha (a verdict next to it would then
+    contradict the number)."""
+    text = render(precision)
     if alpha is None or p == alpha:
         return text
-    for more in range(digits, 16):
-        text = f"{p:.{more}g}"
+    for more in range(precision, 16):
+        text = render(more)
         shown = float(text)
         if shown != alpha and (shown < alpha) == (p < alpha):
             return text
