@@ -78,7 +78,7 @@ class DataSection(_Strict):
 
     @model_validator(mode="after")
     def _synthetic(self) -> DataSection:
-        from study.data.sources import SYNTHETIC_DEFAULTS
+        from study.data.sources import SYNTHETIC_DEFAULTS, SYNTHETIC_MINIMUMS
 
         if self.synthetic and self.dataset != "synthetic":
             raise ValueError(
@@ -89,6 +89,12 @@ class DataSection(_Strict):
             raise ValueError(
                 f"unknown synthetic option {unknown[0]!r}; allowed: {', '.join(SYNTHETIC_DEFAULTS)}"
             )
+        for key, value in self.synthetic.items():
+            if value < SYNTHETIC_MINIMUMS[key]:
+                raise ValueError(
+                    f"synthetic option {key} = {value}; allowed: an integer >= "
+                    f"{SYNTHETIC_MINIMUMS[key]}"
+                )
         return self
 
     @field_validator("val_size")

@@ -307,9 +307,22 @@ loss = "kd"
     for old, new in [
         ("channels = 1 }", "chanels = 1 }"),  # a misspelt option
         ('dataset = "synthetic"', 'dataset = "digits"'),  # options of another dataset
+        ("image_size = 8", "image_size = 2"),  # below the 4x4 every network takes
+        ("num_classes = 3", "num_classes = 1"),  # one class is no classification
     ]:
         path = tmp_path / "bad.toml"
         path.write_text(text.replace(old, new))
         with pytest.raises(UserInputError) as info:
             load_protocol(path)
         assert info.value.field == "data" and "synthetic" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("image_size", 2), ("num_classes", 1), ("n_train", 0), ("seed", -1)]
+)
+def test_synthetic_loader_refuses_options_below_their_minimum(option, value) -> None:
+    from study.data.sources import load_data
+
+    with pytest.raises(UserInputError) as info:
+        load_data("synthetic", root="data", synthetic={option: value})
+    assert info.value.field == f"synthetic.{option}" and str(value) in info.value.message

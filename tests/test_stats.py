@@ -400,6 +400,24 @@ def test_mann_whitney_with_ties_is_exact_for_small_groups():
     assert c.u == ref.statistic
 
 
+def test_exact_rank_sum_p_is_the_exact_fraction_and_not_rejected_at_it():
+    """Three seeds each, A above B everywhere: p = 2 / C(6, 3) = 0.1 exactly. Float counts
+    made it 0.09999999999999999, which p_adj < alpha rejected at alpha = 0.1."""
+    from study.analysis.stats import rank_sum_exact_p
+
+    assert rank_sum_exact_p(np.arange(1.0, 7.0), 3, 15.0) == 0.1
+    table = long_table(
+        {"A": [0.8, 0.81, 0.82], "B": [0.7, 0.71, 0.72]},
+        seeds={"A": [0, 1, 2], "B": [10, 11, 12]},  # no seed shared: Mann-Whitney
+    )
+    c = compare(table, test="wilcoxon", alpha=0.1).comparisons[0]
+    assert c.p == 0.1 and not c.reject
+    # Beyond int64 (C(100, 50) ~ 1e29) the counts stay exact integers.
+    assert rank_sum_exact_p(np.arange(1.0, 101.0), 50, float(sum(range(1, 51)))) == 2 / (
+        math.comb(100, 50)
+    )
+
+
 def test_paired_bootstrap_resamples_seeds_not_groups():
     # Strong seed effect, small treatment noise: resampling each group on its own would give
     # an interval dominated by the seed effect (about 10x wider than the paired one).
@@ -499,6 +517,8 @@ def test_wilcoxon_verdict_names_the_t_interval_it_shows():
         (0.0123, 0.05, "0.012"),  # far from alpha: 2 digits
         (0.0094, 0.01, "0.0094"),
         (0.05, 0.05, "0.05"),
+        (math.nextafter(0.05, 0), 0.05, "< 0.05"),  # no 15-digit text tells it from 0.05
+        (math.nextafter(0.05, 1), 0.05, "> 0.05"),
     ],
 )
 def test_p_values_are_never_rounded_onto_alpha(p, alpha, text):

@@ -1161,22 +1161,24 @@ def rank_sum_exact_p(ranks: np.ndarray, n_a: int, rank_sum: float) -> float:
     The doubled midranks are integers, so the number of n_a-subsets with each doubled sum
     is counted by a subset-sum recursion over (subset size, sum). p = min(1, 2 min(P(R <=
     r), P(R >= r))), the doubling convention of scipy's permutation tests (with ties the
-    distribution need not be symmetric). Counts are floats: C(100, 50) ~ 1e29 exceeds
-    int64, and the relative rounding (1e-16) is far below anything a p-value shows.
+    distribution need not be symmetric). The counts are integers (int64 while C(N, n_a)
+    fits, Python integers beyond: C(100, 50) ~ 1e29) and p is one correctly rounded
+    division of two of them, so an exact p of 1/10 is the float 0.1, not 0.0999...,
+    which would be rejected at alpha = 0.1.
     """
     doubled = np.rint(2 * np.asarray(ranks, dtype=float)).astype(np.int64)
     if not np.allclose(doubled, 2 * np.asarray(ranks, dtype=float)):
         raise ValueError("ranks must be multiples of 1/2 (midranks)")
     total = int(doubled.sum())
-    counts = np.zeros((n_a + 1, total + 1))
-    counts[0, 0] = 1.0
+    splits = math.comb(len(doubled), n_a)
+    counts = np.zeros((n_a + 1, total + 1), dtype=np.int64 if splits < 2**62 else object)
+    counts[0, 0] = 1
     for i, r in enumerate(doubled):
         for k in range(min(i + 1, n_a), 0, -1):
             counts[k, r:] += counts[k - 1, : total + 1 - r]
-    dist = counts[n_a] / counts[n_a].sum()
     observed = int(round(2 * rank_sum))
-    lower, upper = float(dist[: observed + 1].sum()), float(dist[observed:].sum())
-    return min(1.0, 2 * min(lower, upper))
+    lower, upper = int(counts[n_a, : observed + 1].sum()), int(counts[n_a, observed:].sum())
+    return min(1.0, 2 * min(lower, upper) / splits)
 
 
 def _shapiro(x: np.ndarray) -> float | None:
@@ -1279,7 +1281,8 @@ def kept_off_alpha(
 ) -> str:
     """``render(precision)``, or with more precision where that text would read as alpha
     itself or as a value on the other side of alpha (a verdict next to it would then
-    contradict the number)."""
+    contradict the number). A p within float rounding of alpha (no text of up to 15 digits
+    tells them apart) prints as '< alpha' or '> alpha'."""
     text = render(precision)
     if alpha is None or p == alpha:
         return text
@@ -1288,7 +1291,7 @@ def kept_off_alpha(
         shown = float(text)
         if shown != alpha and (shown < alpha) == (p < alpha):
             return text
-    return text
+    return f"{'<' if p < alpha else '>'} {alpha:g}"
 
 
 def _fmt_p(p: float) -> str:

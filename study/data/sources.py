@@ -698,6 +698,14 @@ SYNTHETIC_DEFAULTS: dict[str, int] = {
     "image_size": 32,
     "seed": 0,
 }
+SYNTHETIC_MINIMUMS: dict[str, int] = {
+    "n_train": 1,
+    "n_test": 1,
+    "num_classes": 2,
+    "channels": 1,
+    "image_size": 4,  # as [data] image_size: the smallest map the networks take
+    "seed": 0,
+}
 SYNTHETIC_NOISE = 48.0
 """Pixel noise (std, in 0..255 units) around each class prototype: learnable, not trivial."""
 
@@ -720,7 +728,7 @@ def load_synthetic(request: SourceRequest) -> SourceData:
                 f"unknown option {key!r}; allowed: {', '.join(SYNTHETIC_DEFAULTS)}",
                 field=f"synthetic.{key}",
             )
-        minimum = 0 if key == "seed" else 1
+        minimum = SYNTHETIC_MINIMUMS[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise UserInputError(
                 f"{value!r} is not an integer >= {minimum}", field=f"synthetic.{key}"
