@@ -366,6 +366,21 @@ def test_imagefolder_16_bit_images_are_rescaled_not_clipped(tmp_path):
     assert data.std != (1.0, 1.0, 1.0)
 
 
+def test_imagefolder_16_bit_file_of_8_bit_values_is_refused_not_blackened(tmp_path):
+    """Image.fromarray of an integer array saves 8-bit data as a 16-bit PNG; value >> 8
+    would load every such image as black (one value, 0, for all classes)."""
+    _write_gray_classes(tmp_path / "low", {"a": 100, "b": 200}, np.uint16, 50)
+    with pytest.raises(UserInputError, match="values all lie in 0..100") as caught:
+        load_data("imagefolder", root=tmp_path / "low", val_size=0)
+    assert str(tmp_path / "low" / "train" / "a" / "0.png") in caught.value.reason
+    assert "convert this one to 8 bits" in caught.value.reason
+    assert caught.value.field == "root"
+    # An all-black 16-bit image is black under any map: loaded, not refused.
+    _write_gray_classes(tmp_path / "black", {"a": 0, "b": 60000}, np.uint16, 0)
+    data = load_data("imagefolder", root=tmp_path / "black", val_size=0, image_size=6)
+    assert [data.train_x[data.train_y == y].unique().tolist() for y in range(2)] == [[0], [234]]
+
+
 def test_imagefolder_32_bit_images_rescale_in_16_bit_range_or_are_refused(tmp_path):
     from PIL import Image
 
@@ -376,7 +391,7 @@ def test_imagefolder_32_bit_images_rescale_in_16_bit_range_or_are_refused(tmp_pa
         [1, 2],
         [254, 255],
     ]
-    _write_gray_classes(tmp_path / "wide", {"a": 10, "b": 70000}, np.int32, 1)
+    _write_gray_classes(tmp_path / "wide", {"a": 1000, "b": 70000}, np.int32, 1)
     with pytest.raises(UserInputError, match="outside 0..65535") as caught:
         load_data("imagefolder", root=tmp_path / "wide", val_size=0)
     assert str(tmp_path / "wide" / "train" / "b" / "0.tif") in caught.value.reason

@@ -527,11 +527,14 @@ def _load_rgb(path: str) -> Any:
     image (no per-image stretch, which would erase the intensity differences between
     images), and the one torchvision applies itself when it converts uint16 to uint8
     (``v2.functional.to_dtype(..., scale=True)``) and libpng applies when it strips 16-bit
-    samples. Mode ``I`` (32-bit integers: some TIFFs, and 16-bit PNGs in old Pillow) is
-    taken as 16-bit data when its values lie in 0..65535 and refused otherwise; mode ``F``
-    (32-bit float) has no defined range and is refused. A refusal is a ``UserInputError``
-    naming the file. Data that fill only part of the 16-bit range keep few levels (12-bit
-    values 0..4095 become 0..15): convert such files to 8 bits with their own range first.
+    samples. A 16-bit image whose largest value is 1..255 is refused: it is 8-bit data in
+    a 16-bit file (``Image.fromarray`` of an int array saves one) or nearly black, and
+    ``>> 8`` would turn it black either way. Mode ``I`` (32-bit integers: some TIFFs, and
+    16-bit PNGs in old Pillow) is taken as 16-bit data when its values lie in 0..65535 and
+    refused otherwise; mode ``F`` (32-bit float) has no defined range and is refused. A
+    refusal is a ``UserInputError`` naming the file. Data that fill only part of the 16-bit
+    range keep few levels (12-bit values 0..4095 become 0..15): convert such files to 8
+    bits with their own range first.
     """
     from PIL import Image
 
@@ -545,6 +548,17 @@ def _load_rgb(path: str) -> Any:
                     f"dataset 'imagefolder': {path} is a 32-bit integer image with values "
                     f"outside 0..65535 ({values.min()}..{values.max()}); allowed: 8-bit or "
                     "16-bit images (16-bit ones are rescaled to 8 bits by value >> 8)",
+                    field="root",
+                )
+            top = int(values.max()) if values.size else 0
+            if 0 < top <= 255:
+                bits = "32-bit integer" if mode == "I" else "16-bit"
+                raise UserInputError(
+                    f"dataset 'imagefolder': {path} is a {bits} image whose values "
+                    f"all lie in 0..{top}: 8-bit data stored as 16 bits, or a nearly black "
+                    "16-bit image; value >> 8, the fixed 16-to-8-bit map, would make it "
+                    "black; allowed: 8-bit images, or 16-bit ones using the 16-bit range; "
+                    "convert this one to 8 bits first",
                     field="root",
                 )
             eight = (values.astype(np.int64) >> 8).astype(np.uint8)
