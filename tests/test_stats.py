@@ -17,6 +17,7 @@ from scipy import stats
 from statsmodels.stats.anova import AnovaRM
 
 from study.analysis.stats import (
+    FLOAT_TIE_RESOLUTION,
     PAIRED,
     UNPAIRED,
     adjust_p_values,
@@ -248,6 +249,31 @@ def test_rank_safe_differences_remove_subtraction_roundoff():
     d = rank_safe_differences(a, b)
     assert d[0] == 0.0 and d[2] == 0.0
     assert d[1] == pytest.approx(0.1, abs=1e-15)
+
+
+def test_rank_safe_differences_do_not_chain_distinct_values_or_borrow_a_large_scale():
+    # Ten genuinely different differences, each 0.8e-6 above the last (within rounding of
+    # its neighbour): merging neighbours in a chain made them one tied value; a group is
+    # now never wider than the rounding it absorbs.
+    b = np.ones(10)
+    a = 1.001 + 0.8e-6 * np.arange(10)
+    d = rank_safe_differences(a, b)
+    groups = np.unique(d)
+    assert len(groups) == 5
+    for value in groups:
+        members = (a - b)[d == value]
+        assert np.ptp(members) <= FLOAT_TIE_RESOLUTION * a.max()
+    # One diverged seed (NLL 1000) no longer sets the tolerance of the others: 5e-5 apart
+    # is far above their own rounding (5e-7) and stays apart.
+    a = np.array([0.5001, 0.50015, 1000.5])
+    b = np.array([0.5, 0.5, 0.5])
+    d = rank_safe_differences(a, b)
+    assert d[0] == pytest.approx(1e-4, rel=1e-9) and d[1] == pytest.approx(1.5e-4, rel=1e-9)
+    # Seed-wise rounding is still absorbed: float32 k/N stored values tie exactly.
+    a32 = np.array([float(np.float32(k / 359)) for k in (320, 301, 333)])
+    b32 = np.array([float(np.float32(k / 359)) for k in (319, 300, 332)])
+    d = rank_safe_differences(a32, b32)
+    assert len(set(d)) == 1 and d[0] == pytest.approx(1 / 359, abs=1e-7)
 
 
 # --------------------------------------------------------------------------------------

@@ -468,37 +468,48 @@ def _sorted_seeds(seeds: set[Any]) -> list[Any]:
 
 
 FLOAT_TIE_RESOLUTION = 1e-6
-"""Differences closer than this, relative to the data's scale, are one value: float32
-metrics (the accuracies a training logs) carry ~1e-7 relative rounding, so two seeds that
-each win by one test image differ by a few 1e-8 in A - B."""
+"""Differences closer than this, relative to the values they come from, are one value:
+float32 metrics (the accuracies a training logs) carry ~6e-8 relative rounding, so two
+seeds that each win by one test image differ by a few 1e-8 in A - B."""
 
 
 def rank_safe_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """A - B with float rounding removed: |differences| within ``FLOAT_TIE_RESOLUTION``
-    times the data's scale of each other are one value (their mean, the sign kept), and
-    those within it of zero are zero.
+    """A - B with float rounding removed: differences within float rounding of zero are
+    zero, and |differences| within float rounding of each other are one value (their mean,
+    each sign kept).
 
     Pitfall avoided: rounding (0.3 - 0.1 - 0.2 != 0; accuracies stored as float32 k/N)
     would split true ties of |A - B| and turn true zeros into tiny non-zeros, which changes
     the rank tests (see the warning in scipy.stats.wilcoxon), and would give a constant
-    difference a tiny variance and an absurd t. Neighbours are merged in sorted order
-    rather than rounded to a grid, which would split a tie straddling a grid boundary.
+    difference a tiny variance and an absurd t.
+
+    Seed i's rounding is measured on its own values: tol_i = ``FLOAT_TIE_RESOLUTION`` x
+    max(|a_i|, |b_i|), so one diverged seed (an NLL of 1e3) does not widen every other
+    seed's tolerance. Sorted by magnitude, a group starts at its smallest value m and takes
+    the next ones while they lie within max(tol) of m: a group is never wider than the
+    rounding it absorbs, so a run of genuinely different values, each within rounding of
+    its neighbour, is not chained into one (rounding to a grid instead would split a tie
+    straddling a grid line).
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     d = a - b
-    scale = float(max(np.max(np.abs(a), initial=0.0), np.max(np.abs(b), initial=0.0)))
-    if scale == 0.0 or len(d) == 0:
-        return d
-    tol = FLOAT_TIE_RESOLUTION * scale
+    tol = FLOAT_TIE_RESOLUTION * np.maximum(np.abs(a), np.abs(b))
     magnitude = np.abs(d)
     out = np.zeros_like(d)
     order = np.flatnonzero(magnitude > tol)
     order = order[np.argsort(magnitude[order], kind="stable")]
-    if len(order):
-        breaks = np.flatnonzero(np.diff(magnitude[order]) > tol) + 1
-        for group in np.split(order, breaks):
-            out[group] = np.sign(d[group]) * float(np.mean(magnitude[group]))
+    start = 0
+    while start < len(order):
+        first = order[start]
+        end = start + 1
+        while end < len(order) and magnitude[order[end]] - magnitude[first] <= max(
+            tol[first], tol[order[end]]
+        ):
+            end += 1
+        group = order[start:end]
+        out[group] = np.sign(d[group]) * float(np.mean(magnitude[group]))
+        start = end
     return out
 
 
@@ -955,7 +966,7 @@ def _compare_sample(
         ):
             notes.append(
                 "differences equal up to float rounding (within "
-                f"{FLOAT_TIE_RESOLUTION:g} x the values' scale, e.g. float32 accuracies) "
+                f"{FLOAT_TIE_RESOLUTION:g} x the seed's values, e.g. float32 accuracies) "
                 "are treated as equal"
             )
         mean_diff = float(np.mean(d))
