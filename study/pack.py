@@ -26,10 +26,13 @@ over the packed parameters is K independent optimizers (but see below for what A
 makes of a grouped convolution's rounding). Each seed keeps its own initialisation (built
 by ``init_model`` exactly as the loop builds it, then stacked), data order, augmentation,
 dropout and loss streams. A seed whose loss becomes NaN or infinite fails alone: it
-leaves the summed loss and the others go on. On the CPU a pack of one
-computes bit for bit what ``train.py``'s loop computes, and an MLP seed trains bit for bit
-the same in any pack, with SGD, Adam or AdamW (grouped convolutions round differently for
-different K: equal to float tolerance under SGD).
+leaves the summed loss and the others go on. An MLP seed trains bit for bit the same in
+a pack of any size, one included, with SGD, Adam or AdamW (grouped convolutions round
+differently for different K: equal to float tolerance under SGD). A pack and
+``train.py``'s loop agree to float rounding; bit for bit only where the BLAS rounds a
+batched matrix product as the plain one (MKL on an Intel Xeon: yes; on an AMD EPYC: no,
+1e-7 apart after a few epochs), which is why ``study reproduce`` re-trains a packed seed
+in a pack of one.
 
 Adam and AdamW keep a convolutional seed near the loop's, not at float tolerance. They
 divide each weight's step by its gradient's running magnitude, so a weight whose gradient
@@ -39,8 +42,9 @@ convolution, the weight steps the other way, and the weights downstream follow. 
 digits (small_cnn, lr 0.01, 3 epochs, packs of 2-3): most seeds within 1e-6 of the loop,
 one at 3.5e-3 (Adam) and one at 1.9e-2 (AdamW with crop_flip, 445 weights off by more
 than 1e-4), a few ``lr`` per weight; the final accuracies were the loop's in every case.
-Under SGD a rounding difference stays one (2.6e-6 at most). A pack of one, and an MLP in
-any pack, match the loop bit for bit with every optimizer.
+Under SGD a rounding difference stays small (2.6e-6 at most on the Intel Xeon; on an AMD
+EPYC, where even a pack of one rounds otherwise, BatchNorm convnets drifted to 5e-3 per
+weight in an epoch with the same accuracy).
 
 Every packed parameter and buffer is its K per-seed tensors concatenated along the first
 dimension (``BlockLinear`` stores ``[K*out, in]``) under the plain model's name, so a seed's

@@ -77,8 +77,9 @@ class SeedResult:
     final: dict[str, float] = field(default_factory=dict)
     resumed_from: int = 0  # the epoch a resumed run continued after (0: from scratch)
     failure: str | None = None  # why this seed failed (divergence), None when it trained
-    # Where a distilling student's teacher outputs came from: True the cache, False a
-    # forward pass in every step (augmented data, or the cache switched itself off), None
+    # Where a distilling student's teacher outputs came from: True the cache (for some or
+    # all batch shapes), False a forward pass in every step (augmented data, or the cache
+    # refused every shape), None
     # without a teacher to distil from (see ``record_teacher_outputs``).
     teacher_cached: bool | None = None
     notes: list[str] = field(default_factory=list)  # for the user, e.g. the cache went off
@@ -86,12 +87,14 @@ class SeedResult:
 
 def record_teacher_outputs(result: SeedResult, cache: TeacherCache | None) -> None:
     """Say in ``result`` where a distilling student's teacher outputs came from, with a note
-    for the user when the cache built for its training switched itself off."""
-    result.teacher_cached = cache is not None and cache.table is not None
-    if cache is not None and cache.table is None:
+    for the user when the cache built for its training refused some batch shapes."""
+    result.teacher_cached = cache is not None and cache.used
+    if cache is not None and cache.refused:
+        shapes = ", ".join("x".join(map(str, s)) for s in sorted(cache.refused))
         result.notes.append(
-            "teacher-output cache switched off: a forward pass rounded a batch differently "
-            "from the table, so the teacher ran in every step (the results are unaffected)"
+            f"teacher-output cache not used for batches of shape {shapes}: a forward pass "
+            "rounded them differently from the table, so the teacher ran for "
+            f"{'those batches' if cache.used else 'every batch'} (the results are unaffected)"
         )
 
 
@@ -243,11 +246,12 @@ class TeacherCache:
     batch of another size (its kernels block and vectorise by batch size: a small_cnn's
     partial last batch was seen 2e-8 off a table filled in batches of 1024). So ``lookup``
     checks the table against a real forward pass on the first batch of every batch shape it
-    is given, which in the first epoch are the full batches and the last, partial one, and,
-    should the backend round one differently from the table, switches the cache off
-    (``None`` from then on). ``checked`` holds the shapes verified. ``forward`` is anything
-    mapping a normalised batch to logits (a model in eval mode, or a seed pack's shared
-    forward pass).
+    is given, which in the first epoch are the full batches and the last, partial one.
+    Where the backend rounds a shape differently from the table (MKL on an AMD EPYC rounds
+    small batches otherwise), batches of that shape get ``None`` from then on, so the step
+    runs the teacher for them, and the other shapes keep the table; ``refused`` holds those
+    shapes, ``checked`` the shapes verified. ``forward`` is anything mapping a normalised
+    batch to logits (a model in eval mode, or a seed pack's shared forward pass).
     """
 
     def __init__(
@@ -255,6 +259,12 @@ class TeacherCache:
     ):
         self.forward, self.table, self.precision = forward, table, precision
         self.checked: set[tuple[int, ...]] = set()
+        self.refused: set[tuple[int, ...]] = set()
+
+    @property
+    def used(self) -> bool:
+        """Whether some batch shape was served from the table."""
+        return bool(self.checked - self.refused)
 
     @classmethod
     def build(
@@ -287,18 +297,18 @@ class TeacherCache:
 
     def lookup(self, index: Tensor | tuple[Tensor, ...], xb: Tensor) -> Tensor | None:
         """The teacher's logits for a training batch ``xb`` (normalised): ``table[index]``
-        (the batch's rows). None once the cache is off. The first batch of each shape is
-        checked against a real forward pass (see the class)."""
-        if self.table is None:
+        (the batch's rows). None for a batch shape the table does not match. The first
+        batch of each shape is checked against a real forward pass (see the class)."""
+        shape = tuple(xb.shape)
+        if shape in self.refused:
             return None
         cached = self.table[index]
-        shape = tuple(xb.shape)
         if shape not in self.checked:
             self.checked.add(shape)
             with torch.inference_mode(), _autocast(self.table.device, self.precision):
                 fresh = self.forward(xb).float()
             if not torch.equal(fresh, cached):
-                self.table = None
+                self.refused.add(shape)
                 return None
         return cached
 

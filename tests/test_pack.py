@@ -211,17 +211,23 @@ def test_a_pack_of_one_trains_like_the_plain_loop(plan, digits) -> None:
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_on_the_cpu_a_pack_of_one_is_bit_for_bit_the_loop_for_every_packable_arch(
+def test_a_pack_of_one_matches_the_loop_for_every_packable_arch(
     plan, digits, arch: str, channels_last: bool
 ) -> None:
+    """To float rounding, grown by an epoch of training: bit for bit on the Intel Xeon
+    (MKL) of sessions 1-4, but not on an AMD EPYC, where MKL's batched and plain matrix
+    products and oneDNN's grouped and plain channels-last convolutions round otherwise
+    (seen there: up to 5e-3 per weight after an epoch; seeds 0 and 1 are 0.7 to 2.5
+    apart)."""
     kwargs = {**ARCHS[arch], **({"dropout": 0.2} if arch != "resnet_cifar" else {})}
     role = dataclasses.replace(plan.role("teacher"), arch=arch, arch_kwargs=kwargs)
     role = dataclasses.replace(role, train=role.train.model_copy(update={"epochs": 1}))
     with train_module.channels_last(channels_last):
         [loop] = train_role(role, [0], digits, device=CPU)
         [packed] = train_pack(role, [0], digits, device=CPU)
-    assert packed.final == loop.final and packed.history == loop.history
-    assert _same(packed.state_dict, loop.state_dict)
+    assert len(packed.history) == len(loop.history) == 1
+    assert _close(packed.state_dict, loop.state_dict, atol=2e-2)
+    assert packed.final["test_acc"] == pytest.approx(loop.final["test_acc"], abs=0.01)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -229,29 +235,38 @@ def test_a_convnets_dropout_masks_are_the_loops_in_a_pack_in_either_memory_forma
     plan, digits, channels_last: bool
 ) -> None:
     """F.dropout draws a channels-last tensor's mask in memory order (and on a GPU in a fused
-    kernel of its own): the loop draws as a pack's seed draws instead (SeedDropout)."""
+    kernel of its own): the loop draws as a pack's seed draws instead (SeedDropout). One
+    epoch: float rounding grows in training (an AMD EPYC, where the two paths round
+    otherwise, ends 3.5e-3 apart), other masks move weights far more."""
     base = plan.role("teacher")
     role = dataclasses.replace(base, arch="wrn", arch_kwargs={"depth": 10, "dropout": 0.3})
+    role = dataclasses.replace(role, train=role.train.model_copy(update={"epochs": 1}))
     with train_module.channels_last(channels_last):
         [loop] = train_role(role, [0], digits, device=CPU)
         [packed] = train_pack(role, [0], digits, device=CPU)
-    assert _close(packed.state_dict, loop.state_dict, atol=1e-4)
-    assert packed.final["test_acc"] == pytest.approx(loop.final["test_acc"], abs=1e-3)
+    assert _close(packed.state_dict, loop.state_dict, atol=1e-2)
+    assert packed.final["test_acc"] == pytest.approx(loop.final["test_acc"], abs=0.01)
 
 
-def test_on_the_cpu_an_mlp_seed_trains_bit_identically_in_the_loop_or_any_pack(
-    plan, digits
-) -> None:
-    """What `study reproduce` relies on for the digits study: a seed's run does not depend on
-    the pack it trained in (per-seed losses and masks, batched matmuls that compute each
-    seed's block alone). Convolutions do not promise this: grouped kernels round otherwise."""
+def test_on_the_cpu_an_mlp_seed_trains_bit_identically_in_any_pack(plan, digits) -> None:
+    """What `study reproduce` relies on for the digits study (it re-trains a packed seed in
+    a pack of one): a seed's run does not depend on the pack it trained in (per-seed losses
+    and masks, batched matmuls that compute each seed's block alone). The loop matches to
+    float rounding (bit for bit where the BLAS rounds batched and plain products alike, as
+    MKL on an Intel Xeon does and on an AMD EPYC does not). Convolutions do not promise
+    this: grouped kernels round otherwise for other K."""
     role = plan.role("teacher")
     [loop] = train_role(role, [1], digits, device=CPU)
     [alone] = train_pack(role, [1], digits, device=CPU)
-    in_pack = train_pack(role, [0, 1, 2], digits, device=CPU)[1]
-    for result in (alone, in_pack):
-        assert result.history == loop.history and result.final == loop.final
-        assert all(torch.equal(result.state_dict[n], v) for n, v in loop.state_dict.items())
+    for in_pack in (
+        train_pack(role, [0, 1, 2], digits, device=CPU)[1],
+        train_pack(role, [1, 7], digits, device=CPU)[0],
+    ):
+        assert in_pack.history == alone.history and in_pack.final == alone.final
+        assert _same(in_pack.state_dict, alone.state_dict)
+    assert _close(alone.state_dict, loop.state_dict, atol=1e-5)
+    for key, value in loop.final.items():
+        assert alone.final[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 def _adam(role, optimizer: str, **update):
@@ -260,14 +275,16 @@ def _adam(role, optimizer: str, **update):
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
-def test_on_the_cpu_an_mlp_seed_trains_bit_identically_in_a_pack_under_adam(
+def test_on_the_cpu_an_mlp_seed_trains_bit_identically_in_any_pack_under_adam(
     plan, digits, optimizer: str
 ) -> None:
     role = _adam(plan.role("teacher"), optimizer, schedule="multistep", milestones=[2])
     [loop] = train_role(role, [1], digits, device=CPU)
+    [alone] = train_pack(role, [1], digits, device=CPU)
     in_pack = train_pack(role, [0, 1, 2], digits, device=CPU)[1]
-    assert in_pack.history == loop.history and in_pack.final == loop.final
-    assert _same(in_pack.state_dict, loop.state_dict)
+    assert in_pack.history == alone.history and in_pack.final == alone.final
+    assert _same(in_pack.state_dict, alone.state_dict)
+    assert _close(in_pack.state_dict, loop.state_dict, atol=1e-5)
 
 
 def test_a_convnet_packed_under_adam_ends_within_a_few_lr_of_the_loop(plan, digits) -> None:
@@ -556,3 +573,21 @@ def test_init_is_the_loops_init(plan, digits) -> None:
     role = plan.role("ban/gen1")
     pack = SeedPack([init_model(role, s, digits) for s in (3, 4)])
     assert _close(pack.seed_state(1), init_model(role, 4, digits).state_dict(), atol=0)
+
+
+def test_reproduce_retrains_a_packed_seed_through_the_packs_arithmetic(plan) -> None:
+    """A pack and the loop round otherwise on some CPUs; a packed MLP seed is re-trained in
+    a pack of one (bit for bit its run in any pack), a packed convnet too, with a note."""
+    from study.reproduce import _trained_in_a_pack
+
+    mlp = plan.role("teacher")
+    cnn = dataclasses.replace(mlp, arch="small_cnn", arch_kwargs=ARCHS["small_cnn"])
+    notes: list[str] = []
+    assert _trained_in_a_pack({"pack_size": "5"}, mlp, notes) and notes == []
+    assert not _trained_in_a_pack({"pack_size": "1"}, mlp, notes)
+    assert not _trained_in_a_pack({}, cnn, notes) and notes == []  # older runs: the loop
+    assert _trained_in_a_pack({"pack_size": "3"}, cnn, notes)
+    [note] = notes
+    assert "pack of 3" in note and "float-rounding" in note
+    fp16 = dataclasses.replace(mlp, train=mlp.train.model_copy(update={"precision": "fp16"}))
+    assert not _trained_in_a_pack({"pack_size": "4"}, fp16, notes)  # fp16 never packs
