@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -437,22 +438,25 @@ def report_cmd(
                 f"no tidy export at {where}/runs.csv; run 'study export {protocol}' first",
                 source=str(protocol),
             )
-        collected = read_export(where)
-        _check_export_matches(p, collected, where, protocol)
+        collected = _export_for(p, read_export(where), where, protocol)
         _write_report(p, collected)
     else:
         _write_report(*_collect(protocol, tracking_uri))
 
 
-def _check_export_matches(p, collected, where: Path, protocol: Path) -> None:
-    """An export answers for the protocol it was made from: the (role, seed) fingerprints
-    of the protocol as it is now, over the export's data identity, must be the export's."""
+def _export_for(p, collected, where: Path, protocol: Path):
+    """The export's rows for this protocol's plan. An export answers for the protocol it
+    was made from: the (role, seed) fingerprints of the protocol as it is now, over the
+    export's data identity, must be the export's; rows of (role, seed)s the protocol does
+    not plan (an export of 5 seeds, a protocol of 3) are left out, with a note, as the
+    tracker's collect leaves them out."""
+    from study.analysis.stats import format_seeds
     from study.plan import expand
     from study.tune import tuned_values
 
     identity = collected.meta.get("data_identity")
     if not identity:
-        return  # an export written by hand: nothing to match it against
+        return collected  # an export written by hand: nothing to match it against
     plan = expand(p, tuned=tuned_values(p))
     plan.require_trainable()  # a "tuned" value without a (current) result says so itself
     expected = plan.fingerprints(identity)
@@ -471,6 +475,21 @@ def _check_export_matches(p, collected, where: Path, protocol: Path) -> None:
             f"run 'study export {protocol}' again",
             source=str(protocol),
         )
+    planned = runs.apply(lambda r: (str(r["role"]), int(r["seed"])) in expected, axis=1)
+    if planned.all():
+        return collected
+    extra = runs[~planned]
+    err_console.print(
+        f"[yellow]note:[/] the export at {escape(str(where))} holds {len(extra)} run(s) this "
+        f"protocol does not plan (seeds {format_seeds(sorted(set(extra['seed'])))}); the "
+        "report leaves them out",
+        highlight=False,
+    )
+    curves = collected.curves
+    if len(curves):
+        keys = zip(curves["role"].astype(str), curves["seed"].astype(int), strict=True)
+        curves = curves[[k in expected for k in keys]].reset_index(drop=True)
+    return dataclasses.replace(collected, runs=runs[planned].reset_index(drop=True), curves=curves)
 
 
 def _collect(protocol: Path, tracking_uri: str | None):

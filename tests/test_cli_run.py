@@ -110,7 +110,27 @@ def test_a_report_needs_runs_of_this_protocol_and_an_export_made_from_it(workdir
     assert not (workdir / "reports").exists()
     res = runner.invoke(app, ["report", "tiny.toml", "--from-export"])
     assert res.exit_code == 0, res.output
-    assert (workdir / "reports" / "tiny" / "report.md").exists()
+    full = (workdir / "reports" / "tiny" / "report.md").read_text()
+    # The same study planned with two of its three seeds: the export's third seed is left
+    # out, as collecting from the tracker leaves it out, and the note says so.
+    (workdir / "two.toml").write_text(TINY_PROTOCOL.replace("seeds = 3", "seeds = [0, 1]"))
+    res = runner.invoke(
+        app, ["report", "two.toml", "--export", "results/tiny"], env={"COLUMNS": "300"}
+    )
+    assert res.exit_code == 0, res.output
+    assert "holds 5 run(s) this protocol does not plan (seeds 2)" in res.output
+    from_export = (workdir / "reports" / "tiny" / "report.md").read_text()
+    assert runner.invoke(app, ["report", "two.toml"]).exit_code == 0
+    from_tracker = (workdir / "reports" / "tiny" / "report.md").read_text()
+    assert _numbers(from_export) == _numbers(from_tracker) != _numbers(full)
+
+
+def _numbers(report: str) -> list[str]:
+    """The report's figures, without the lines naming where they came from."""
+    import re
+
+    lines = [line for line in report.splitlines() if "export" not in line and "MLflow" not in line]
+    return re.findall(r"-?\d+\.\d+", "\n".join(lines))
 
 
 def test_reproduce_trains_where_the_run_trained_and_tags_what_it_did(workdir: Path) -> None:

@@ -806,6 +806,9 @@ def test_pairs_naming_unknown_groups_and_duplicate_rows_are_rejected():
     with pytest.raises(UserInputError, match="appear once") as err:
         compare(table)
     assert err.value.field == "seed"
+    # every row twice: 20 duplicated rows in each group, not the 40 of both groups
+    with pytest.raises(UserInputError, match="'drug1' has 20 rows sharing seeds"):
+        compare(pd.concat([sleep_table(), sleep_table()]))
 
 
 def test_bad_options_are_rejected():

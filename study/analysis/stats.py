@@ -308,8 +308,9 @@ def tidy_results(
     dup = tidy.duplicated(["group", "seed"], keep=False)
     if dup.any():
         first = tidy[dup].iloc[0]
+        in_group = int((dup & (tidy["group"] == first["group"])).sum())
         raise UserInputError(
-            f"group {first['group']!r} has {int(dup.sum())} rows sharing seeds (first: seed "
+            f"group {first['group']!r} has {in_group} rows sharing seeds (first: seed "
             f"{_plain(first['seed'])!r}); each (group, seed) must appear once",
             source=source,
             field=seed_col,
