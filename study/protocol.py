@@ -129,9 +129,11 @@ class TrainSection(_Strict):
     def _schedule(self) -> TrainSection:
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov = true needs optimizer = 'sgd' and momentum > 0")
-        if any(m < 1 or m > self.epochs for m in self.milestones):
+        if any(m < 1 or m >= self.epochs for m in self.milestones):
             raise ValueError(
-                f"milestones must lie in [1, epochs = {self.epochs}], got {self.milestones}"
+                f"milestones must lie in [1, epochs - 1 = {self.epochs - 1}] (milestone m "
+                f"lowers the lr from epoch m + 1 on, so m = epochs would never apply), "
+                f"got {self.milestones}"
             )
         if sorted(set(self.milestones)) != list(self.milestones):
             raise ValueError("milestones must be strictly increasing")

@@ -359,7 +359,7 @@ def trial_role(student: Role, values: Mapping[str, float], epochs: int) -> Role:
         update["lr"] = float(values["lr"])
     if epochs != train.epochs and train.milestones:
         scaled = {max(1, round(m * epochs / train.epochs)) for m in train.milestones}
-        update["milestones"] = sorted(m for m in scaled if m <= epochs)
+        update["milestones"] = sorted(m for m in scaled if m < epochs)  # m = epochs: never applies
     loss = {k: float(values[k]) if k in values else v for k, v in student.loss_params.items()}
     return dataclasses.replace(
         student, loss_params=loss, train=TrainSection(**{**train.model_dump(), **update})

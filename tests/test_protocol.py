@@ -116,6 +116,12 @@ BAD = [
     ('name = "tiny"', 'nme = "tiny"', "study.nme", "unknown key 'nme'"),
     ('name = "ban"', 'name = "kd"', None, "arm names must be unique"),
     ('schedule = "cosine"', 'schedule = "cosine"\nmilestones = [5]', "train", "milestones"),
+    (  # epochs = 2: a milestone at 2 would lower the lr after the last epoch
+        'schedule = "cosine"',
+        'schedule = "multistep"\nmilestones = [1, 2]',
+        "train",
+        "milestones must lie in [1, epochs - 1 = 1]",
+    ),
     ('device = "cpu"', 'device = "tpu"', "train.device", "should match pattern"),
     (
         "[study]",
