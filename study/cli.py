@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -33,6 +34,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts name "[train] device": text, not rich markup
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -85,6 +87,28 @@ def _check_device(spec: str | None, p=None) -> None:
         raise e.located(source=where[0], field=where[1]) from None
 
 
+_CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+"""An output the user's directory cannot take: said plainly, exit 2, no traceback."""
+
+
+def check_can_write(directory: Path, what: str) -> None:
+    """Fail before any work when ``directory`` (created if missing) cannot take files:
+    a read-only working directory used to stop `study run` after the training, with a
+    traceback, when the report or the run index was written."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".study-write-check-"):
+            pass
+    except OSError as e:
+        raise UserInputError(
+            f"cannot write {what} to {directory.resolve()}: {e.strerror or e}; run from a "
+            "writable directory",
+            source=str(directory),
+        ) from None
+
+
 def user_errors(fn):
     """Bad input: a clear message on stderr and exit status 2."""
 
@@ -95,6 +119,16 @@ def user_errors(fn):
         except UserInputError as e:
             message = escape(e.message)  # "[tune]" in a message is text, not rich markup
             err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as e:
+            if e.errno not in _CANNOT_WRITE:
+                raise
+            where = f" {e.filename}" if e.filename else ""
+            err_console.print(
+                f"[bold red]error:[/] cannot write{escape(where)}: {escape(e.strerror or str(e))}",
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(2) from None
         except Terminated:  # `run` and `tune` say more; any other command just stops
             err_console.print("[yellow]terminated[/] (SIGTERM)", highlight=False)
@@ -176,6 +210,9 @@ def run(
         _check_device(device, p)
     data = load_study_data(p)
     check_models(plan, data)
+    check_can_write(Path("results") / p.study.name, "the run index")
+    if report:
+        check_can_write(Path("reports") / p.study.name, "the report")
     check_writable(tracking_uri)
     tracker = Tracker(tracking_uri)
     if executor != "local":
@@ -192,8 +229,10 @@ def run(
             )
     except KeyboardInterrupt as e:
         err_console.print(
-            "[yellow]interrupted:[/] the runs in progress are marked KILLED and their last "
-            f"complete epoch is saved; run 'study run {protocol}' again to resume them",
+            "[yellow]interrupted:[/] the runs in progress are marked KILLED; run "
+            f"'study run {protocol}' again: a run resumes from its last checkpoint "
+            f"(\\[execution] checkpoint_every_s = {p.execution.checkpoint_every_s:g} s), one "
+            "that has none yet starts over",
             highlight=False,
         )
         raise typer.Exit(_interrupted_status(e)) from None
@@ -250,12 +289,13 @@ def status(protocol: ProtocolArg, tracking_uri: TrackingUri = None) -> None:
     from study.execute import load_study_data, study_status
     from study.plan import expand
     from study.protocol import load_protocol
-    from study.track import Tracker, check_writable
+    from study.track import Tracker, check_has_store, check_writable
     from study.tune import tuned_values
 
     p = load_protocol(protocol)
     plan = expand(p, tuned=tuned_values(p))
     data = load_study_data(p)
+    check_has_store(tracking_uri)
     check_writable(tracking_uri)
     rows = study_status(plan, Tracker(tracking_uri), data.identity, p.execution.stale_after_s)
     out = Table(title=f"study '{p.study.name}': {len(plan.seeds)} seeds per role")
@@ -324,7 +364,7 @@ def tune(
         str | None, typer.Option(help="Override [train] device: auto, cpu, cuda, cuda:N.")
     ] = None,
 ) -> None:
-    """Search the \\[tune] ranges on the validation split; write results/<study>/tuned.json."""
+    """Search the [tune] ranges on the validation split; write results/<study>/tuned.json."""
     from study.execute import check_models, load_study_data
     from study.plan import expand
     from study.protocol import load_protocol
@@ -335,6 +375,7 @@ def tune(
     _check_device(device, p)
     data = load_study_data(p)
     check_models(expand(p), data)
+    check_can_write(Path("results") / p.study.name, "the tuning result")
     tuning = plan_tuning(p, trials=trials, storage=storage, tracking_uri=tracking_uri)
     spec = tuning.spec
     console.print(
@@ -412,6 +453,7 @@ def export(protocol: ProtocolArg, tracking_uri: TrackingUri = None, out: ExportD
     from study.analysis.collect import write_export
 
     p, collected = _collect(protocol, tracking_uri)
+    check_can_write(out or Path("results") / p.study.name, "the export")
     paths = write_export(collected, out or Path("results") / p.study.name)
     console.print("export: " + ", ".join(str(x) for x in paths))
 
@@ -521,6 +563,7 @@ def _collect(protocol: Path, tracking_uri: str | None):
 def _write_report(p, collected) -> None:
     from study.analysis.report import build_report, write_report
 
+    check_can_write(Path("reports") / p.study.name, "the report")
     paths = write_report(build_report(p, collected), Path("reports") / p.study.name)
     console.print("report: " + ", ".join(str(x) for x in paths))
 
@@ -535,7 +578,7 @@ Baseline = Annotated[
 Pairs = Annotated[
     str | None, typer.Option("--pairs", help="Explicit comparisons A:B,C:D (differences A - B).")
 ]
-Alpha = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level.")]
+Alpha = Annotated[float, typer.Option("--alpha", help="Significance level, in (0, 1).")]
 TestName = Annotated[str, typer.Option("--test", help="Primary test: t, wilcoxon or permutation.")]
 
 
@@ -707,7 +750,7 @@ def plan_seeds(
     baseline: Baseline = None,
     pairs: Pairs = None,
     alpha: Alpha = 0.05,
-    power: Annotated[float, typer.Option("--power", min=0.0, max=1.0)] = 0.8,
+    power: Annotated[float, typer.Option("--power", help="Target power, in (0, 1).")] = 0.8,
     test: TestName = "t",
     comparisons: Annotated[
         int,

@@ -389,6 +389,7 @@ def check_has_store(uri: str | None = None) -> None:
                 source=resolved,
                 field="tracking-uri",
             )
+    _refuse_foreign_sqlite(resolved)
 
 
 def check_writable(uri: str | None = None, *, timeout_s: float = 5.0) -> None:
@@ -410,6 +411,7 @@ def check_writable(uri: str | None = None, *, timeout_s: float = 5.0) -> None:
                 source=resolved,
                 field="tracking-uri",
             ) from None
+    _refuse_foreign_sqlite(resolved)
     try:
         with _creating(resolved):
             MlflowClient(tracking_uri=resolved).search_experiments(max_results=1)
@@ -419,6 +421,36 @@ def check_writable(uri: str | None = None, *, timeout_s: float = 5.0) -> None:
             source=resolved,
             field="tracking-uri",
         ) from None
+
+
+MLFLOW_TABLES = frozenset({"experiments", "runs", "alembic_version"})
+
+
+def _refuse_foreign_sqlite(uri: str) -> None:
+    """An existing sqlite file that holds tables but not MLflow's belongs to something
+    else: opening it as a store would add MLflow's ~30 tables to that database."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {
+                row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+    except sqlite3.DatabaseError:
+        return  # not sqlite at all: MLflow's own open says so below
+    if tables and not MLFLOW_TABLES <= tables:
+        names = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise UserInputError(
+            f"{path} is an SQLite database but not an MLflow store (its tables: {names}); "
+            "point --tracking-uri (or MLFLOW_TRACKING_URI) at another file",
+            source=uri,
+            field="tracking-uri",
+        )
 
 
 @contextlib.contextmanager

@@ -87,11 +87,49 @@ def test_without_a_terminal_each_finished_run_says_epochs_done_and_eta(
 
 def test_reading_commands_refuse_a_missing_store_and_create_none(workdir: Path) -> None:
     (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
-    for verb in ("report", "export"):
+    for verb in ("report", "export", "status"):
         res = runner.invoke(app, [verb, "tiny.toml"], env={"COLUMNS": "300"})
         assert res.exit_code == 2, res.output
         assert "no MLflow store at" in res.output and "run 'study run' here first" in res.output
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_a_foreign_sqlite_file_is_not_taken_over_as_the_store(workdir: Path) -> None:
+    import sqlite3
+
+    (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
+    with sqlite3.connect(workdir / "mlflow.db") as db:
+        db.execute("CREATE TABLE notes (x)")
+    for verb in ("run", "status", "report"):
+        res = runner.invoke(app, [verb, "tiny.toml"], env={"COLUMNS": "300"})
+        assert res.exit_code == 2, res.output
+        assert "is an SQLite database but not an MLflow store (its tables: notes)" in res.output
+    with sqlite3.connect(workdir / "mlflow.db") as db:
+        tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert tables == [("notes",)]
+
+
+@pytest.mark.parametrize("blocked", ["results", "reports"])
+def test_outputs_that_cannot_be_written_stop_the_run_before_it_trains(
+    workdir: Path, blocked: str
+) -> None:
+    """A read-only working directory stopped `study run` with a traceback after training
+    (the run index and the report come last). A file where the folder must go stands in
+    for it here: the tests run as root, whom permissions do not stop."""
+    (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
+    (workdir / blocked).write_text("not a folder")
+    res = runner.invoke(app, ["run", "tiny.toml"], env={"COLUMNS": "300"})
+    assert res.exit_code == 2, res.output
+    assert f"cannot write the {'report' if blocked == 'reports' else 'run index'}" in res.output
+    assert f"{workdir / blocked / 'tiny'}" in res.output
+    assert not (workdir / "mlflow.db").exists()  # nothing trained, nothing tracked
+    if blocked == "results":
+        return
+    (workdir / blocked).unlink()
+    assert runner.invoke(app, ["run", "tiny.toml", "--no-report"]).exit_code == 0
+    (workdir / blocked).write_text("not a folder")
+    res = runner.invoke(app, ["report", "tiny.toml"], env={"COLUMNS": "300"})
+    assert res.exit_code == 2 and "cannot write the report" in res.output, res.output
 
 
 def test_a_report_needs_runs_of_this_protocol_and_an_export_made_from_it(workdir: Path) -> None:
@@ -203,3 +241,26 @@ def test_a_network_the_data_cannot_feed_exits_2_before_the_tracker(workdir: Path
     assert res.exit_code == 2, res.output
     assert "field 'arms[1] ('kd').image_size'" in res.output and ">= 8" in res.output
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_a_write_the_system_refuses_is_a_message_and_exit_2_not_a_traceback(capsys) -> None:
+    import errno
+
+    import typer
+
+    from study.cli import user_errors
+
+    @user_errors
+    def writes() -> None:
+        raise PermissionError(errno.EROFS, "Read-only file system", "results/tiny/run.json")
+
+    @user_errors
+    def breaks() -> None:
+        raise FileNotFoundError(errno.ENOENT, "No such file", "x")  # a bug: not hidden
+
+    with pytest.raises(typer.Exit) as stop:
+        writes()
+    assert stop.value.exit_code == 2
+    assert "cannot write results/tiny/run.json: Read-only file system" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        breaks()

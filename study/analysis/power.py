@@ -165,7 +165,9 @@ def plan_seeds(
     for name, value in (("alpha", alpha), ("power", power)):
         if not (isinstance(value, int | float) and 0 < value < 1):
             raise UserInputError(
-                f"{name} must be between 0 and 1, got {value!r}", source=source, field=name
+                f"{name} must lie strictly between 0 and 1, got {value!r}",
+                source=source,
+                field=name,
             )
     if test not in TESTS:
         raise UserInputError(

@@ -909,7 +909,7 @@ def _check_options(
 ) -> None:
     if not (isinstance(alpha, int | float) and 0 < alpha < 1):
         raise UserInputError(
-            f"alpha must be between 0 and 1, got {alpha!r}", source=source, field="alpha"
+            f"alpha must lie strictly between 0 and 1, got {alpha!r}", source=source, field="alpha"
         )
     if correction not in CORRECTIONS:
         raise UserInputError(
