@@ -27,12 +27,12 @@ makes of a grouped convolution's rounding). Each seed keeps its own initialisati
 by ``init_model`` exactly as the loop builds it, then stacked), data order, augmentation,
 dropout and loss streams. A seed whose loss becomes NaN or infinite fails alone: it
 leaves the summed loss and the others go on. An MLP seed trains bit for bit the same in
-a pack of any size, one included, with SGD, Adam or AdamW (grouped convolutions round
-differently for different K: equal to float tolerance under SGD). A pack and
-``train.py``'s loop agree to float rounding; bit for bit only where the BLAS rounds a
-batched matrix product as the plain one (MKL on an Intel Xeon: yes; on an AMD EPYC: no,
-1e-7 apart after a few epochs), which is why ``study reproduce`` re-trains a packed seed
-in a pack of one.
+every pack of two or more, whichever seeds share it, with SGD, Adam or AdamW (grouped
+convolutions round differently for different K: equal to float tolerance under SGD). A
+pack of one and ``train.py``'s loop agree with it to float rounding; bit for bit only
+where the BLAS rounds a batched product of one matrix as one of several (MKL on an Intel
+Xeon: yes; on an AMD EPYC: no, 1e-7 apart after a few epochs), which is why ``study
+reproduce`` re-trains a packed seed in a pack of the run's size.
 
 Adam and AdamW keep a convolutional seed near the loop's, not at float tolerance. They
 divide each weight's step by its gradient's running magnitude, so a weight whose gradient

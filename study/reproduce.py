@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from study.analysis.stats import format_seeds
 from study.errors import UserInputError
 from study.execute import load_study_data
-from study.pack import packable, train_pack
+from study.pack import packable
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
 from study.repro import environment, resolve_deterministic
@@ -92,7 +93,9 @@ def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -
     now = {
         "device": str(dev),
         "data_identity": data.identity,
-        "pack_size": 1 if role.kind != "ensemble" else None,  # packed runs: a pack of one
+        "pack_size": len(pack_of_the_run(tags, role, seed, list(plan.seeds)))
+        if role.kind != "ensemble"
+        else None,
         "deterministic": resolve_deterministic(role.train.deterministic, dev)
         if role.train
         else None,
@@ -129,11 +132,22 @@ def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -
             # logged protocol lacks the field (it is then not among the fields set).
             execution = protocol.execution
             layout = "channels_last" in execution.model_fields_set and execution.channels_last
+            pack = pack_of_the_run(tags, role, seed, list(plan.seeds))
+            if len(pack) > 1:
+                result.notes.append(
+                    f"re-trained in a pack of {len(pack)} as the run was (seed {seed} and "
+                    f"filler seeds {format_seeds(pack[1:])}, whose results are discarded)"
+                    + (
+                        ""
+                        if role.arch == "mlp"
+                        else "; a convolutional seed's place in the "
+                        "pack may round otherwise: expect float-rounding differences"
+                    )
+                )
+                if teachers:  # the fillers distil from the same teacher: nothing of theirs is kept
+                    teachers = dict.fromkeys(pack, teachers[seed])
             with channels_last(layout):
-                if _trained_in_a_pack(tags, role, result.notes):
-                    [trained] = train_pack(role, [seed], data, teachers=teachers, device=dev)
-                else:
-                    [trained] = train_role(role, [seed], data, teachers=teachers, device=dev)
+                trained = train_role(role, pack, data, teachers=teachers, device=dev)[0]
             final = trained.final
             tracker.log_checkpoint(new_id, trained.state_dict)
         tracker.log_metrics(new_id, final, step=role.train.epochs if role.train else 0)
@@ -148,25 +162,25 @@ def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -
     return result
 
 
-def _trained_in_a_pack(tags: dict[str, str], role: Role, notes: list[str]) -> bool:
-    """Whether to re-train through the fused pack's arithmetic (a pack of one): the run
-    trained in a pack of several seeds. A pack and the loop round differently on some
-    CPUs (MKL's batched and plain matrix products on an AMD EPYC), but an MLP seed trains
-    bit for bit alike in a pack of any size; a convolutional seed does not (grouped
-    convolutions of another size round otherwise), which the note says."""
+def pack_of_the_run(tags: dict[str, str], role: Role, seed: int, seeds: list[int]) -> list[int]:
+    """The seeds to re-train a run with, ``seed`` first: the run's seed alone where it
+    trained alone (the loop), else a pack of the run's size, the others filler seeds whose
+    results are discarded. A BLAS may round a batched matrix product of one matrix
+    otherwise than one of several (MKL on an AMD EPYC does: an MLP seed trains bit for bit
+    alike in packs of 2, 5 or 20, whichever seeds share them, but not alone), so only a
+    pack of the same size reproduces a packed run; it costs that pack's training."""
     try:
         size = int(tags.get("pack_size") or 1)
     except ValueError:
         size = 1
     if size <= 1 or not packable(role):
-        return False
-    if role.arch != "mlp":
-        notes.append(
-            f"the run trained in a pack of {size} seeds and is re-trained in a pack of one: "
-            "grouped convolutions of another size round otherwise: expect float-rounding "
-            "differences"
-        )
-    return True
+        return [seed]
+    fillers = [s for s in seeds if s != seed][: size - 1]
+    spare = max([*seeds, seed]) + 1
+    while len(fillers) < size - 1:
+        fillers.append(spare)
+        spare += 1
+    return [seed, *fillers]
 
 
 def _device_for(

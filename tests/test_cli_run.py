@@ -192,7 +192,8 @@ def test_reproduce_trains_where_the_run_trained_and_tags_what_it_did(workdir: Pa
     [again] = client.search_runs([scratch.experiment_id])
     tags = again.data.tags
     assert (tags["device"], tags["original_device"]) == ("cpu", "cuda:7")
-    assert (tags["pack_size"], tags["original_pack_size"]) == ("1", "3")
+    assert tags["pack_size"] == "3" and "original_pack_size" not in tags  # as it trained
+    assert "re-trained in a pack of 3 as the run was (seed 1 and filler seeds 0, 2" in res.output
     assert tags["data_identity"] == run.data.tags["data_identity"]
     assert "original_data_identity" not in tags and tags["reproduces"] == run.info.run_id
 
