@@ -22,6 +22,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from study import __version__
@@ -130,6 +131,12 @@ class Plan:
                 continue
             index = next(i for i, a in enumerate(p.arms) if a.name == role.arm)
             hint = "" if p.tune is not None else " (add a [tune] section for this arm)"
+            stale = Path("results") / p.study.name / "tuned.json"
+            if p.tune is not None and stale.exists():
+                hint = (
+                    f" ({stale} is for another tuning config: the [tune] section, or the "
+                    "tuned role's recipe, teacher or data, changed since it was written)"
+                )
             raise UserInputError(
                 f"{pending[0]} is '{TUNED}' but there is no tuning result for it: run "
                 f"'study tune {p.source}' first{hint}",

@@ -411,6 +411,16 @@ def test_a_changed_tune_section_starts_a_new_study_and_an_unchanged_one_resumes(
 
     narrow = text.replace("alpha = { low = 0.0, high = 1.0 }", "alpha = { low = 0.9, high = 0.95 }")
     _write_protocol(tmp_path, narrow)
+    stale = subprocess.run(
+        [sys.executable, "-m", "study.cli", "run", "tiny.toml", "--no-report"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stale.returncode == 2  # the old result does not answer for the new ranges
+    assert "tuned.json is for another tuning config" in stale.stderr
     second = _tune(tmp_path, "--trials", "2")
     assert second.returncode == 0, second.stderr
     assert "already finished" not in second.stdout
