@@ -444,6 +444,16 @@ def parse_protocol(text: str, *, source: str = "<protocol>") -> Protocol:
         raise _from_validation_error(e, data, source) from None
     except TypeError as e:  # e.g. a section given as a value instead of a table
         raise UserInputError(str(e), source=source) from None
+    raw_val = data.get("data", {}).get("val_size") if isinstance(data.get("data"), dict) else None
+    if isinstance(raw_val, float) and raw_val >= 1:
+        # a float of 1 or more reads as a count: 1.0 would hold out one example
+        raise UserInputError(
+            f"val_size = {raw_val!r} is a float of 1 or more; allowed: a fraction below 1 "
+            f"(0.1) or a whole number of examples written without a decimal point "
+            f"({int(raw_val)})",
+            source=source,
+            field="data.val_size",
+        )
     _check_registries(protocol)
     sha = hashlib.sha256(text.encode()).hexdigest()
     return protocol.model_copy(update={"sha256": sha})

@@ -140,6 +140,8 @@ BAD = [
     ("seeds = 3", 'seeds = "3"', "study.seeds", "valid integer"),
     ("seeds = 3", "seeds = [true, 5]", "study.seeds", "valid integer"),
     ("val_size = 0.15", "val_size = true", "data.val_size", "valid number"),
+    ("val_size = 0.15", "val_size = 1.0", "data.val_size", "written without a decimal point (1)"),
+    ("val_size = 0.15", "val_size = 5000.0", "data.val_size", "float of 1 or more"),
     (
         'val_size = 0.15\naugmentation = "none"',
         'val_size = 0\naugmentation = "none"\n[analysis]\nmetric = "val_acc"',
