@@ -61,6 +61,18 @@ def process_settings() -> None:
         signal.signal(signal.SIGTERM, _terminated)
 
 
+PIPED_WIDTH = 200
+"""Columns of a table printed into a pipe or a file: rich's 80 cut p-values to '5.0e…'."""
+
+
+def _print_table(table: Table) -> None:
+    """A table on stdout: the terminal's width, or at least ``PIPED_WIDTH`` when piped."""
+    if console.is_terminal:
+        console.print(table)
+    else:  # print's own width can only narrow the console's
+        Console(width=max(console.width, PIPED_WIDTH)).print(table)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, and handled as Ctrl-C is."""
 
@@ -160,7 +172,7 @@ def validate(protocol: ProtocolArg) -> None:
             r.teacher or (", ".join(r.members) if r.members else "-"),
             str(r.train.epochs) if r.train else "-",
         )
-    console.print(table)
+    _print_table(table)
     console.print(
         f"{len(plan.roles)} roles x {len(plan.seeds)} seeds = {plan.n_runs} runs, "
         f"{plan.n_epochs} epochs in total"
@@ -308,7 +320,7 @@ def status(protocol: ProtocolArg, tracking_uri: TrackingUri = None) -> None:
             ",".join(map(str, r["failed"])) or "-",
             ",".join(r["jobs"]) or "-",
         )
-    console.print(out)
+    _print_table(out)
 
 
 @app.command()
@@ -710,7 +722,7 @@ def compare(
             p_text(c["p_adj"]),
             "reject" if c["reject"] else "",
         )
-    console.print(out)
+    _print_table(out)
     for c in data["comparisons"]:
         console.print(f"- {c['verdict']}", highlight=False, markup=False)
         for note in c["notes"]:
@@ -828,7 +840,7 @@ def plan_seeds(
             _fmt(r.mde),
             _fmt(r.power_at_n, 3),
         )
-    console.print(out)
+    _print_table(out)
     console.print(
         f"family: {family}; 'seeds needed', 'MDE at n' and 'power at n' are at the planned "
         f"level, 'alone, at alpha' plans the comparison as if it were the only one",
@@ -874,7 +886,7 @@ def reproduce(
         a, b = r["original"], r["reproduced"]
         diff = "-" if a is None or b is None else f"{b - a:+.3g}"
         out.add_row(r["metric"], repr(a), repr(b), diff)
-    console.print(out)
+    _print_table(out)
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if result.identical:
@@ -902,7 +914,7 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Machine output.")]
         elif key == "pip_freeze":
             value = f"{len(value)} distributions (--json lists them)"
         out.add_row(key, str(value))
-    console.print(out)
+    _print_table(out)
 
 
 @app.command()

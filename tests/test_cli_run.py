@@ -265,3 +265,30 @@ def test_a_write_the_system_refuses_is_a_message_and_exit_2_not_a_traceback(caps
     assert "cannot write results/tiny/run.json: Read-only file system" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         breaks()
+
+
+def test_a_table_printed_into_a_pipe_is_not_cut_to_80_columns(tmp_path: Path) -> None:
+    """Rich renders 80 columns into a pipe or file: p-values came out as '5.0e…'."""
+    import os
+    import subprocess
+    import sys
+
+    rows = ["group,seed,value"] + [
+        f"{g},{s},{0.9 + 0.01 * s + (0.02 if g == 'distilled_student' else 0)}"
+        for g in ("baseline_teacher", "distilled_student")
+        for s in range(6)
+    ]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.cli", "compare", "t.csv", "--test", "wilcoxon"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout[: proc.stdout.index("\n\n")] if "\n\n" in proc.stdout else proc.stdout
+    assert "…" not in table and "distilled_student" in table and "baseline_teacher" in table
+    assert "0.031" in table  # the exact Wilcoxon p of 6 seeds all one way, 2/64, in full
