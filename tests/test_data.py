@@ -666,3 +666,10 @@ def test_normalize_gives_zero_mean_unit_std_on_the_training_set():
     assert torch.allclose(z.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3)
     # a single image [C, H, W] normalises the same way as inside a batch
     assert torch.allclose(normalize(data.train_x[0], data.mean, data.std), z[0])
+
+
+def test_missing_files_under_a_relative_root_name_the_absolute_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataNotFoundError) as caught:
+        load_data("cifar100", root="data")
+    assert f"({tmp_path / 'data' / 'cifar-100-python'})" in str(caught.value)

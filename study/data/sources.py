@@ -222,7 +222,9 @@ def _resize(x: Tensor, size: int) -> Tensor:
 def _not_found(name: str, where: Path, expected: str, how: str | None = None) -> DataNotFoundError:
     how = how or "set download = true in [data] or place the files there"
     return DataNotFoundError(
-        f"dataset {name!r}: files not found in {where} (expected {expected}); {how}",
+        f"dataset {name!r}: files not found in {where}"
+        + ("" if where.is_absolute() else f" ({where.absolute()})")
+        + f" (expected {expected}); {how}",
         field="root",
     )
 
