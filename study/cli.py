@@ -104,19 +104,24 @@ _CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQ
 
 
 def check_can_write(directory: Path, what: str) -> None:
-    """Fail before any work when ``directory`` (created if missing) cannot take files:
-    a read-only working directory used to stop `study run` after the training, with a
-    traceback, when the report or the run index was written."""
+    """Fail before any work when ``directory`` cannot take files: a read-only working
+    directory used to stop `study run` after the training, with a traceback, when the run
+    index or the report was written. The nearest existing folder on the way is probed
+    (nothing is created)."""
     import tempfile
 
+    probe = directory.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".study-write-check-"):
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a file stands where a folder must go")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".study-write-check-"):
             pass
     except OSError as e:
         raise UserInputError(
-            f"cannot write {what} to {directory.resolve()}: {e.strerror or e}; run from a "
-            "writable directory",
+            f"cannot write {what} to {directory.absolute()} ({probe}: "
+            f"{e.strerror or e}); run from a writable directory",
             source=str(directory),
         ) from None
 
@@ -243,8 +248,8 @@ def run(
         err_console.print(
             "[yellow]interrupted:[/] the runs in progress are marked KILLED; run "
             f"'study run {protocol}' again: a run resumes from its last checkpoint "
-            f"(\\[execution] checkpoint_every_s = {p.execution.checkpoint_every_s:g} s), one "
-            "that has none yet starts over",
+            f"(written {_cadence(p.execution.checkpoint_every_s)}), one that has none yet "
+            "starts over",
             highlight=False,
         )
         raise typer.Exit(_interrupted_status(e)) from None
@@ -273,6 +278,12 @@ def run(
         _write_report(p, collect(plan, tracker, data.identity))
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _cadence(every_s: float) -> str:
+    if every_s == 0:
+        return "after every epoch"
+    return f"after an epoch once {every_s:g} s have passed since the last"
 
 
 def _run_jobs(p, tracker, executor: str, device: str | None) -> None:
@@ -387,8 +398,8 @@ def tune(
     _check_device(device, p)
     data = load_study_data(p)
     check_models(expand(p), data)
-    check_can_write(Path("results") / p.study.name, "the tuning result")
     tuning = plan_tuning(p, trials=trials, storage=storage, tracking_uri=tracking_uri)
+    check_can_write(Path("results") / p.study.name, "the tuning result")
     spec = tuning.spec
     console.print(
         f"tuning {', '.join(tuning.space)} of arm '{spec.arm}' generation {spec.generation} "

@@ -387,9 +387,10 @@ def _from_validation_error(
     # An unknown key often explains the errors after it (a misspelt required field): first.
     errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
-    loc = tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-    # pydantic adds the union member name ("int", "list[int]") to the location: drop it.
-    loc = tuple(x for x in loc if x not in ("int", "list[int]", "str", "dict[str,any]"))
+    loc = _clean_loc(first["loc"])
+    # A union's members each fail at the same place ("an integer", "a list", "'auto'"):
+    # one problem, said as its alternatives.
+    alternatives = [e for e in errors if _clean_loc(e["loc"]) == loc]
     field = _field_path(loc, data)
     kind = first["type"]
     if kind == "extra_forbidden":
@@ -401,13 +402,33 @@ def _from_validation_error(
     elif kind == "missing":
         reason = "required field is missing"
     else:
-        reason = first["msg"].removeprefix("Value error, ")
+        messages = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in alternatives))
+        lead = "Input should be "
+        if len(messages) > 1 and all(m.startswith(lead) for m in messages):
+            reason = lead + " or ".join(m.removeprefix(lead) for m in messages)
+        else:
+            reason = "; or: ".join(messages)
         if "input" in first and kind not in ("value_error",):
             reason += f" (got {first['input']!r})"
-    more = len(err.errors()) - 1
+    more = len(err.errors()) - (
+        len(alternatives) if kind not in ("extra_forbidden", "missing") else 1
+    )
     if more:
         reason += f" (and {more} more problem{'s' if more > 1 else ''})"
     return UserInputError(reason, source=source, field=field or None)
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic error location without validator names and the union member names
+    ("int", "list[int]", "literal['auto']") pydantic adds."""
+    return tuple(
+        x
+        for x in loc
+        if not (isinstance(x, str) and (x.startswith(("function-", "literal[")) or x in _MEMBERS))
+    )
+
+
+_MEMBERS = ("int", "list[int]", "str", "dict[str,any]", "float", "bool")
 
 
 def _section_model(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:

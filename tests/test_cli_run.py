@@ -52,7 +52,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_the_rerun_resumes(tmp_path: Path
     step = 4 * STEPS_PER_EPOCH * 2 + STEPS_PER_EPOCH + 3  # student seed 0, epoch 2
     proc = study(tmp_path, "run", "p.toml", "--no-report", fault=f"{step}:TERM")
     assert proc.returncode == 143, proc.stderr
-    assert "again to resume" in proc.stderr
+    assert "again: a run resumes from its last checkpoint" in proc.stderr
     runs = _runs(tmp_path)
     assert runs[("ban/gen1", "0")].info.status == "KILLED"
     proc = study(tmp_path, "run", "p.toml", "--no-report")

@@ -141,6 +141,8 @@ BAD = [
     ("seeds = 3", "seeds = [true, 5]", "study.seeds", "valid integer"),
     ("val_size = 0.15", "val_size = true", "data.val_size", "valid number"),
     ("val_size = 0.15", "val_size = 1.0", "data.val_size", "written without a decimal point (1)"),
+    ("[study]", '[execution]\npack = "many"\n\n[study]', "execution.pack", "integer or 'auto'"),
+    ("seeds = 3", 'seeds = "3"', "study.seeds", "a valid integer or a valid list (got '3')"),
     ("val_size = 0.15", "val_size = 5000.0", "data.val_size", "float of 1 or more"),
     (
         'val_size = 0.15\naugmentation = "none"',

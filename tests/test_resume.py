@@ -153,7 +153,7 @@ def test_ctrl_c_marks_the_run_killed_and_says_how_to_continue(
     step = 4 * STEPS_PER_EPOCH * 2 + STEPS_PER_EPOCH + 3  # student seed 0, epoch 2
     proc = study(tmp_path, "run", "p.toml", "--no-report", fault=f"{step}:INT")
     assert proc.returncode == 130, proc.stderr
-    assert "again to resume" in proc.stderr
+    assert "again: a run resumes from its last checkpoint" in proc.stderr
     runs = _runs(tmp_path)
     assert runs[("ban/gen1", "0")].info.status == "KILLED"
     # Ctrl-C flushes the buffered per-epoch metrics: epoch 1 of the interrupted run is there
