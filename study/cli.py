@@ -99,8 +99,9 @@ def _check_device(spec: str | None, p=None) -> None:
         raise e.located(source=where[0], field=where[1]) from None
 
 
-_CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
-"""An output the user's directory cannot take: said plainly, exit 2, no traceback."""
+_REFUSED_BY_THE_SYSTEM = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+"""A file the system will not let us read or write (permissions, a read-only or full
+disk): said plainly with the path, exit 2, no traceback."""
 
 
 def check_can_write(directory: Path, what: str) -> None:
@@ -138,11 +139,11 @@ def user_errors(fn):
             err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as e:
-            if e.errno not in _CANNOT_WRITE:
+            if e.errno not in _REFUSED_BY_THE_SYSTEM:
                 raise
-            where = f" {e.filename}" if e.filename else ""
+            where = f": {e.filename}" if e.filename else ""
             err_console.print(
-                f"[bold red]error:[/] cannot write{escape(where)}: {escape(e.strerror or str(e))}",
+                f"[bold red]error:[/] {escape((e.strerror or str(e)) + where)}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -544,11 +545,15 @@ def _export_for(p, collected, where: Path, protocol: Path):
     if planned.all():
         return collected
     extra = runs[~planned]
+    which = "; ".join(
+        f"{role} seed{'s' * (len(group) > 1)} {format_seeds(sorted(set(group['seed'])))}"
+        for role, group in extra.groupby("role", sort=True)
+    )
     err_console.print(
         f"[yellow]note:[/] the export at {escape(str(where))} holds {len(extra)} run(s) this "
-        f"protocol does not plan (seeds {format_seeds(sorted(set(extra['seed'])))}); the "
-        "report leaves them out",
+        f"protocol does not plan ({escape(which)}); the report leaves them out",
         highlight=False,
+        soft_wrap=True,
     )
     curves = collected.curves
     if len(curves):

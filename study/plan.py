@@ -131,18 +131,32 @@ class Plan:
                 continue
             index = next(i for i, a in enumerate(p.arms) if a.name == role.arm)
             hint = "" if p.tune is not None else " (add a [tune] section for this arm)"
-            stale = Path("results") / p.study.name / "tuned.json"
-            if p.tune is not None and stale.exists():
-                hint = (
-                    f" ({stale} is for another tuning config: the [tune] section, or the "
-                    "tuned role's recipe, teacher or data, changed since it was written)"
-                )
+            if p.tune is not None:
+                hint = _tuned_file_hint(p)
             raise UserInputError(
                 f"{pending[0]} is '{TUNED}' but there is no tuning result for it: run "
                 f"'study tune {p.source}' first{hint}",
                 source=p.source,
                 field=f"arms[{index}] ('{role.arm}').loss.{pending[0]}",
             )
+
+
+def _tuned_file_hint(p: Protocol) -> str:
+    """Why an existing results/<study>/tuned.json gave no value: another tuning config, or
+    no trial of this one completed; empty when there is no file."""
+    from study.tune import TUNED_FILE, tuning_hash
+
+    path = Path("results") / p.study.name / TUNED_FILE
+    try:
+        written = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(written, dict) or written.get("config_hash") != tuning_hash(p):
+        return (
+            f" ({path} is for another tuning config: the [tune] section, or the tuned "
+            "role's recipe, teacher or data, changed since it was written)"
+        )
+    return f" ({path} is for this tuning config, but no trial of it completed)"
 
 
 def fingerprint(role: Role, seed: int, dep_fingerprints: list[str], data_identity: str) -> str:

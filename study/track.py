@@ -411,10 +411,12 @@ def check_writable(uri: str | None = None, *, timeout_s: float = 5.0) -> None:
                 source=resolved,
                 field="tracking-uri",
             ) from None
-    _refuse_foreign_sqlite(resolved)
     try:
         with _creating(resolved):
+            _refuse_foreign_sqlite(resolved)  # under the lock: not a store half-created
             MlflowClient(tracking_uri=resolved).search_experiments(max_results=1)
+    except UserInputError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure here means "not usable"
         raise UserInputError(
             f"tracking store is not reachable or not usable: {type(e).__name__}: {e}",
@@ -423,12 +425,24 @@ def check_writable(uri: str | None = None, *, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-MLFLOW_TABLES = frozenset({"experiments", "runs", "alembic_version"})
+MLFLOW_TABLES = frozenset(
+    {
+        "alembic_version",
+        "experiments",
+        "experiment_tags",
+        "runs",
+        "metrics",
+        "latest_metrics",
+        "params",
+        "tags",
+    }
+)
 
 
 def _refuse_foreign_sqlite(uri: str) -> None:
-    """An existing sqlite file that holds tables but not MLflow's belongs to something
-    else: opening it as a store would add MLflow's ~30 tables to that database."""
+    """An existing sqlite file that holds tables, none of them MLflow's, belongs to
+    something else: opening it as a store would add MLflow's ~30 tables to that database.
+    (A store another process is creating has some of MLflow's tables already.)"""
     if not uri.startswith("sqlite:///"):
         return
     path = Path(uri.removeprefix("sqlite:///"))
@@ -443,7 +457,7 @@ def _refuse_foreign_sqlite(uri: str) -> None:
             }
     except sqlite3.DatabaseError:
         return  # not sqlite at all: MLflow's own open says so below
-    if tables and not MLFLOW_TABLES <= tables:
+    if tables and not MLFLOW_TABLES & tables:
         names = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise UserInputError(
             f"{path} is an SQLite database but not an MLflow store (its tables: {names}); "

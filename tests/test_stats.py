@@ -543,8 +543,8 @@ def test_wilcoxon_verdict_names_the_t_interval_it_shows():
         (0.0123, 0.05, "0.012"),  # far from alpha: 2 digits
         (0.0094, 0.01, "0.0094"),
         (0.05, 0.05, "0.05"),
-        (math.nextafter(0.05, 0), 0.05, "< 0.05"),  # no 15-digit text tells it from 0.05
-        (math.nextafter(0.05, 1), 0.05, "> 0.05"),
+        (math.nextafter(0.05, 0), 0.05, "0.049999999999999996"),  # 15 digits read 0.05
+        (math.nextafter(0.05, 1), 0.05, "0.05000000000000001"),
     ],
 )
 def test_p_values_are_never_rounded_onto_alpha(p, alpha, text):

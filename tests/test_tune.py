@@ -591,3 +591,26 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed() -> None:
     assert fail_orphaned_trials(study) == [orphan.number]
     states = {t.number: t.state for t in study.get_trials()}
     assert states == {0: optuna.trial.TrialState.FAIL, 1: optuna.trial.TrialState.RUNNING}
+
+
+def test_a_tuned_value_without_a_result_says_why_the_file_gave_none(tmp_path, monkeypatch):
+    from study.tune import TUNED_FILE, tuning_hash
+
+    monkeypatch.chdir(tmp_path)
+    protocol = parse_protocol(textwrap.dedent(TUNE_PROTOCOL))
+    plan = expand(protocol)
+    with pytest.raises(UserInputError) as none_yet:
+        plan.require_trainable()
+    assert (
+        "no tuning result" in none_yet.value.message and "tuned.json" not in none_yet.value.message
+    )
+    path = tmp_path / "results" / protocol.study.name / TUNED_FILE
+    path.parent.mkdir(parents=True)
+    for written, words in [
+        ({"config_hash": "another", "best_params": {"alpha": 0.5}}, "is for another tuning config"),
+        ({"config_hash": tuning_hash(protocol), "best_params": {}}, "no trial of it completed"),
+    ]:
+        path.write_text(json.dumps(written))
+        with pytest.raises(UserInputError) as stale:
+            plan.require_trainable()
+        assert words in stale.value.message, stale.value.message

@@ -1294,7 +1294,7 @@ def kept_off_alpha(
     """``render(precision)``, or with more precision where that text would read as alpha
     itself or as a value on the other side of alpha (a verdict next to it would then
     contradict the number). A p within float rounding of alpha (no text of up to 15 digits
-    tells them apart) prints as '< alpha' or '> alpha'."""
+    tells them apart) prints in full (``repr``: 0.049999999999999996)."""
     text = render(precision)
     if alpha is None or p == alpha:
         return text
@@ -1303,7 +1303,7 @@ def kept_off_alpha(
         shown = float(text)
         if shown != alpha and (shown < alpha) == (p < alpha):
             return text
-    return f"{'<' if p < alpha else '>'} {alpha:g}"
+    return repr(float(p))
 
 
 def _fmt_p(p: float) -> str:
