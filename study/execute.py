@@ -270,13 +270,44 @@ def run_study(
     return summary
 
 
+def _process_space() -> str:
+    """Where a PID means one process: the host name, the kernel's boot id and the PID
+    namespace (containers on one host share the boot id, not the namespace)."""
+    parts = [socket.gethostname()]
+    for path, read in (
+        ("/proc/sys/kernel/random/boot_id", lambda p: Path(p).read_text().strip()[:8]),
+        ("/proc/self/ns/pid", os.readlink),
+    ):
+        try:
+            parts.append(read(path))
+        except OSError:
+            parts.append("?")
+    return "/".join(parts).replace(":", "_")
+
+
+def _dead_here(worker: str) -> bool:
+    """Whether ``worker`` (``space:pid:tag``) ran in this process space and its process no
+    longer exists. Unknown spaces, and live or unreadable PIDs, count as alive."""
+    space, _, rest = worker.partition(":")
+    pid, _, _ = rest.partition(":")
+    if space != _process_space() or "?" in space.split("/") or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, but not ours to signal
+        return False
+    return False
+
+
 class _ClaimBoard:
     """This worker's claims: taking them, keeping their heartbeats fresh, releasing them."""
 
     def __init__(self, tracker: Tracker, study: str, heartbeat_s: float, stale_after_s: float):
         self.tracker, self.study = tracker, study
         self.stale_after_s = stale_after_s
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.worker = f"{_process_space()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held: dict[str, str] = {}  # claim experiment id -> fingerprint
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -293,10 +324,14 @@ class _ClaimBoard:
                 pass
 
     def _fresh(self, claim: Claim | None) -> bool:
+        """Held by a live worker: one whose heartbeat is recent, unless it ran in this
+        process space (host, boot, PID namespace) and its process is gone (killed, OOM),
+        which a rerun after a crash need not wait ``stale_after_s`` to see."""
         return (
             claim is not None
             and claim.active
             and time.time() - claim.heartbeat < self.stale_after_s
+            and not _dead_here(claim.worker)
         )
 
     def claim(self, items: list[tuple[int, str]], claims: dict[str, Claim]) -> dict[int, str]:

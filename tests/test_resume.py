@@ -282,3 +282,22 @@ def test_a_resumed_run_logs_the_epochs_its_checkpoint_had_and_mlflow_lacked_once
         for key in ("train_loss", "train_acc", "lr", "val_acc", "val_nll", "test_acc"):
             steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
             assert steps == [1, 2, 3, 4], (r.data.tags["seed"], key, steps)
+
+
+def test_a_claim_of_a_process_gone_from_this_machine_is_not_waited_for() -> None:
+    """After a crash (SIGKILL, the OOM killer) the rerun took the dead worker's claims only
+    once their heartbeat was stale_after_s (5 min) old. A worker of this process space
+    (host, boot, PID namespace) whose process is gone is dead now; anything it cannot tell
+    (another host or namespace, a live PID) stays alive until its heartbeat goes stale."""
+    import subprocess
+    import sys
+
+    from study.execute import _dead_here, _process_space
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    here = _process_space()
+    assert _dead_here(f"{here}:{gone.stdout.strip()}:abcd1234")
+    assert not _dead_here(f"{here}:{os.getpid()}:abcd1234")  # alive
+    assert not _dead_here(f"other-host/{here.split('/', 1)[1]}:{gone.stdout.strip()}:x")
+    assert not _dead_here(f"{here}:not-a-pid:x") and not _dead_here("old-style-worker")
