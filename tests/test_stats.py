@@ -427,18 +427,20 @@ def test_mann_whitney_with_ties_is_exact_for_small_groups():
 
 
 def test_exact_rank_sum_p_is_the_exact_fraction_and_not_rejected_at_it():
-    """Three seeds each, A above B everywhere: p = 2 / C(6, 3) = 0.1 exactly. Float counts
-    made it 0.09999999999999999, which p_adj < alpha rejected at alpha = 0.1."""
+    """3 seeds against 9, A holding ranks 1, 2 and 7 (rank sum 10): 11 of the C(12, 3) =
+    220 splits have a rank sum <= 10, so p = 22 / 220 = 0.1 exactly. Float counts made it
+    0.09999999999999999, which p_adj < alpha rejected at alpha = 0.1."""
     from study.analysis.stats import rank_sum_exact_p
 
-    assert rank_sum_exact_p(np.arange(1.0, 7.0), 3, 15.0) == 0.1
+    assert rank_sum_exact_p(np.arange(1.0, 13.0), 3, 10.0) == 0.1
+    b = [3.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 11.0, 12.0]
     table = long_table(
-        {"A": [0.8, 0.81, 0.82], "B": [0.7, 0.71, 0.72]},
-        seeds={"A": [0, 1, 2], "B": [10, 11, 12]},  # no seed shared: Mann-Whitney
+        {"A": [1.0, 2.0, 7.0], "B": b},
+        seeds={"A": [0, 1, 2], "B": list(range(10, 19))},  # no seed shared: Mann-Whitney
     )
     c = compare(table, test="wilcoxon", alpha=0.1).comparisons[0]
     assert c.p == 0.1 and not c.reject
-    # Beyond int64 (C(100, 50) ~ 1e29) the counts stay exact integers.
+    # Beyond int64 (C(100, 50) ~ 1e29) the counts are Python integers, exact.
     assert rank_sum_exact_p(np.arange(1.0, 101.0), 50, float(sum(range(1, 51)))) == 2 / (
         math.comb(100, 50)
     )
