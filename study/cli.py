@@ -527,10 +527,8 @@ def _export_for(p, collected, where: Path, protocol: Path):
     plan.require_trainable()  # a "tuned" value without a (current) result says so itself
     expected = plan.fingerprints(identity)
     runs = collected.runs
-    exported = {
-        (str(r), int(s)): f
-        for r, s, f in zip(runs["role"], runs["seed"], runs["fingerprint"], strict=True)
-    }
+    keys = [(str(r), int(s)) for r, s in zip(runs["role"], runs["seed"], strict=True)]
+    exported = dict(zip(keys, runs["fingerprint"], strict=True))
     differ = sorted(k for k, fp in expected.items() if exported.get(k) != fp)
     if differ:
         role, seed = differ[0]
@@ -541,12 +539,12 @@ def _export_for(p, collected, where: Path, protocol: Path):
             f"run 'study export {protocol}' again",
             source=str(protocol),
         )
-    planned = runs.apply(lambda r: (str(r["role"]), int(r["seed"])) in expected, axis=1)
-    if planned.all():
+    planned = [key in expected for key in keys]
+    if all(planned):
         return collected
-    extra = runs[~planned]
+    extra = runs[[not x for x in planned]]
     which = "; ".join(
-        f"{role} seed{'s' * (len(group) > 1)} {format_seeds(sorted(set(group['seed'])))}"
+        f"{role} seed{'s' * (len(group) > 1)} {format_seeds(list(group['seed']))}"
         for role, group in extra.groupby("role", sort=True)
     )
     err_console.print(
@@ -559,7 +557,8 @@ def _export_for(p, collected, where: Path, protocol: Path):
     if len(curves):
         keys = zip(curves["role"].astype(str), curves["seed"].astype(int), strict=True)
         curves = curves[[k in expected for k in keys]].reset_index(drop=True)
-    return dataclasses.replace(collected, runs=runs[planned].reset_index(drop=True), curves=curves)
+    runs = runs[planned].reset_index(drop=True)
+    return dataclasses.replace(collected, runs=runs, curves=curves)
 
 
 def _collect(protocol: Path, tracking_uri: str | None):

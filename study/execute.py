@@ -11,6 +11,7 @@ Progress is reported through a callback with plain events; the CLI draws them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -270,6 +271,7 @@ def run_study(
     return summary
 
 
+@functools.cache
 def _process_space() -> str:
     """Where a PID means one process: the host name, the kernel's boot id and the PID
     namespace (containers on one host share the boot id, not the namespace)."""
@@ -297,7 +299,7 @@ def _dead_here(worker: str) -> bool:
     except ProcessLookupError:
         return True
     except OSError:  # exists, but not ours to signal
-        return False
+        pass
     return False
 
 

@@ -130,9 +130,11 @@ class Plan:
             if not pending:
                 continue
             index = next(i for i, a in enumerate(p.arms) if a.name == role.arm)
-            hint = "" if p.tune is not None else " (add a [tune] section for this arm)"
-            if p.tune is not None:
-                hint = _tuned_file_hint(p)
+            hint = (
+                _tuned_file_hint(p)
+                if p.tune is not None
+                else " (add a [tune] section for this arm)"
+            )
             raise UserInputError(
                 f"{pending[0]} is '{TUNED}' but there is no tuning result for it: run "
                 f"'study tune {p.source}' first{hint}",

@@ -467,7 +467,8 @@ def parse_protocol(text: str, *, source: str = "<protocol>") -> Protocol:
         raise UserInputError(str(e), source=source) from None
     raw_val = data.get("data", {}).get("val_size") if isinstance(data.get("data"), dict) else None
     if isinstance(raw_val, float) and raw_val >= 1:
-        # a float of 1 or more reads as a count: 1.0 would hold out one example
+        # A float of 1 or more reads as a count: 1.0 would hold out one example. Checked on
+        # the TOML, not in DataSection: the logged JSON protocol holds every count as a float.
         raise UserInputError(
             f"val_size = {raw_val!r} is a float of 1 or more; allowed: a fraction below 1 "
             f"(0.1) or a whole number of examples written without a decimal point "

@@ -90,12 +90,11 @@ def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -
     assert exp_id is not None
     new_tags = {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
     # the new run's tags describe the new run; what the original recorded stays beside
+    pack = pack_of_the_run(tags, role, seed, list(plan.seeds))
     now = {
         "device": str(dev),
         "data_identity": data.identity,
-        "pack_size": len(pack_of_the_run(tags, role, seed, list(plan.seeds)))
-        if role.kind != "ensemble"
-        else None,
+        "pack_size": len(pack) if role.kind != "ensemble" else None,
         "deterministic": resolve_deterministic(role.train.deterministic, dev)
         if role.train
         else None,
@@ -132,7 +131,6 @@ def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -
             # logged protocol lacks the field (it is then not among the fields set).
             execution = protocol.execution
             layout = "channels_last" in execution.model_fields_set and execution.channels_last
-            pack = pack_of_the_run(tags, role, seed, list(plan.seeds))
             if len(pack) > 1:
                 result.notes.append(
                     f"re-trained in a pack of {len(pack)} as the run was (seed {seed} and "

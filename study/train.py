@@ -79,8 +79,8 @@ class SeedResult:
     failure: str | None = None  # why this seed failed (divergence), None when it trained
     # Where a distilling student's teacher outputs came from: True the cache (for some or
     # all batch shapes), False a forward pass in every step (augmented data, or the cache
-    # refused every shape), None
-    # without a teacher to distil from (see ``record_teacher_outputs``).
+    # refused every shape), None without a teacher to distil from (see
+    # ``record_teacher_outputs``).
     teacher_cached: bool | None = None
     notes: list[str] = field(default_factory=list)  # for the user, e.g. the cache went off
 
