@@ -36,12 +36,12 @@ from scipy import optimize, stats
 
 from study.analysis.stats import (
     CORRECTION_NAMES,
-    CORRECTIONS,
     EXACT_PERMUTATION_LIMIT,
     EXACT_RANK_TEST_MAX_N,
     PAIRED,
     TESTS,
     PairedSample,
+    check_test_and_correction,
     pair_groups,
 )
 from study.errors import UserInputError
@@ -426,16 +426,7 @@ def _check_plan_options(
                 source=source,
                 field=name,
             )
-    if test not in TESTS:
-        raise UserInputError(
-            f"unknown test {test!r}; choose one of {list(TESTS)}", source=source, field="test"
-        )
-    if correction not in CORRECTIONS:
-        raise UserInputError(
-            f"unknown correction {correction!r}; choose one of {list(CORRECTIONS)}",
-            source=source,
-            field="correction",
-        )
+    check_test_and_correction(test, correction, source=source)
     if (
         isinstance(comparisons, bool)
         or not isinstance(comparisons, int | np.integer)
@@ -586,8 +577,8 @@ def _pilot_warning(s: PairedSample, goal: _Goal, sd: float, df: int) -> str | No
         else ""
     )
     return (
-        f"{head}: a plan on its estimate reaches {goal.power:.0%} power only when the true "
-        f"sd is not larger, about {reached:.0%} of the time{bound}"
+        f"{head}, and a plan on its estimate reaches {goal.power:.0%} power only when the "
+        f"true sd is not larger, in about {reached:.0%} of such pilots{bound}"
     )
 
 

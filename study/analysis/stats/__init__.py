@@ -19,7 +19,8 @@ The package is split as scipy.stats is, one concern a module, each usable on its
 - ``omnibus_tests``: Friedman, Nemenyi, repeated-measures ANOVA; ``correction``: Holm, BH, ...;
 - ``paired`` and ``unpaired``: the two drivers that fill a ``Comparison``;
 - ``family``: ``compare`` itself; ``formatting``: p-values, seeds and verdicts in words;
-- ``calibration``: what the project's own simulation found (docs/statistics.md).
+- ``simulation`` and ``calibration``: the project's own simulation of its tests and what it
+  found (docs/statistics.md).
 
 Every public name is importable from here, as it was from the single module this was.
 
@@ -38,7 +39,7 @@ Pitfalls this package avoids on purpose (each is also marked where it happens):
 
 from study.analysis.stats.aso import aso_epsilon_min, violation_ratio
 from study.analysis.stats.correction import CORRECTION_NAMES, CORRECTIONS, adjust_p_values
-from study.analysis.stats.family import compare
+from study.analysis.stats.family import check_test_and_correction, compare
 from study.analysis.stats.formatting import (
     CI_NAME,
     ci_reading,
@@ -99,6 +100,7 @@ __all__ = [
     "SeedLike",
     "adjust_p_values",
     "aso_epsilon_min",
+    "check_test_and_correction",
     "ci_reading",
     "compare",
     "format_p_value",

@@ -1,13 +1,12 @@
-"""What the project's own simulation found about its intervals, for labelling them.
+"""What the project's own calibration found, for labelling the intervals it reports.
 
-scripts/calibrate.py simulates null studies through the same code ``compare`` runs and
-writes two things: the tables of docs/statistics.md and ``calibration.json`` beside this
-module, which this module reads. The BCa bootstrap interval is the one whose coverage is
-known to fall short at small n (about 0.8 at n = 5 for normal differences), and the
-report labels it with the coverage found at its n rather than let "95%" stand.
-
-Numbers are computed, never typed: rerun the script to change them (see
-docs/statistics.md for the command and its seed).
+``simulation`` runs null studies through the same code ``compare`` runs; scripts/
+calibrate.py runs it at full size and writes the tables of docs/statistics.md and
+``calibration.json`` beside this module, which ``calibration`` reads. The BCa bootstrap
+interval covers less than 95% at small n (about 0.8 at n = 5 for normal differences), and
+``bca_coverage`` gives the paired driver the coverage found at its n, so the report labels
+the interval rather than let "95%" stand. Numbers are computed, never typed: rerun the
+script to change them (docs/statistics.md has the command and its seed).
 """
 
 from __future__ import annotations

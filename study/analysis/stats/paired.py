@@ -78,7 +78,10 @@ def compare_paired(
 ) -> Comparison:
     """The ``Comparison`` of a paired sample: every statistic of ``compare`` for paired
     groups, the primary ``test``'s p as ``p``. Refuses (UserInputError) a comparison
-    whose differences or results float64 cannot hold."""
+    whose differences or results float64 cannot hold.
+
+    Long only by the ``Comparison`` it fills, one named field a line (48 of them); the
+    statistics themselves take the first twenty lines."""
     boot_seed, perm_seed, aso_seed = seed_sequence.spawn(3)
     a, b = s.values_a, s.values_b
     _refuse_overflow(s, source)
@@ -144,18 +147,23 @@ def compare_paired(
         permutation_resolution=tests.permutation.resolution,
         ci95_bca_coverage=bca_coverage(n) if bca is not None else None,
     )
+    _require_finite(c, source)
+    return c
+
+
+def _require_finite(c: Comparison, source: str | None) -> None:
+    """Refuse a comparison whose results float64 cannot hold (an sd of 2e308)."""
     require_finite(
         [
-            (f"the mean of {s.a}", c.mean_a),
-            (f"the mean of {s.b}", c.mean_b),
-            ("the sd of A - B", sd_diff),
+            (f"the mean of {c.a}", c.mean_a),
+            (f"the mean of {c.b}", c.mean_b),
+            ("the sd of A - B", c.sd_diff),
             *(("the 95% t interval of A - B", x) for x in c.ci95),
-            *(("the BCa interval of A - B", x) for x in bca or []),
+            *(("the BCa interval of A - B", x) for x in c.ci95_bca or []),
         ],
-        where=f"{s.a} vs {s.b}",
+        where=f"{c.a} vs {c.b}",
         source=source,
     )
-    return c
 
 
 def _refuse_overflow(s: PairedSample, source: str | None) -> None:

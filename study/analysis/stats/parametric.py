@@ -17,11 +17,18 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import special, stats
 
 from study.analysis.stats.precision import exponent
+
+
+def _unscaled(x: float, k: int) -> float:
+    """x * 2^k; infinite where that is beyond float64 (the drivers refuse it, by name)."""
+    with np.errstate(over="ignore"):
+        return float(np.ldexp(x, k))
 
 
 @dataclass(frozen=True)
@@ -47,16 +54,7 @@ def one_sample_t(d: np.ndarray) -> TTest:
         warnings.simplefilter("ignore")
         res = stats.ttest_1samp(scaled, 0.0)
         ci = res.confidence_interval(0.95)
-    mean = float(np.ldexp(np.mean(scaled), k))
-    if not np.std(scaled) > 0:
-        return TTest(mean, math.nan, float(res.df), math.nan, [math.nan, math.nan])
-    return TTest(
-        mean,
-        float(res.statistic),
-        float(res.df),
-        float(res.pvalue),
-        [float(np.ldexp(ci.low, k)), float(np.ldexp(ci.high, k))],
-    )
+    return _result(res, ci, _unscaled(np.mean(scaled), k), k, defined=np.std(scaled) > 0)
 
 
 def welch_t(a: np.ndarray, b: np.ndarray) -> TTest:
@@ -68,28 +66,28 @@ def welch_t(a: np.ndarray, b: np.ndarray) -> TTest:
         warnings.simplefilter("ignore")
         res = stats.ttest_ind(sa, sb, equal_var=False)
         ci = res.confidence_interval(0.95)
-    mean = float(np.ldexp(np.mean(sa) - np.mean(sb), k))
-    if not (np.ptp(sa) > 0 or np.ptp(sb) > 0):
+    mean = _unscaled(np.mean(sa) - np.mean(sb), k)
+    return _result(res, ci, mean, k, defined=np.ptp(sa) > 0 or np.ptp(sb) > 0)
+
+
+def _result(res: Any, ci: Any, mean: float, k: int, *, defined: bool) -> TTest:
+    """scipy's t test result on data scaled by 2^-k, as a ``TTest`` in the data's units."""
+    if not defined:
         return TTest(mean, math.nan, float(res.df), math.nan, [math.nan, math.nan])
-    return TTest(
-        mean,
-        float(res.statistic),
-        float(res.df),
-        float(res.pvalue),
-        [float(np.ldexp(ci.low, k)), float(np.ldexp(ci.high, k))],
-    )
+    low, high = _unscaled(ci.low, k), _unscaled(ci.high, k)
+    return TTest(mean, float(res.statistic), float(res.df), float(res.pvalue), [low, high])
 
 
 def mean(x: np.ndarray) -> float:
     """The mean, summed on x / 2^k so that values near the float64 limit do not overflow."""
     k = exponent(x)
-    return float(np.ldexp(np.mean(np.ldexp(np.asarray(x, float), -k)), k))
+    return _unscaled(np.mean(np.ldexp(np.asarray(x, float), -k)), k)
 
 
 def sd(x: np.ndarray) -> float:
     """The sample sd (ddof = 1), computed on x / 2^k: squares of 1e200 overflow."""
     k = exponent(x)
-    return float(np.ldexp(np.std(np.ldexp(np.asarray(x, float), -k), ddof=1), k))
+    return _unscaled(np.std(np.ldexp(np.asarray(x, float), -k), ddof=1), k)
 
 
 def pooled_sd(a: np.ndarray, b: np.ndarray) -> float:
@@ -98,7 +96,7 @@ def pooled_sd(a: np.ndarray, b: np.ndarray) -> float:
     sa, sb = np.ldexp(np.asarray(a, float), -k), np.ldexp(np.asarray(b, float), -k)
     dof = len(sa) + len(sb) - 2
     pooled = ((len(sa) - 1) * np.var(sa, ddof=1) + (len(sb) - 1) * np.var(sb, ddof=1)) / dof
-    return float(np.ldexp(math.sqrt(pooled), k))
+    return _unscaled(math.sqrt(pooled), k)
 
 
 def hedges_correction(df: float) -> float:

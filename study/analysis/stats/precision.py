@@ -97,7 +97,8 @@ def rank_safe_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ):
             end += 1
         group = order[start:end]
-        out[group] = np.sign(d[group]) * float(np.mean(magnitude[group]))
+        k = exponent(magnitude[group])  # the mean of two 1.7e308 is not inf
+        out[group] = np.sign(d[group]) * float(np.ldexp(np.mean(np.ldexp(magnitude[group], -k)), k))
         start = end
     return out
 

@@ -71,23 +71,35 @@ class _Terms:
     x: np.ndarray
     slack_per_term: np.ndarray | None
     resolution: str
+    scale: int
 
     @classmethod
     def of(cls, values: np.ndarray, tolerance: np.ndarray) -> _Terms:
+        # Divided by a power of two (exact), so that no sum of them overflows.
+        k = exponent(values)
+        values, tolerance = np.ldexp(values, -k), np.ldexp(tolerance, -k)
         grid = grid_units(values, tolerance)
         if grid is not None:
-            return cls(grid.units, None, f"exact, in integer multiples of {grid.unit:.6g}")
+            unit = float(np.ldexp(grid.unit, k))
+            return cls(grid.units, None, f"exact, in integer multiples of {unit:.3g}", k)
         # A float sum of n terms is within n eps sum|x| of the exact sum of the floats
         # (Higham, Accuracy and Stability, 4.2), and each float within its tolerance.
         eps = np.finfo(float).eps
         per_term = tolerance + len(values) * eps * np.abs(values)
-        return cls(np.asarray(values, float), per_term, "float sums equal up to rounding")
+        return cls(values, per_term, "float sums equal up to their rounding", k)
 
     def slack(self, terms: int) -> float:
         """Two sums of ``terms`` of the values whose difference is within this are equal."""
         if self.slack_per_term is None:
             return 0
         return 2 * float(np.sort(self.slack_per_term)[::-1][:terms].sum())
+
+    def described(self, terms: int) -> str:
+        """How ties of sums of ``terms`` values are decided, in the data's units."""
+        if self.slack_per_term is None:
+            return self.resolution
+        slack = float(np.ldexp(self.slack(terms), self.scale))
+        return f"{self.resolution} (within {slack:.2g})"
 
 
 def paired_permutation(
@@ -111,14 +123,14 @@ def paired_permutation(
     tol = rounding_tolerance(d, np.zeros_like(d)) if tolerance is None else tolerance
     terms = _Terms.of(d, np.broadcast_to(np.asarray(tol, float), d.shape))
     n = len(d)
-    if 2.0**n <= EXACT_PERMUTATION_LIMIT:
-        signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.int8) * 2 - 1
-    else:
-        rng = generator(seed)
-        signs = rng.integers(0, 2, size=(n_resamples, n), dtype=np.int8) * 2 - 1
-    sums = signs.astype(terms.x.dtype) @ terms.x
     exact = 2.0**n <= EXACT_PERMUTATION_LIMIT
-    return _two_sided(sums, terms.x.sum(), terms.slack(n), exact, terms.resolution)
+    if exact:
+        signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1
+    else:
+        signs = np.where(generator(seed).random((n_resamples, n)) < 0.5, -1.0, 1.0)
+    # Integer terms are summed in float64, exactly: grid_units keeps sum |m| below 2^52.
+    x = terms.x.astype(float)
+    return _two_sided(signs @ x, float(x.sum()), terms.slack(n), exact, terms.described(n))
 
 
 def two_sample_permutation(
@@ -150,7 +162,7 @@ def two_sample_permutation(
         order = rng.permuted(np.tile(np.arange(total), (n_resamples, 1)), axis=1)
         members = order[:, :n_a]
     sums = terms.x[members].sum(axis=1)
-    return _two_sided(sums, terms.x[:n_a].sum(), terms.slack(n_a), exact, terms.resolution)
+    return _two_sided(sums, terms.x[:n_a].sum(), terms.slack(n_a), exact, terms.described(n_a))
 
 
 def _two_sided(
@@ -163,8 +175,6 @@ def _two_sided(
         int(np.count_nonzero(sums <= observed + slack)),
     )
     count = len(sums)
-    if slack:
-        resolution += f" (sums within {slack:.2g} of each other are equal)"
     if exact:
         # One correctly rounded division of integers: an exact 14/256 is the float nearest it.
         return Permutation(min(1.0, 2 * tail / count), "exact", count, None, resolution)
@@ -230,4 +240,5 @@ def bca_interval(
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return None, "degenerate: the BCa acceleration or bias correction is undefined"
-    return [float(np.ldexp(lo, k)), float(np.ldexp(hi, k))], None
+    with np.errstate(over="ignore"):
+        return [float(np.ldexp(lo, k)), float(np.ldexp(hi, k))], None

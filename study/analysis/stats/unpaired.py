@@ -32,7 +32,9 @@ def compare_unpaired(
 ) -> Comparison:
     """The ``Comparison`` of two independent groups: every statistic of ``compare`` for
     unpaired groups, the primary ``test``'s p as ``p``. Refuses (UserInputError) groups
-    whose spread or results float64 cannot hold."""
+    whose spread or results float64 cannot hold.
+
+    Long only by the ``Comparison`` it fills, one named field a line (48 of them)."""
     boot_seed, perm_seed, aso_seed = seed_sequence.spawn(3)
     a, b = s.values_a, s.values_b
     n_a, n_b = len(a), len(b)
@@ -103,17 +105,22 @@ def compare_unpaired(
         permutation_mc_se=perm.mc_se,
         permutation_resolution=perm.resolution,
     )
+    _require_finite(c, source)
+    return c
+
+
+def _require_finite(c: Comparison, source: str | None) -> None:
+    """Refuse a comparison whose results float64 cannot hold."""
     require_finite(
         [
             ("the mean difference A - B", c.mean_diff),
-            ("the pooled sd", sd_pooled),
+            ("the pooled sd", c.sd_pooled),
             *(("the 95% Welch t interval of A - B", x) for x in c.ci95),
-            *(("the BCa interval of A - B", x) for x in bca or []),
+            *(("the BCa interval of A - B", x) for x in c.ci95_bca or []),
         ],
-        where=f"{s.a} vs {s.b}",
+        where=f"{c.a} vs {c.b}",
         source=source,
     )
-    return c
 
 
 def _refuse_overflow(s: PairedSample, source: str | None) -> None:
