@@ -128,7 +128,7 @@ def test_the_calibration_record_is_complete_and_labels_the_bca_interval():
             assert set(record["type1"][key][noise]) == {"5", "10", "20", "50"}
         assert set(record["holm"][key]) >= {"5", "10", "20"}
     bca = record["coverage"]["bca"]["normal"]
-    assert bca["5"]["ci"][1] < 0.95 and bca["5"]["rate"] == pytest.approx(0.82, abs=0.05)
+    assert bca["5"]["ci"][1] < 0.95 and 0.75 <= bca["5"]["rate"] <= 0.9
     assert bca_coverage(5) == bca["5"]["rate"] and bca_coverage(7) == bca["5"]["rate"]
     assert bca_coverage(3) == bca["3"]["rate"]
     # The t interval is exact for normal differences: no label, and a rate near 0.95.

@@ -406,7 +406,7 @@ def test_a_pilot_of_fewer_than_ten_seeds_is_warned_about():
     assert "the pilot has 5 paired seeds (fewer than 10)" in warning
     assert "in about 41% of such pilots" in warning  # P(chi2_4 >= 4)
     bounded = plan_seeds(five, effect=0.2, sd_confidence=0.8).iloc[0]["n_required"]
-    assert f"needs {int(bounded)} seeds (--sd-confidence 0.8)" in warning
+    assert f"needs {int(bounded)} seeds (study plan-seeds --sd-confidence 0.8)" in warning
     ten = paired_table([0.2, -0.1, 0.4, 0.1, 0.3, 0.0, 0.25, 0.15, -0.05, 0.35])
     assert plan_seeds(ten, effect=0.2).attrs["pilot_warning"] == [None]
 

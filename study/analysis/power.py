@@ -8,7 +8,7 @@ current seeds can detect, the power they have now, and whether the test can reac
 significance at all with so few seeds (an exact rank or permutation test cannot go below
 2 / 2^n).
 
-Each test is planned with its own power (``test_power``): the t test from the noncentral
+Each test is planned with its own power (``power_of_test``): the t test from the noncentral
 t; the Wilcoxon / Mann-Whitney and permutation tests by simulating the test's own decision
 rule (exact null distribution, p < alpha) on normal differences, where their discreteness
 and lower efficiency matter, and from a documented efficiency factor where it does not
@@ -103,7 +103,7 @@ def min_p_value(test: str, n: int, *, n_b: int | None = None, n_resamples: int =
     if test == "t":
         return 0.0
     if n_b is None:
-        arrangements = 2.0**n
+        arrangements = 2**n
         exact = (
             n <= EXACT_RANK_TEST_MAX_N
             if test == "wilcoxon"
@@ -147,7 +147,7 @@ def planning_alpha(alpha: float, comparisons: int, correction: str) -> float:
 # --------------------------------------------------------------------------------------
 
 
-def test_power(test: str, es: float, n: int, alpha: float, *, n_b: int | None = None) -> float:
+def power_of_test(test: str, es: float, n: int, alpha: float, *, n_b: int | None = None) -> float:
     """Power of the two-sided ``test`` at level ``alpha`` for a standardised effect ``es``:
     n pairs of normal differences with mean es and sd 1 (``n_b`` None), or groups of n and
     ``n_b`` normal values whose means differ by es sd.
@@ -172,7 +172,7 @@ def test_power(test: str, es: float, n: int, alpha: float, *, n_b: int | None = 
             _signed_rank_power(es, n, alpha) if n_b is None else _rank_sum_power(es, n, n_b, alpha)
         )
     if n_b is None:
-        if 2.0**n > EXACT_PERMUTATION_LIMIT:
+        if 2**n > EXACT_PERMUTATION_LIMIT:
             return _t_test_power(es, n, alpha, None)
         return _sign_flip_power(es, n, alpha)
     if math.comb(n + n_b, n) > EXACT_PERMUTATION_LIMIT:
@@ -333,7 +333,7 @@ def plan_seeds(
     the pooled sd), ``alpha_planned``,
     ``n_required`` (the smallest number of seeds, per group when unpaired, for which
     ``test`` at ``alpha_planned`` reaches ``power`` when the true mean difference is
-    ``effect``: see ``test_power``), ``n_required_unadjusted`` (the same at ``alpha``, as
+    ``effect``: see ``power_of_test``), ``n_required_unadjusted`` (the same at ``alpha``, as
     if the comparison were alone), ``mde`` (the smallest difference the current seeds
     detect with that power at ``alpha_planned``), ``power_at_n`` (the power the current
     seeds have for ``effect`` at ``alpha_planned``), ``min_p_possible`` (see
@@ -469,7 +469,7 @@ def _plan_row(s: PairedSample, goal: _Goal) -> dict:
         row["warning"] = _floor_warning(s, goal, min_p)
     elif sd_plan > 0:
         es = goal.effect / sd_plan
-        row["power_at_n"] = test_power(goal.test, es, n_a, goal.alpha_plan, n_b=n_b)
+        row["power_at_n"] = power_of_test(goal.test, es, n_a, goal.alpha_plan, n_b=n_b)
         row["mde"] = _mde_standardised(goal.test, n_a, n_b, goal.alpha_plan, goal.power) * sd_plan
     return row
 
@@ -508,7 +508,7 @@ def _required_seeds(test: str, es: float, alpha: float, power: float, paired: bo
     The t test's n comes first, from the noncentral t on every n: no test of a mean beats
     the t test on normal differences, so the search for the other tests starts there and
     walks up through the sizes where their power is simulated; beyond them, their power
-    is a smooth function of n (``test_power``) and is searched as the t test's is.
+    is a smooth function of n (``power_of_test``) and is searched as the t test's is.
     """
 
     def t_at(k: np.ndarray, efficiency: float = 1.0) -> np.ndarray:
@@ -522,7 +522,7 @@ def _required_seeds(test: str, es: float, alpha: float, power: float, paired: bo
         return n_t
     largest = _largest_simulated(test, paired)
     for k in range(max(2, int(n_t)), largest + 1):
-        if test_power(test, es, k, alpha, n_b=None if paired else k) >= power:
+        if power_of_test(test, es, k, alpha, n_b=None if paired else k) >= power:
             return k
     start = max(int(n_t), largest + 1)
     if test == "permutation":
@@ -531,7 +531,7 @@ def _required_seeds(test: str, es: float, alpha: float, power: float, paired: bo
 
 
 def _largest_simulated(test: str, paired: bool) -> int:
-    """The largest n (pairs, or per group) whose power ``test_power`` simulates."""
+    """The largest n (pairs, or per group) whose power ``power_of_test`` simulates."""
     if test == "wilcoxon":
         return SIMULATION_MAX_N
     if paired:
@@ -547,7 +547,7 @@ def _mde_standardised(test: str, n: int, n_b: int | None, alpha: float, power: f
     """The standardised effect whose power is ``power`` at the current n (cached: the same
     for every comparison of a report with the same seeds)."""
     xtol = 1e-12 if test == "t" else 1e-4  # a simulated power is a step function of es
-    return _mde(lambda e: test_power(test, e, n, alpha, n_b=n_b), power, xtol=xtol)
+    return _mde(lambda e: power_of_test(test, e, n, alpha, n_b=n_b), power, xtol=xtol)
 
 
 def _pilot_warning(s: PairedSample, goal: _Goal, sd: float, df: int) -> str | None:
@@ -572,7 +572,8 @@ def _pilot_warning(s: PairedSample, goal: _Goal, sd: float, df: int) -> str | No
     per_group = "" if paired else " per group"
     bound = (
         f"; planning for its {PILOT_BOUND:.0%} upper confidence bound ({factor:.2f} x the "
-        f"estimate) needs {int(needed)} seeds{per_group} (--sd-confidence {PILOT_BOUND:g})"
+        f"estimate) needs {int(needed)} seeds{per_group} (study plan-seeds --sd-confidence "
+        f"{PILOT_BOUND:g})"
         if np.isfinite(needed)
         else ""
     )
@@ -691,7 +692,7 @@ def _test_words(test: str, n: int, n_b: int | None) -> str:
         exact = max(n, n_b or 0) <= EXACT_RANK_TEST_MAX_N
         return f"{'exact' if exact else 'approximate'} {name}"
     if test == "permutation":
-        arrangements = 2.0**n if n_b is None else math.comb(n + n_b, n)
+        arrangements = 2**n if n_b is None else math.comb(n + n_b, n)
         exact = arrangements <= EXACT_PERMUTATION_LIMIT
         return f"{'exact' if exact else 'Monte Carlo'} permutation test"
     return "t-test"

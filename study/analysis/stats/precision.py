@@ -135,21 +135,20 @@ def grid_units(values: np.ndarray, tolerance: np.ndarray) -> Grid | None:
     floor = 4 * float(np.max(tol))
     steps = np.arange(1, MAX_GRID_STEPS + 1, dtype=float)
     steps = steps[smallest / steps > floor]
-    if not len(steps):
-        return None
-    # Every candidate unit at once (one row each): integers, least-squares unit, residuals.
-    m = np.rint(x[None, :] * (steps[:, None] / smallest))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        units = np.sum(m * x, axis=1) / np.sum(m * m, axis=1)
-    fits = (
-        (units > floor)
-        & np.all(np.abs(x[None, :] - m * units[:, None]) <= tol, axis=1)
-        & (np.sum(np.abs(m), axis=1) < 2**52)
-    )
-    if not fits.any():
-        return None
-    first = int(np.argmax(fits))
-    return Grid(m[first].astype(np.int64), float(units[first]))
+    for block in np.array_split(steps, max(1, len(steps) * len(x) // 50_000)):
+        # Candidate units, one a row: their integers, least-squares unit and residuals.
+        m = np.rint(x[None, :] * (block[:, None] / smallest))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            units = np.sum(m * x, axis=1) / np.sum(m * m, axis=1)
+        fits = (
+            (units > floor)
+            & np.all(np.abs(x[None, :] - m * units[:, None]) <= tol, axis=1)
+            & (np.sum(np.abs(m), axis=1) < 2**52)
+        )
+        if fits.any():
+            first = int(np.argmax(fits))
+            return Grid(m[first].astype(np.int64), float(units[first]))
+    return None
 
 
 def exponent(*arrays: np.ndarray) -> int:

@@ -123,7 +123,7 @@ def paired_permutation(
     tol = rounding_tolerance(d, np.zeros_like(d)) if tolerance is None else tolerance
     terms = _Terms.of(d, np.broadcast_to(np.asarray(tol, float), d.shape))
     n = len(d)
-    exact = 2.0**n <= EXACT_PERMUTATION_LIMIT
+    exact = 2**n <= EXACT_PERMUTATION_LIMIT
     if exact:
         signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1
     else:
