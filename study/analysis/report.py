@@ -763,19 +763,18 @@ def report_text(rep: Report) -> dict[str, Any]:
     )
     text["power"] = (
         f"For each tested comparison: the sd of the seed-wise differences at the current n, "
-        f"the seeds the {TEST_WORDS[a.test]} needs to detect the protocol's smallest effect of "
-        f"interest "
-        f"(min_effect = {u.value(a.min_effect)} {u.difference}) with {POWER:.0%} power at "
-        f"{level}, the same for the comparison alone at alpha = {a.alpha:g}, the minimal "
+        f"the seeds the {TEST_WORDS[a.test]} needs to detect the protocol's smallest effect "
+        f"of interest (min_effect = {u.value(a.min_effect)} {u.difference}) with {POWER:.0%} "
+        f"power at {level}, the same for the comparison alone at alpha = {a.alpha:g}, the minimal "
         f"detectable effect (MDE) with {POWER:.0%} power at the current n and the power the "
         f"current n has for min_effect (both at the planned level), and the smallest p-value "
         f"the {TEST_WORDS[a.test]} can reach with n seeds (raw; the corrected one is at "
         f"least {m} times larger under Holm and Bonferroni). For rank and permutation tests "
         f"the seeds needed are raised until that smallest p falls below the planned level. "
         f"The power of the {TEST_WORDS[a.test]} comes from {power_method(a.test)}. Every "
-        f"number treats the sd as known; with fewer than {PILOT_MIN_SEEDS} seeds it is not, and a "
-        f"warning "
-        f"below says how far off it may be and what planning for its upper bound needs."
+        f"number treats the sd as known; with fewer than {PILOT_MIN_SEEDS} seeds it is not, "
+        f"and a warning below says how far off it may be and what planning for its upper "
+        f"bound needs."
     )
     warnings: dict[str, list[str]] = {}
     for r in rep.power.itertuples() if len(rep.power) else []:
