@@ -796,11 +796,19 @@ def plan_seeds(
             "planned at alpha / m.",
         ),
     ] = "holm",
+    sd_confidence: Annotated[
+        float | None,
+        typer.Option(
+            "--sd-confidence",
+            help="Plan for this one-sided upper confidence bound of the pilot's sd (e.g. 0.8: "
+            "the plan reaches the power in about 80% of pilots, not about half).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Seeds needed to detect an effect, from the observed sd of paired differences, at
-    alpha / m for a family of m corrected comparisons; a table with a status column (the
-    export's runs.csv) is reduced to its FINISHED rows."""
+    """Seeds needed to detect an effect with the chosen test's own power, from the observed
+    sd of paired differences, at alpha / m for a family of m corrected comparisons; a table
+    with a status column (the export's runs.csv) is reduced to its FINISHED rows."""
     from study.analysis.power import plan_seeds as run_plan
 
     if effect <= 0:
@@ -813,6 +821,7 @@ def plan_seeds(
         test=test,
         comparisons=comparisons,
         correction=correction,
+        sd_confidence=sd_confidence,
         value_col=value_col,
         group_col=group_col,
         seed_col=seed_col,
@@ -821,7 +830,10 @@ def plan_seeds(
         source=str(table),
     )
     if as_json:
-        print(frame.to_json(orient="records", indent=2))
+        records = json.loads(frame.to_json(orient="records"))
+        for i, record in enumerate(records):
+            record.update({key: frame.attrs[key][i] for key in ("sd_planned", "pilot_warning")})
+        print(json.dumps(records, indent=2))
         return
     family = frame.attrs.get("family") or "one comparison, no correction needed"
     if correction == "none" and frame.attrs.get("comparisons", 1) > 1:
@@ -844,12 +856,12 @@ def plan_seeds(
             return "-"
         return f"{int(x)}" + (" per group" if pairing != "paired by seed" else "")
 
-    for r in frame.itertuples():
+    for r, sd_planned in zip(frame.itertuples(), frame.attrs["sd_planned"], strict=True):
         out.add_row(
             r.a,
             r.b,
             str(r.n) + (" (A + B)" if r.pairing != "paired by seed" else ""),
-            _fmt(r.sd_diff),
+            _fmt(r.sd_diff) + (f" (planned: {_fmt(sd_planned)})" if sd_confidence else ""),
             seeds(r.n_required, r.pairing),
             seeds(r.n_required_unadjusted, r.pairing),
             _fmt(r.mde),
@@ -858,14 +870,23 @@ def plan_seeds(
     _print_table(out)
     console.print(
         f"family: {family}; 'seeds needed', 'MDE at n' and 'power at n' are at the planned "
-        f"level, 'alone, at alpha' plans the comparison as if it were the only one",
+        f"level, 'alone, at alpha' plans the comparison as if it were the only one; power "
+        f"of the {test} test from {frame.attrs['power_method']}"
+        + (
+            f"; planned for the sd's {sd_confidence:.0%} upper confidence bound"
+            if sd_confidence
+            else ""
+        ),
         highlight=False,
         markup=False,
         soft_wrap=True,
     )
-    for r in frame.itertuples():
-        if isinstance(r.warning, str) and r.warning:
-            err_console.print(f"[yellow]warning:[/] {r.a} vs {r.b}: {r.warning}", highlight=False)
+    for r, pilot in zip(frame.itertuples(), frame.attrs["pilot_warning"], strict=True):
+        for text in (r.warning, pilot):
+            if isinstance(text, str) and text:
+                err_console.print(
+                    f"[yellow]warning:[/] {r.a} vs {r.b}: {text}", highlight=False, soft_wrap=True
+                )
 
 
 def _fmt(x, digits: int = 4) -> str:

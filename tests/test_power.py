@@ -319,3 +319,105 @@ def test_a_test_that_cannot_reach_the_planned_level_has_no_power():
     assert t_row["power_at_n"] > 0.99
     row = plan_seeds(table, effect=0.5, test="wilcoxon", comparisons=6).iloc[0]
     assert row["power_at_n"] == 0.0 and math.isnan(row["mde"])
+
+
+# --------------------------------------------------------------------------------------
+# issue 15, point 4: each test planned with its own power; the pilot's sd is uncertain
+# --------------------------------------------------------------------------------------
+
+
+def _wilcoxon_power(effect: float, n: int, rng: np.random.Generator) -> float:
+    """scipy's exact signed-rank test on 20,000 fresh studies of normal differences."""
+    x = rng.normal(effect, 1.0, (20_000, n))
+    return float(np.mean(stats.wilcoxon(x, axis=1, method="exact").pvalue < 0.05))
+
+
+def _sign_flip_power(effect: float, n: int, rng: np.random.Generator) -> float:
+    """The exact sign-flip test on 4,000 fresh studies, by enumerating every sign vector."""
+    x = rng.normal(effect, 1.0, (4_000, n))
+    signs = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1
+    sums = np.abs(x @ signs.T)
+    p = np.mean(sums >= np.abs(x.sum(axis=1))[:, None] - 1e-12, axis=1)
+    return float(np.mean(p < 0.05))
+
+
+@pytest.mark.parametrize(("effect", "n_t", "n_test"), [(0.9, 12, 13), (1.5, 6, 7)])
+def test_wilcoxon_is_planned_with_its_own_power(effect, n_t, n_test):
+    # The t test's n was used for the Wilcoxon test: at effect / sd = 0.9 its 12 seeds give
+    # the exact Wilcoxon test power 0.77 (0.66 with 6 seeds at 1.5), not the 0.80 asked.
+    table = paired_table([-1.0, 0.0, 1.0])  # sd of the differences 1
+    assert plan_seeds(table, effect=effect).iloc[0]["n_required"] == n_t
+    plan = plan_seeds(table, effect=effect, test="wilcoxon")
+    assert plan.iloc[0]["n_required"] == n_test
+    assert "Wilcoxon signed-rank test's own decision rule simulated" in plan.attrs["power_method"]
+    rng = np.random.default_rng(int(effect * 10))
+    assert _wilcoxon_power(effect, n_test - 1, rng) < 0.79
+    assert _wilcoxon_power(effect, n_test, rng) > 0.81
+
+
+def test_the_permutation_test_is_planned_with_its_own_power():
+    # With 6 pairs the exact sign-flip test rejects only when all differences share a sign.
+    table = paired_table([-1.0, 0.0, 1.0])
+    assert plan_seeds(table, effect=1.5).iloc[0]["n_required"] == 6
+    assert plan_seeds(table, effect=1.5, test="permutation").iloc[0]["n_required"] == 7
+    rng = np.random.default_rng(3)
+    assert _sign_flip_power(1.5, 6, rng) < 0.75 and _sign_flip_power(1.5, 7, rng) > 0.8
+    # Above 16 pairs (Monte Carlo) its power is the t test's: the same n.
+    assert plan_seeds(table, effect=0.5, test="permutation").iloc[0]["n_required"] == 34
+
+
+def test_power_at_n_and_mde_are_the_tests_own():
+    table = paired_table([0.3, -0.1, 0.5, 0.2, 0.0, 0.4, 0.1, 0.35, -0.2, 0.25, 0.15, 0.05])
+    sd = float(np.std([0.3, -0.1, 0.5, 0.2, 0.0, 0.4, 0.1, 0.35, -0.2, 0.25, 0.15, 0.05], ddof=1))
+    t_row = plan_seeds(table, effect=0.2).iloc[0]
+    w_row = plan_seeds(table, effect=0.2, test="wilcoxon").iloc[0]
+    rng = np.random.default_rng(12)
+    assert w_row["power_at_n"] == pytest.approx(_wilcoxon_power(0.2 / sd, 12, rng), abs=0.015)
+    assert w_row["power_at_n"] < t_row["power_at_n"] and w_row["mde"] > t_row["mde"]
+
+
+def test_sd_confidence_plans_for_the_upper_bound_of_the_pilots_sd():
+    # A plan on a 5-seed pilot's sd reached 0.80 power in well under half of the pilots;
+    # planned for the sd's 80% upper confidence bound it reaches it in about 80%.
+    rng = np.random.default_rng(8)
+    reached: dict[float | None, list[bool]] = {None: [], 0.8: []}
+    for _ in range(300):
+        d = list(rng.normal(0.0, 1.0, 5))
+        for confidence, out in reached.items():
+            row = plan_seeds(paired_table(d), effect=0.8, sd_confidence=confidence).iloc[0]
+            out.append(t_power_by_hand(0.8, int(row["n_required"])) >= 0.8)  # true sd 1
+    assert 0.35 <= np.mean(reached[None]) <= 0.55
+    assert 0.74 <= np.mean(reached[0.8]) <= 0.88
+    plan = plan_seeds(paired_table([-1.0, 0.0, 1.0]), effect=0.5, sd_confidence=0.9)
+    bound = math.sqrt(2 / stats.chi2.ppf(0.1, 2))
+    assert plan.attrs["sd_planned"][0] == pytest.approx(bound, rel=1e-9)
+    n = plan.iloc[0]["n_required"]
+    es = 0.5 / bound
+    assert t_power_by_hand(es, n - 1) < 0.8 <= t_power_by_hand(es, n)
+    with pytest.raises(UserInputError) as err:
+        plan_seeds(paired_table([-1.0, 0.0, 1.0]), effect=0.5, sd_confidence=1.5)
+    assert err.value.field == "sd_confidence"
+
+
+def test_a_pilot_of_fewer_than_ten_seeds_is_warned_about():
+    five = paired_table([0.2, -0.1, 0.4, 0.1, 0.3])
+    plan = plan_seeds(five, effect=0.2)
+    warning = plan.attrs["pilot_warning"][0]
+    assert "the pilot has 5 paired seeds (fewer than 10)" in warning
+    assert "in about 41% of such pilots" in warning  # P(chi2_4 >= 4)
+    bounded = plan_seeds(five, effect=0.2, sd_confidence=0.8).iloc[0]["n_required"]
+    assert f"needs {int(bounded)} seeds (study plan-seeds --sd-confidence 0.8)" in warning
+    ten = paired_table([0.2, -0.1, 0.4, 0.1, 0.3, 0.0, 0.25, 0.15, -0.05, 0.35])
+    assert plan_seeds(ten, effect=0.2).attrs["pilot_warning"] == [None]
+
+
+def test_cli_plan_seeds_warns_about_a_small_pilot_and_plans_for_its_bound(tmp_path):
+    path = tmp_path / "pilot.csv"
+    paired_table([0.2, -0.1, 0.4, 0.1, 0.3]).to_csv(path, index=False)
+    res = _invoke(str(path), "--effect", "0.2")
+    assert res.exit_code == 0, res.output
+    assert "fewer than 10" in res.output and "--sd-confidence 0.8" in res.output
+    res = _invoke(str(path), "--effect", "0.2", "--sd-confidence", "0.8", "--json")
+    assert res.exit_code == 0, res.output
+    [row] = json.loads(res.output[res.output.index("[") :])
+    assert row["sd_planned"] > row["sd_diff"] and "upper confidence bound" in row["pilot_warning"]

@@ -17,8 +17,8 @@ from scipy import stats
 from statsmodels.stats.anova import AnovaRM
 
 from study.analysis.stats import (
-    FLOAT_TIE_RESOLUTION,
     PAIRED,
+    TIE_ULPS,
     UNPAIRED,
     adjust_p_values,
     aso_epsilon_min,
@@ -252,17 +252,23 @@ def test_rank_safe_differences_remove_subtraction_roundoff():
 
 
 def test_rank_safe_differences_do_not_chain_distinct_values_or_borrow_a_large_scale():
-    # Ten genuinely different differences, each 0.8e-6 above the last (within rounding of
-    # its neighbour): merging neighbours in a chain made them one tied value; a group is
-    # now never wider than the rounding it absorbs.
+    # Ten genuinely different float32 differences, each 3 float32 ulps above the last
+    # (within the 4-ulp rounding of its neighbour): merging neighbours in a chain would
+    # make them one tied value; a group is never wider than the rounding it absorbs.
+    ulp = float(np.spacing(np.float32(1.001)))
     b = np.ones(10)
-    a = 1.001 + 0.8e-6 * np.arange(10)
+    a = np.array([float(np.float32(1.001)) + 3 * ulp * i for i in range(10)])
+    assert all(float(np.float32(x)) == x for x in a)
     d = rank_safe_differences(a, b)
     groups = np.unique(d)
     assert len(groups) == 5
     for value in groups:
         members = (a - b)[d == value]
-        assert np.ptp(members) <= FLOAT_TIE_RESOLUTION * a.max()
+        assert np.ptp(members) <= TIE_ULPS * ulp
+    # The same steps in float64 data (0.8e-6 apart at 1.001, far above float64 rounding)
+    # are real differences: issue 15 point 2, the old 1e-6 relative rule merged them into 5.
+    a64 = 1.001 + 0.8e-6 * np.arange(10)
+    assert len(np.unique(rank_safe_differences(a64, b))) == 10
     # One diverged seed (NLL 1000) no longer sets the tolerance of the others: 5e-5 apart
     # is far above their own rounding (5e-7) and stays apart.
     a = np.array([0.5001, 0.50015, 1000.5])

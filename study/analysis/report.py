@@ -29,7 +29,7 @@ from scipy import stats as sps
 from study import __version__
 from study.analysis import figures
 from study.analysis.collect import Collected
-from study.analysis.power import PLAN_COLUMNS, plan_seeds
+from study.analysis.power import PILOT_MIN_SEEDS, PLAN_COLUMNS, plan_seeds, power_method
 from study.analysis.stats import (
     CI_NAME,
     CORRECTION_NAMES,
@@ -416,15 +416,17 @@ def _power(
     long: pd.DataFrame, tested: list[dict[str, Any]], protocol: Protocol, *, family: int
 ) -> pd.DataFrame:
     """power.plan_seeds for each tested comparison, planned for the correction family the
-    report corrects over (``family`` comparisons, the protocol's correction); one that
-    cannot be planned says why in its warning instead of taking the report down."""
+    report corrects over (``family`` comparisons, the protocol's correction), with the
+    test's own power; a pilot of fewer than 10 seeds adds its uncertainty warning to the
+    row's. One that cannot be planned says why in its warning instead of taking the
+    report down."""
     a = protocol.analysis
     rows = []
     for c in tested:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # statsmodels' root finder is noisy
-                row = plan_seeds(
+                plan = plan_seeds(
                     long,
                     effect=a.min_effect,
                     alpha=a.alpha,
@@ -434,7 +436,9 @@ def _power(
                     correction=a.correction,
                     pairs=[(c["a"], c["b"])],
                 )
-            rows.append(row.iloc[0].to_dict())
+            row = plan.iloc[0].to_dict()
+            said = [w for w in (row["warning"], plan.attrs["pilot_warning"][0]) if w]
+            rows.append({**row, "warning": "; ".join(said) or None})
         except (ValueError, ArithmeticError) as e:
             why = f"the power analysis failed ({type(e).__name__}: {e})"
             rows.append({"a": c["a"], "b": c["b"], "n": c["n_paired"], "warning": why})
@@ -551,7 +555,11 @@ def report_tables(rep: Report) -> dict[str, Table]:
             "r",
             lambda c: _method(c["p_permutation"], c["permutation_method"], alpha),
         ),
-        (f"BCa 95% CI ({u.difference})", "l", lambda c: u.interval(c["ci95_bca"])),
+        (
+            f"BCa 95% CI ({u.difference})",
+            "l",
+            lambda c: u.interval(c["ci95_bca"]) + _coverage_label(c.get("ci95_bca_coverage")),
+        ),
         ("d_z", "r", lambda c: _num(c["d_z"])),
         ("seeds A > B", "r", lambda c: _percent(c["p_greater"])),
         ("Shapiro p", "r", lambda c: format_p(c["shapiro_p"])),
@@ -618,6 +626,12 @@ def _footnotes(rep: Report) -> list[tuple[dict[str, Any], str]]:
         if primary:
             out.append((c, f"{c['a']} vs {c['b']}: {'; '.join(primary)}."))
     return out
+
+
+def _coverage_label(coverage: float | None) -> str:
+    """The coverage an interval had at its n in the project's calibration, where it falls
+    short of its nominal 95% (docs/statistics.md); empty otherwise."""
+    return "" if _missing(coverage) else f" (calibrated coverage {coverage:.0%})"
 
 
 def _percent(x: Any) -> str:
@@ -749,14 +763,18 @@ def report_text(rep: Report) -> dict[str, Any]:
     )
     text["power"] = (
         f"For each tested comparison: the sd of the seed-wise differences at the current n, "
-        f"the seeds a paired t-test needs to detect the protocol's smallest effect of interest "
-        f"(min_effect = {u.value(a.min_effect)} {u.difference}) with {POWER:.0%} power at "
-        f"{level}, the same for the comparison alone at alpha = {a.alpha:g}, the minimal "
+        f"the seeds the {TEST_WORDS[a.test]} needs to detect the protocol's smallest effect "
+        f"of interest (min_effect = {u.value(a.min_effect)} {u.difference}) with {POWER:.0%} "
+        f"power at {level}, the same for the comparison alone at alpha = {a.alpha:g}, the minimal "
         f"detectable effect (MDE) with {POWER:.0%} power at the current n and the power the "
         f"current n has for min_effect (both at the planned level), and the smallest p-value "
         f"the {TEST_WORDS[a.test]} can reach with n seeds (raw; the corrected one is at "
         f"least {m} times larger under Holm and Bonferroni). For rank and permutation tests "
-        f"the seeds needed are raised until that smallest p falls below the planned level."
+        f"the seeds needed are raised until that smallest p falls below the planned level. "
+        f"The power of the {TEST_WORDS[a.test]} comes from {power_method(a.test)}. Every "
+        f"number treats the sd as known; with fewer than {PILOT_MIN_SEEDS} seeds it is not, "
+        f"and a warning below says how far off it may be and what planning for its upper "
+        f"bound needs."
     )
     warnings: dict[str, list[str]] = {}
     for r in rep.power.itertuples() if len(rep.power) else []:

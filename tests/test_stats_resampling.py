@@ -1,0 +1,149 @@
+"""Tests of the permutation tests on the data's own resolution (issue 15, point 1).
+
+Accuracies are k/N: sums of the differences tie exactly far more often than continuous
+data would, and a permutation test must count a sign pattern whose sum equals the observed
+one as "as extreme". Every reference p here is counted in exact integers (images) by
+enumerating every sign vector or split; the old code (ce5a9fb) failed these tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from study.analysis.stats import (
+    compare,
+    paired_permutation,
+    rounding_tolerance,
+    two_sample_permutation,
+)
+from tests.test_stats import long_table
+
+IMAGES = [3, 4, 2, 3, -1, 2, 2, -1]  # issue 15: A - B in test images of 10,000, 8 seeds
+BASE = [8873, 8845, 8852, 9091, 9188, 9170, 9067, 9187]  # images B gets right per seed
+
+
+def accuracies(correct, n_test: int = 10_000, *, float32: bool = True) -> list[float]:
+    values = np.asarray(correct, dtype=float) / n_test
+    return list(np.float32(values).astype(float) if float32 else values)
+
+
+def all_signs(n: int) -> np.ndarray:
+    return ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+
+
+def exact_sign_flip_p(images: np.ndarray) -> float:
+    """2 min(P(S >= s), P(S <= s)) over all sign vectors, in integers."""
+    sums = all_signs(len(images)) @ np.asarray(images, dtype=np.int64)
+    observed = int(np.sum(images))
+    return min(1.0, 2 * min(np.sum(sums >= observed), np.sum(sums <= observed)) / len(sums))
+
+
+def exact_split_p(correct: np.ndarray, n_a: int) -> float:
+    """The same over all splits of the pooled values into groups of n_a and the rest."""
+    sums = np.array(
+        [correct[list(c)].sum() for c in itertools.combinations(range(len(correct)), n_a)]
+    )
+    observed = correct[:n_a].sum()
+    return min(1.0, 2 * min(np.sum(sums >= observed), np.sum(sums <= observed)) / len(sums))
+
+
+@pytest.mark.parametrize("float32", [True, False])
+def test_the_issue_example_gives_the_exact_14_of_256(float32):
+    # compare used to give 0.03125, "significant", for float32 accuracies (and for these
+    # float64 k / N too): sign patterns whose sum equals 14 were counted as less extreme.
+    b = np.array(BASE)
+    a = b + np.array(IMAGES)
+    table = long_table({"A": accuracies(a, float32=float32), "B": accuracies(b, float32=float32)})
+    c = compare(table, test="permutation").comparisons[0]
+    assert exact_sign_flip_p(np.array(IMAGES)) == 14 / 256
+    assert c.p == 14 / 256 == 0.0546875 and not c.reject
+    assert c.permutation_method == "exact" and c.permutation_mc_se is None
+    assert c.permutation_resolution.startswith("exact, in integer multiples of 0.0001")
+
+
+def test_sign_flip_p_equals_integer_enumeration_on_accuracy_grids():
+    rng = np.random.default_rng(15)
+    for i in range(120):
+        n = int(rng.integers(4, 13))
+        n_test = int(rng.choice([359, 1000, 10_000, 50_000]))
+        kb = rng.integers(int(0.8 * n_test), int(0.95 * n_test), n)
+        images = np.rint(rng.normal(0, 2, n)).astype(np.int64)
+        float32 = i % 2 == 0
+        a = accuracies(kb + images, n_test, float32=float32)
+        b = accuracies(kb, n_test, float32=float32)
+        c = compare(long_table({"A": a, "B": b}), test="permutation").comparisons[0]
+        assert c.p == exact_sign_flip_p(images), (n, n_test, float32, list(images))
+
+
+def test_two_sample_p_equals_integer_enumeration_on_accuracy_grids():
+    # Unpaired (no seed shared): the issue measured p too small by up to 0.058 at 6 vs 6.
+    rng = np.random.default_rng(16)
+    for i in range(60):
+        n_a, n_b = int(rng.integers(3, 8)), int(rng.integers(3, 8))
+        n_test = int(rng.choice([359, 10_000]))
+        correct = rng.integers(int(0.9 * n_test), int(0.9 * n_test) + 6, n_a + n_b)
+        values = accuracies(correct, n_test, float32=i % 2 == 0)
+        table = long_table(
+            {"A": values[:n_a], "B": values[n_a:]},
+            seeds={"A": list(range(n_a)), "B": list(range(100, 100 + n_b))},
+        )
+        c = compare(table, test="permutation").comparisons[0]
+        assert c.pairing == "unpaired"
+        assert c.p == exact_split_p(correct, n_a), (n_a, n_b, list(correct))
+
+
+def test_continuous_data_keep_the_p_of_explicit_enumeration():
+    rng = np.random.default_rng(3)
+    d = rng.normal(0.3, 1.0, 11)
+    sums = np.abs(all_signs(11) @ d)
+    expected = np.mean(sums >= abs(d.sum()) - 1e-12)
+    res = paired_permutation(d, tolerance=rounding_tolerance(d + 5.0, np.full(11, 5.0)))
+    assert res.p == pytest.approx(expected, abs=1e-15)
+    assert res.method == "exact"
+
+
+def test_monte_carlo_p_reports_its_standard_error_and_honours_ties():
+    # 20 seeds: 2^20 sign vectors, above the exact limit. The exact p of integer data is
+    # counted by a subset-sum recursion; the Monte Carlo p must lie within 4 of its own
+    # standard errors, which compare reports in the field and in the notes.
+    rng = np.random.default_rng(5)
+    images = np.rint(rng.normal(0.8, 2, 20)).astype(np.int64)
+    kb = rng.integers(8800, 9200, 20)
+    table = long_table({"A": accuracies(kb + images), "B": accuracies(kb)})
+    c = compare(table, test="permutation").comparisons[0]
+    assert c.permutation_method == "monte carlo"
+    exact = _sign_flip_p_by_counting(images)
+    assert c.permutation_mc_se == pytest.approx(2 * math.sqrt((c.p / 2) * (1 - c.p / 2) / 10_000))
+    assert abs(c.p - exact) <= 4 * c.permutation_mc_se, (c.p, exact)
+    assert any(
+        f"Monte Carlo standard error of p: {c.permutation_mc_se:.2g}" in note for note in c.notes
+    )
+
+
+def _sign_flip_p_by_counting(images: np.ndarray) -> float:
+    """Exact two-sided sign-flip p of integers: count subsets by their sum (S = 2 sum(+) -
+    total), the distribution of every sign vector without listing them."""
+    m = np.abs(images)
+    total = int(m.sum())
+    counts = np.zeros(total + 1, dtype=object)
+    counts[0] = 1
+    for x in m:
+        counts[x:] = counts[x:] + counts[: total + 1 - x].copy()
+    sums = 2 * np.arange(total + 1) - total  # S for each subset sum of the '+' signs
+    observed = int(np.sum(images))
+    upper = int(counts[sums >= observed].sum())
+    lower = int(counts[sums <= observed].sum())
+    return min(1.0, 2 * min(upper, lower) / 2 ** len(m))
+
+
+def test_two_sample_monte_carlo_above_the_exact_limit():
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(0.5, 1, 12), rng.normal(0, 1, 12)  # C(24, 12) = 2.7 million splits
+    res = two_sample_permutation(a, b, n_resamples=2000, seed=1)
+    again = two_sample_permutation(a, b, n_resamples=2000, seed=1)
+    assert res.method == "monte carlo" and res == again and res.mc_se is not None
+    assert res.arrangements == 2000
