@@ -103,14 +103,10 @@ def test_hostile_protocol_text_comes_out_of_the_markdown_as_inert_text(
     kinds = {t.type for t in tokens}
     forbidden = {"html_block", "html_inline", "link_open", "image", "em_open", "s_open"}
     assert not kinds & (forbidden | {"blockquote_open", "ordered_list_open"})
-    headings = [
-        tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"
-    ]
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
     assert headings[0] == "Study report: hostile" and set(headings[1:]) <= HEADINGS
     # the description is one paragraph whose text is the description, verbatim
-    paragraph = next(
-        tokens[i + 1] for i, t in enumerate(tokens) if t.type == "paragraph_open"
-    )
+    paragraph = next(tokens[i + 1] for i, t in enumerate(tokens) if t.type == "paragraph_open")
     assert [c.type for c in paragraph.children] == ["text"]
     assert paragraph.children[0].content == plain_line(DESCRIPTION)
     # the file name is one code span holding exactly the file name (newline shown as \n)
