@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -199,3 +200,17 @@ def test_bulk_curves_are_the_per_run_histories(in_study: Path) -> None:
     )
     assert sorted(bulk.itertuples(index=False, name=None)) == one_by_one
     assert len(one_by_one) == len(trained) * 2 * 3  # 3 epochs, every run
+
+
+def test_runs_read_as_columns_are_the_runs_search_returns(
+    in_study: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from study.track import Tracker
+
+    tracker = Tracker()
+    fast = tracker.runs_frame("folders").sort_values("run_id").reset_index(drop=True)
+    monkeypatch.setattr(Tracker, "_database_store", lambda self: None)  # search_runs
+    searched = tracker.runs_frame("folders").sort_values("run_id").reset_index(drop=True)
+    assert len(fast) == 24 and fast["fingerprint"].str.len().eq(32).all()
+    pd.testing.assert_frame_equal(fast, searched, check_dtype=False)
+    assert fast["data_facts"].notna().all() and (fast["pack_size"] == "4").any()
