@@ -117,6 +117,7 @@ def test_runs_that_do_not_record_the_data_say_what_is_unknown() -> None:
     setup = section(md, "## Setup")
     assert "split sizes not recorded by these runs" in setup
     assert cells(row_of(setup, "teacher"))[6] == "–"  # no start and end times
+    assert "(–: these results record no run times)" in setup
 
 
 # --------------------------------------------------------------------------------------

@@ -326,7 +326,9 @@ def _roles_words(rep: Report) -> str:
         )
         + "; an ensemble sums its members'. Wall time: the time during which at least one "
         "of the role's runs was open (seeds of a pack train together; a resumed run counts "
-        "from its first start); ensembles are evaluated, not trained."
+        "from its first start)"
+        + ("" if wall_times(rep.collected.runs) else " (–: these results record no run times)")
+        + "; ensembles are evaluated, not trained."
     )
     if tuned:
         where = rep.collected.meta.get("tuned_file") or "the tuning result"
