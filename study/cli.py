@@ -562,8 +562,9 @@ def _export_for(p, collected, where: Path, protocol: Path):
 
 
 def _collect(protocol: Path, tracking_uri: str | None):
+    """The study's results from the tracker alone: no data files are read (the data
+    identity is the one its runs were tagged with)."""
     from study.analysis.collect import collect
-    from study.execute import load_study_data
     from study.plan import expand
     from study.protocol import load_protocol
     from study.track import Tracker, check_has_store, check_writable
@@ -572,16 +573,15 @@ def _collect(protocol: Path, tracking_uri: str | None):
     p = load_protocol(protocol)
     plan = expand(p, tuned=tuned_values(p))
     plan.require_trainable()
-    data = load_study_data(p)
     check_has_store(tracking_uri)
     check_writable(tracking_uri)
     tracker = Tracker(tracking_uri)
-    collected = collect(plan, tracker, data.identity)
+    collected = collect(plan, tracker)
     if (collected.runs["status"] == "ABSENT").all():  # failed runs still make a report
         raise UserInputError(
             f"no run in {tracker.uri} matches this protocol's {plan.n_runs} (role, seed) "
             f"fingerprints: run 'study run {protocol}' first (a changed protocol, tuning "
-            "result, data or package version gives new fingerprints)",
+            "result, [data] setting or package version gives new fingerprints)",
             source=str(protocol),
         )
     return p, collected
@@ -589,7 +589,10 @@ def _collect(protocol: Path, tracking_uri: str | None):
 
 def _write_report(p, collected) -> None:
     from study.analysis.report import build_report, write_report
+    from study.tune import TUNED_FILE
 
+    if collected.meta.get("tuned"):
+        collected.meta.setdefault("tuned_file", str(Path("results") / p.study.name / TUNED_FILE))
     check_can_write(Path("reports") / p.study.name, "the report")
     paths = write_report(build_report(p, collected), Path("reports") / p.study.name)
     console.print("report: " + ", ".join(str(x) for x in paths))
@@ -653,6 +656,17 @@ def _pairs(text: str | None) -> list[tuple[str, str]] | None:
     return out
 
 
+ReportProtocol = Annotated[
+    Path | None,
+    typer.Option(
+        "--protocol",
+        help="Test the comparisons the report of this protocol tests, as it tests them: its "
+        "[analysis] metric, test, correction, alpha, min_effect, families and pairs, on the "
+        "export's role column; p adj. is then the report's. Options given as well win.",
+    ),
+]
+
+
 @app.command()
 @user_errors
 def compare(
@@ -662,11 +676,15 @@ def compare(
     seed_col: SeedCol = "seed",
     baseline: Baseline = None,
     pairs: Pairs = None,
-    alpha: Alpha = 0.05,
+    alpha: Annotated[
+        float | None, typer.Option("--alpha", help="Significance level, in (0, 1). [0.05]")
+    ] = None,
     correction: Annotated[
-        str, typer.Option("--correction", help="holm, bh, bonferroni or none.")
-    ] = "holm",
-    test: TestName = "t",
+        str | None, typer.Option("--correction", help="holm, bh, bonferroni or none. [holm]")
+    ] = None,
+    test: Annotated[
+        str | None, typer.Option("--test", help="Primary test: t, wilcoxon or permutation. [t]")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every resampling.")] = 0,
     aso: Annotated[
         bool, typer.Option("--aso", help="Also Almost Stochastic Order (epsilon_min).")
@@ -679,20 +697,40 @@ def compare(
             "says whether the CI rules it out.",
         ),
     ] = None,
+    protocol: ReportProtocol = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Paired comparisons across seeds of any tidy table (seed, group, value); a table with
-    a status column (the export's runs.csv) is reduced to its FINISHED rows."""
+    a status column (the export's runs.csv) is reduced to its FINISHED rows. A value column
+    named after a metric (test_acc, test_nll, ...) is shown in the report's units."""
     from study.analysis.stats import compare as run_compare
-    from study.analysis.stats import format_p_value, format_seeds
 
+    frame = _read_table(table, group_col=group_col, seed_col=seed_col)
+    families = None
+    if protocol is not None:
+        frame, families, settings = _report_family(frame, protocol, group_col, value_col)
+        pairs, value_col, group_col, seed_col = None, "value", "group", "seed"
+        if baseline is not None:
+            raise UserInputError(
+                "--protocol tests the report's comparisons; --baseline asks for others",
+                source="command line",
+                field="--baseline",
+            )
+        alpha = settings.alpha if alpha is None else alpha
+        correction = correction or settings.correction
+        test = test or settings.test
+        min_effect = settings.min_effect if min_effect is None else min_effect
+        metric = settings.metric
+    else:
+        metric = value_col
+    alpha, correction, test = alpha or 0.05, correction or "holm", test or "t"
     result = run_compare(
-        _read_table(table, group_col=group_col, seed_col=seed_col),
+        frame,
         value_col=value_col,
         group_col=group_col,
         seed_col=seed_col,
         baseline=baseline,
-        pairs=_pairs(pairs),
+        pairs=[(c["a"], c["b"]) for c in families] if families is not None else _pairs(pairs),
         alpha=alpha,
         correction=correction,
         test=test,
@@ -705,47 +743,106 @@ def compare(
     if as_json:
         print(json.dumps(data, indent=2, allow_nan=False))
         return
+    _print_comparisons(
+        data,
+        f"{table}: {metric} by {group_col if protocol is None else 'role'}",
+        metric,
+        families,
+        alpha=alpha,
+        correction=correction,
+        test=test,
+        min_effect=min_effect,
+    )
+
+
+def _report_family(frame, protocol: Path, group_col: str, value_col: str):
+    """The export's table as the report reads it (group, seed, value of the protocol's
+    metric), the report's testable comparisons, and the protocol's [analysis]."""
+    from study.analysis.report import long_values, planned_comparisons
+    from study.protocol import load_protocol
+
+    p = load_protocol(protocol)
+    metric = p.analysis.metric if value_col == "value" else value_col
+    role = "role" if group_col == "group" else group_col
+    for col, option in ((role, "--group-col"), (metric, "--value-col")):
+        if col not in frame.columns:
+            raise UserInputError(
+                f"column '{col}' is missing (the export's runs.csv has it); the table has "
+                f"columns {[str(c) for c in frame.columns]}",
+                source="command line",
+                field=option,
+            )
+    long = long_values(frame.rename(columns={role: "role"}), metric)
+    families = [c for c in planned_comparisons(p, long) if c["testable"]]
+    if not families:
+        raise UserInputError(
+            "no comparison of this protocol's report has 2 paired seeds in the table",
+            source=str(protocol),
+        )
+    return long, families, p.analysis.model_copy(update={"metric": metric})
+
+
+def _print_comparisons(data, title, metric, families, *, alpha, correction, test, min_effect):
+    """The comparisons as a table and verdict lines, in the report's units where the value
+    column is one of its metrics (accuracies in percent, differences in points)."""
+    from study.analysis.report import verdict_words
+    from study.analysis.stats import format_p_value, format_seeds
+    from study.analysis.units import RAW, units_of
+
+    units = units_of(metric)
+    shown = units if units is not RAW else None
 
     def p_text(p) -> str:  # never rounded onto or across alpha
         return "-" if p is None else format_p_value(p, alpha=alpha, digits=3)
 
-    out = Table(title=f"{table}: {value_col} by {group_col}, {correction} correction")
-    for col in (
-        "A",
-        "B",
-        "pairing",
-        "n",
-        "mean diff",
-        "unadj. 95% t CI",
-        "effect",
-        "p",
-        "p adj",
-        "",
-    ):
+    against = (0.0,) if min_effect is None else (0.0, min_effect, -min_effect)
+
+    def num(x) -> str:  # read against 0 and min_effect as the verdict is
+        return shown.diff(x, against=against) if shown else _fmt(x)
+
+    unit = f" ({units.difference})" if shown else ""
+    out = Table(
+        title=f"{title}, {correction} correction"
+        + (f", differences in {units.difference}" if shown else "")
+    )
+    columns = ["A", "B", *(["family"] if families else []), "pairing", "n"]
+    for col in (*columns, f"mean diff{unit}", "unadj. 95% t CI", "effect", "p", "p adj", ""):
         out.add_column(col)
-    for c in data["comparisons"]:
+    for i, c in enumerate(data["comparisons"]):
         lo, hi = c["ci95"] or (None, None)
+        family = [families[i]["family"]] if families else []
         out.add_row(
             c["a"],
             c["b"],
+            *family,
             c["pairing"],
             str(c["n"]),
-            _fmt(c["mean_diff"]),
-            f"[{_fmt(lo)}, {_fmt(hi)}]",
+            num(c["mean_diff"]),
+            f"[{num(lo)}, {num(hi)}]",
             f"{(c['effect_size_name'] or '').split(' ')[0]} {_fmt(c['effect_size'], 2)}",
             p_text(c["p"]),
             p_text(c["p_adj"]),
             "reject" if c["reject"] else "",
         )
     _print_table(out)
+    notes: dict[str, list[str]] = {}  # one line per distinct note, not one per comparison
     for c in data["comparisons"]:
-        console.print(f"- {c['verdict']}", highlight=False, markup=False)
+        verdict = c["verdict"]
+        if shown:
+            full = {**c, "testable": True}
+            verdict = verdict_words(
+                full, shown, alpha=alpha, correction=correction, test=test, min_effect=min_effect
+            )[1]
+        console.print(f"- {verdict}", highlight=False, markup=False, soft_wrap=True)
         for note in c["notes"]:
             other_test = (note.startswith("Wilcoxon") and test != "wilcoxon") or (
                 note.startswith("permutation") and test != "permutation"
             )
             if not other_test:
-                console.print(f"  note: {note}", highlight=False, markup=False)
+                notes.setdefault(note, []).append(f"{c['a']} vs {c['b']}")
+    for note, where in notes.items():
+        which = "all comparisons" if len(where) == len(data["comparisons"]) else "; ".join(where)
+        console.print(f"note: {note} ({which})", highlight=False, markup=False, soft_wrap=True)
     if data["unpaired_seeds"]:
         console.print(
             "seeds not present in every compared group (left out of the pairs that lack "

@@ -100,6 +100,13 @@ def load_study_data(protocol: Protocol) -> DataSplits:
         raise type(e)(e.reason, source=protocol.source, field=field) from None
 
 
+def data_facts(data: DataSplits) -> str:
+    """The run tag ``data_facts``: split sizes and input shape, for a report made without
+    the data (JSON: train, val, test, num_classes, in_channels, image_size)."""
+    shape = {k: getattr(data, k) for k in ("num_classes", "in_channels", "image_size")}
+    return json.dumps({**data.sizes, **shape}, sort_keys=True)
+
+
 def check_models(plan: Plan, data: DataSplits) -> None:
     """Every trained role's network can be built for the data (image size, channels):
     refused now, naming the protocol's field, and not when the role's turn to train comes,
@@ -422,6 +429,7 @@ class _Session:
             "protocol_sha": p.sha256,
             "teacher_run_id": teacher_run,
             "data_identity": self.data.identity,
+            "data_facts": data_facts(self.data),
             "device": str(self.device),
             "job_id": job_id(),
             "deterministic": resolve_deterministic(role.train.deterministic, self.device)

@@ -190,14 +190,18 @@ class AnalysisSection(_Strict):
     test: Literal["t", "wilcoxon", "permutation"] = "t"
     min_effect: float = Field(default=0.003, gt=0)
     comparisons: list[str] = Field(
-        default_factory=lambda: ["vs_teacher", "vs_previous", "arms"],
+        default_factory=lambda: ["vs_teacher", "vs_previous", "ensembles", "arms"],
         description="which families of comparisons the report makes",
+    )
+    pairs: list[list[str]] = Field(
+        default_factory=list,
+        description='comparisons of their own family, A - B: [["kd/gen1", "small/gen1"]]',
     )
 
     @field_validator("comparisons")
     @classmethod
     def _families(cls, v: list[str]) -> list[str]:
-        allowed = {"vs_teacher", "vs_previous", "arms"}
+        allowed = {"vs_teacher", "vs_previous", "ensembles", "arms"}
         bad = [x for x in v if x not in allowed]
         if bad:
             raise ValueError(f"unknown comparison family {bad}; allowed: {sorted(allowed)}")
@@ -364,13 +368,25 @@ class Protocol(_Strict):
                 return a
         raise KeyError(name)
 
+    @property
+    def role_keys(self) -> list[str]:
+        """The roles the plan will have, in its order (``plan.expand`` builds them)."""
+        keys = ["teacher"]
+        for a in self.arms:
+            for k in range(1, a.generations + 1):
+                keys += [f"{a.name}/gen{k}"] + (
+                    [f"{a.name}/ens{k}"] if a.ensemble and k > 1 else []
+                )
+        return keys
+
 
 def _field_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
     parts: list[str] = []
     node: Any = data
     for item in loc:
         if isinstance(item, int):
-            name = node[item].get("name") if isinstance(node, list) and item < len(node) else None
+            inside = isinstance(node, list) and item < len(node) and isinstance(node[item], dict)
+            name = node[item].get("name") if inside else None
             parts[-1] = f"{parts[-1]}[{item}]" + (f" ('{name}')" if name else "")
         else:
             parts.append(str(item))
@@ -525,6 +541,7 @@ def _check_registries(p: Protocol) -> None:
             )
     if p.tune is not None:
         _check_tuning(p)
+    _check_pairs(p)
     if p.data.val_size == 0 and p.analysis.metric.startswith("val_"):
         raise UserInputError(
             f"metric '{p.analysis.metric}' is measured on the validation split, and "
@@ -532,6 +549,26 @@ def _check_registries(p: Protocol) -> None:
             source=p.source,
             field="analysis.metric",
         )
+
+
+def _check_pairs(p: Protocol) -> None:
+    """[analysis] pairs: two distinct roles of this protocol each, no pair twice."""
+    roles = p.role_keys
+    seen: dict[frozenset[str], int] = {}
+    for i, pair in enumerate(p.analysis.pairs):
+        field = f"analysis.pairs[{i}]"
+        if len(pair) != 2:
+            reason = f'a pair is two role names, as ["kd/gen1", "small/gen1"]; got {pair}'
+        elif unknown := [r for r in pair if r not in roles]:
+            reason = f"'{unknown[0]}' is not a role of this protocol; roles: {', '.join(roles)}"
+        elif pair[0] == pair[1]:
+            reason = f"a pair compares two roles; this one compares '{pair[0]}' with itself"
+        elif frozenset(pair) in seen:
+            reason = f"{pair} repeats analysis.pairs[{seen[frozenset(pair)]}] (A - B or B - A)"
+        else:
+            seen[frozenset(pair)] = i
+            continue
+        raise UserInputError(reason, source=p.source, field=field)
 
 
 def _check_tuning(p: Protocol) -> None:

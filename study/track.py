@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import sqlalchemy as sa
 import torch
 
 try:
@@ -34,6 +37,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.store.tracking.dbmodels.models import (  # noqa: E402
+    SqlLatestMetric,
+    SqlMetric,
+    SqlRun,
+    SqlTag,
+)
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from study.errors import UserInputError  # noqa: E402
@@ -50,6 +60,9 @@ TAG_KEYS = (
     "protocol_sha",
     "job_id",
 )
+RUN_INFO_TAGS = ("data_identity", "data_facts", "device", "pack_size", "deterministic")
+"""Tags of a run that describe how it ran, read with its results (the report's Setup)."""
+_BULK_RUNS = 500  # runs per bulk query: far below SQLite's limit of bound variables
 FINAL_METRICS = (
     "test_acc",
     "test_nll",
@@ -330,22 +343,34 @@ class Tracker:
             return torch.load(path, map_location="cpu", weights_only=True)
 
     def runs_frame(self, study: str) -> pd.DataFrame:
-        """Every (role, seed) run of a study as a tidy table: tags, status, final metrics."""
+        """Every (role, seed) run of a study as a tidy table: tags, status, final metrics,
+        start and end times (ms since the epoch)."""
         exp_id = self.experiment_id(study, create=False)
-        columns = ["run_id", "status", *TAG_KEYS, "teacher_run_id", "failure", *FINAL_METRICS]
+        tags = (*TAG_KEYS, "teacher_run_id", "failure", *RUN_INFO_TAGS)
+        columns = ["run_id", "status", *tags, *FINAL_METRICS, "start_time", "end_time"]
         if exp_id is None:
             return pd.DataFrame(columns=columns)
-        rows = []
-        for r in self._search(exp_id, "tags.fingerprint != ''"):
-            row: dict[str, Any] = {"run_id": r.info.run_id, "status": r.info.status}
-            row.update({k: r.data.tags.get(k) for k in (*TAG_KEYS, "teacher_run_id", "failure")})
-            row.update({k: r.data.metrics.get(k) for k in FINAL_METRICS})
-            row["start_time"] = r.info.start_time
-            rows.append(row)
-        df = pd.DataFrame(rows, columns=[*columns, "start_time"])
+        store = self._database_store()
+        if store is None:
+            rows = []
+            for r in self._search(exp_id, "tags.fingerprint != ''"):
+                row: dict[str, Any] = {"run_id": r.info.run_id, "status": r.info.status}
+                row.update({k: r.data.tags.get(k) for k in tags})
+                row.update({k: r.data.metrics.get(k) for k in FINAL_METRICS})
+                row.update(start_time=r.info.start_time, end_time=r.info.end_time)
+                rows.append(row)
+        else:
+            rows = _run_rows(store, int(exp_id), tags)
+        df = pd.DataFrame(rows, columns=columns)
         df["seed"] = pd.to_numeric(df["seed"]).astype("Int64")
         df["generation"] = pd.to_numeric(df["generation"]).astype("Int64")
         return df
+
+    def _database_store(self) -> SqlAlchemyStore | None:
+        """MLflow's database store behind this tracker (sqlite, a server's own database is
+        not: a server is a REST store), for the reads its client makes one run at a time."""
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        return store if isinstance(store, SqlAlchemyStore) else None
 
     def run_record(self, run_id: str) -> dict[str, Any]:
         """A run's tags, params, final metrics and status, as plain data."""
@@ -371,9 +396,66 @@ class Tracker:
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
 
+    def metric_histories(self, run_ids: list[str], keys: Sequence[str]) -> pd.DataFrame:
+        """Every logged step of ``keys`` for many runs: columns run_id, key, step, value.
+
+        A database store answers one query per chunk of runs, reading four columns of
+        MLflow's metrics table (its client reads one run and key at a time, as entities:
+        a 1,000-run report spent 11 s in 5,000 such reads); any other store one query per
+        run and key."""
+        columns = ["run_id", "key", "step", "value"]
+        store = self._database_store()
+        if store is None:
+            rows = [
+                (run_id, key, step, value)
+                for key in keys
+                for run_id in run_ids
+                for step, value in self.metric_history(run_id, key)
+            ]
+            return pd.DataFrame(rows, columns=columns)
+        wanted = (SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value)
+        rows = []
+        with store.ManagedSessionMaker() as session:
+            for i in range(0, len(run_ids), _BULK_RUNS):
+                query = session.query(*wanted, SqlMetric.is_nan).filter(
+                    SqlMetric.run_uuid.in_(run_ids[i : i + _BULK_RUNS]), SqlMetric.key.in_(keys)
+                )
+                rows += [(r, k, s, math.nan if nan else v) for r, k, s, v, nan in query.all()]
+        return pd.DataFrame(rows, columns=columns)
+
     def experiment_info(self, study: str) -> dict[str, Any]:
         exp_id = self.experiment_id(study, create=False)
         return {"tracking_uri": self.uri, "experiment_id": exp_id}
+
+
+def _run_rows(store: SqlAlchemyStore, experiment_id: int, tags: tuple[str, ...]) -> list[dict]:
+    """``runs_frame``'s rows read as columns of MLflow's runs, tags and latest_metrics
+    tables: what ``search_runs`` returns for the active runs with a fingerprint, without
+    building an entity per run, tag, parameter and metric (3 s of a 1,000-run report)."""
+    active = sa.select(SqlRun.run_uuid).where(
+        SqlRun.experiment_id == experiment_id, SqlRun.lifecycle_stage == "active"
+    )
+    with store.ManagedSessionMaker() as session:
+        info = session.query(SqlRun.run_uuid, SqlRun.status, SqlRun.start_time, SqlRun.end_time)
+        info = info.filter(SqlRun.run_uuid.in_(active)).all()
+        tagged = session.query(SqlTag.run_uuid, SqlTag.key, SqlTag.value)
+        tagged = tagged.filter(SqlTag.run_uuid.in_(active), SqlTag.key.in_(tags)).all()
+        latest = session.query(
+            SqlLatestMetric.run_uuid, SqlLatestMetric.key, SqlLatestMetric.value
+        ).add_columns(SqlLatestMetric.is_nan)
+        latest = latest.filter(
+            SqlLatestMetric.run_uuid.in_(active), SqlLatestMetric.key.in_(FINAL_METRICS)
+        ).all()
+    absent = dict.fromkeys((*tags, *FINAL_METRICS))  # None, as search_runs leaves them
+    rows: dict[str, dict[str, Any]] = {
+        run_id: {"run_id": run_id, "status": status, "start_time": start, "end_time": end} | absent
+        for run_id, status, start, end in info
+    }
+    for run_id, key, value in tagged:
+        rows[run_id][key] = value
+    for run_id, key, value, nan in latest:
+        rows[run_id][key] = math.nan if nan else value
+    return [r for r in rows.values() if r.get("fingerprint")]  # as "tags.fingerprint != ''"
 
 
 def check_has_store(uri: str | None = None) -> None:

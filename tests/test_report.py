@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from study.analysis import figures, report
+from study.analysis import figures, report, report_tables
 from study.analysis.collect import Collected, read_export, write_export
 from study.analysis.report import build_report, format_p, render_markdown, write_report
 from study.plan import expand
@@ -90,6 +90,9 @@ def synthetic(
             if done and role.kind != "ensemble":
                 for epoch in range(1, epochs + 1):
                     curves.append((role.key, seed, epoch, "val_acc", acc - 0.1 / epoch))
+                    curves.append((role.key, seed, epoch, "test_acc", acc - 0.12 / epoch))
+                    curves.append((role.key, seed, epoch, "val_nll", 0.3 + 0.5 / epoch))
+                    curves.append((role.key, seed, epoch, "test_nll", 0.32 + 0.5 / epoch))
                     curves.append((role.key, seed, epoch, "train_loss", 1.0 / epoch))
     return Collected(
         runs=pd.DataFrame(rows),
@@ -173,7 +176,8 @@ def test_comparison_row_carries_the_paired_t_test_of_the_data(ten_seeds) -> None
     md = (out / "report.md").read_text()
     a, b = paired(c, "ban/gen1", "teacher")
     res = stats.ttest_rel(a, b)
-    row = row_of(md, "ban/gen1", "teacher", "vs teacher", "10")
+    row = row_of(md, "ban/gen1", "teacher", "vs teacher")
+    assert "In every row: n = 10." in section(md, "## Comparisons")  # one n: said once
     assert format_p(res.pvalue) in cells(row)
     assert f"{100 * np.mean(a - b):+.2f}" in row  # the difference, in points
     lo, hi = res.confidence_interval(0.95)
@@ -190,6 +194,7 @@ def test_p_values_are_holm_corrected_across_all_comparisons(ten_seeds) -> None:
         ("ban/ens2", "teacher"),
         ("kd/gen1", "teacher"),
         ("ban/gen2", "ban/gen1"),
+        ("ban/ens2", "ban/gen2"),  # the ensemble against its last member
         ("ban/gen1", "kd/gen1"),
     ]
     raw = [stats.ttest_rel(*paired(c, a, b)).pvalue for a, b in pairs]
@@ -199,7 +204,7 @@ def test_p_values_are_holm_corrected_across_all_comparisons(ten_seeds) -> None:
     for (a, b), p, p_adj in zip(pairs, raw, holm, strict=True):
         row = dict(zip(header, cells(row_of(table, a, b)), strict=True))
         assert row["p"] == format_p(p) and row["p adj."] == format_p(p_adj), (a, b, row)
-    assert "Holm-corrected" in md and "the 6 comparisons below" in md
+    assert "Holm-corrected" in md and "the 7 comparisons below" in md
 
 
 def test_summary_has_the_t_interval_of_each_role_in_percent(ten_seeds) -> None:
@@ -207,7 +212,7 @@ def test_summary_has_the_t_interval_of_each_role_in_percent(ten_seeds) -> None:
     md = (out / "report.md").read_text()
     v = c.table.loc[c.table["role"] == "teacher", "test_acc"].to_numpy()
     lo, hi = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
-    row = row_of(md, "teacher", "teacher", "10")
+    row = row_of(md, "teacher", "teacher")
     assert f"{100 * v.mean():.2f}" in row and f"[{100 * lo:.2f}, {100 * hi:.2f}]" in row
 
 
@@ -223,12 +228,12 @@ def test_omnibus_block_reports_friedman_and_the_critical_difference(ten_seeds) -
 def test_html_is_self_contained(ten_seeds) -> None:
     _, out, _ = ten_seeds
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") == 5
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html)
     assert not re.search(r"url\(|@import|<link|<script", html)
     md = (out / "report.md").read_text()
     # The same numbers in both renderings.
-    for cell in cells(row_of(section(md, "## Comparisons"), "ban/gen1", "teacher"))[3:11]:
+    for cell in cells(row_of(section(md, "## Comparisons"), "ban/gen1", "teacher"))[3:10]:
         assert f">{cell}<" in html
 
 
@@ -266,10 +271,10 @@ def test_single_seed_study_renders_with_not_testable_comparisons(tmp_path: Path)
     p = protocol(1)
     paths = write_report(build_report(p, synthetic(p)), tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert "not testable" in row_of(md, "ban/gen1", "teacher", "vs teacher", "1")
+    assert "not testable" in row_of(md, "ban/gen1", "teacher", "vs teacher")
     assert "not testable: 1 paired seed (ban/gen1: 1, teacher: 1)" in md
     assert "No omnibus test: 1 seed" in md and "no power analysis" in md
-    assert row_of(md, "teacher", "teacher", "1").count("–") >= 2  # no sd, no CI
+    assert row_of(md, "teacher", "teacher").count("–") >= 2  # no sd, no CI
     assert (tmp_path / "report.html").exists() and len(paths) >= 2
 
 
@@ -305,7 +310,7 @@ def test_power_table_survives_differences_far_below_min_effect() -> None:
     # root above 2 seeds; the report must still render the row.
     p = protocol(4)
     md = markdown_of(p, synthetic(p, noise=1e-5))
-    assert row_of(section(md, "## Power and seeds"), "ban/gen1", "teacher", "4")
+    assert row_of(section(md, "## Power and seeds"), "ban/gen1", "teacher")
 
 
 def test_report_from_the_export_is_the_report_from_the_tracker(tmp_path: Path) -> None:
@@ -342,7 +347,7 @@ def test_header_code_and_machine_lines_are_separate(monkeypatch: pytest.MonkeyPa
 
 
 def test_non_significant_verdicts_are_inconclusive_or_within_min_effect() -> None:
-    # Wilcoxon with 6 seeds under Holm over 6 comparisons: nothing can be significant.
+    # Wilcoxon with 6 seeds under Holm over 7 comparisons: nothing can be significant.
     p = protocol(6, test="wilcoxon")
     md = markdown_of(p, synthetic(p, noise=0.0005))
     assert "no significant difference" not in md
@@ -352,7 +357,7 @@ def test_non_significant_verdicts_are_inconclusive_or_within_min_effect() -> Non
     assert (
         "- **ban/gen1 vs teacher not significant**: ban/gen1 - teacher = +0.96 points "
         "(unadjusted 95% t CI of the mean difference +0.88 to +1.04) over 6 paired seeds, "
-        "Wilcoxon signed-rank p = 0.0312, Holm-adjusted p = 0.1875"
+        "Wilcoxon signed-rank p = 0.0312, Holm-adjusted p = 0.2188"
     ) in md
     assert (
         "not significant at alpha = 0.05; inconclusive: the CI includes differences of "
@@ -371,29 +376,27 @@ def test_significant_verdict_names_its_interval(ten_seeds) -> None:
 
 
 def test_power_table_plans_for_the_family_the_report_corrects_over() -> None:
-    # Reviewer's rep1.py: wilcoxon, 6 seeds, Holm over 6 comparisons; every raw p is
-    # 0.03125 and every adjusted p 0.1875; the table said "6 seeds" without a warning.
+    # Reviewer's rep1.py: wilcoxon, 6 seeds, Holm over 7 comparisons; every raw p is
+    # 0.03125 and every adjusted p 7 x 0.03125; the table said "6 seeds" without a warning.
     p = protocol(6, test="wilcoxon")
     rep = build_report(p, synthetic(p, noise=0.0005))
-    assert rep.family_size == 6
-    assert all(c["p_adj"] == pytest.approx(0.1875) for c in rep.tested)
-    assert list(rep.power["alpha_planned"]) == pytest.approx([0.05 / 6] * 6)
-    assert (rep.power["n_required"] >= 8).all()  # 2 / 2^8 < 0.05 / 6 <= 2 / 2^7
+    assert rep.family_size == 7
+    assert all(c["p_adj"] == pytest.approx(7 * 0.03125) for c in rep.tested)
+    assert list(rep.power["alpha_planned"]) == pytest.approx([0.05 / 7] * 7)
+    assert (rep.power["n_required"] >= 9).all()  # 2 / 2^9 < 0.05 / 7 <= 2 / 2^8
     assert (rep.power["n_required_unadjusted"] >= 6).all()
     md = render_markdown(rep, [])
     power = section(md, "## Power and seeds")
-    assert "at alpha / 6 = 0.008333 (the Holm correction over the 6 comparisons" in power
-    assert "so the Holm-adjusted p is at least 6 x p = 0.1875" in power
-    assert "at least 8 seeds are needed" in power
+    assert "at alpha / 7 = 0.007143 (the Holm correction over the 7 comparisons" in power
+    assert "so the Holm-adjusted p is at least 7 x p = 0.2188" in power
+    assert "at least 9 seeds are needed" in power
 
 
 def test_unpaired_rows_of_the_power_table_say_per_group() -> None:
     row = {"pairing": "unpaired", "n_required": 12.0}
-    assert report._seeds_needed(row, "n_required") == "12 per group"
-    assert (
-        report._seeds_needed({"pairing": "paired by seed", "n_required": 12.0}, "n_required")
-        == "12"
-    )
+    assert report_tables.seeds_needed(row, "n_required") == "12 per group"
+    paired_row = {"pairing": "paired by seed", "n_required": 12.0}
+    assert report_tables.seeds_needed(paired_row, "n_required") == "12"
 
 
 @pytest.mark.parametrize(
@@ -408,8 +411,10 @@ def test_report_p_values_are_never_rounded_onto_alpha(p: float, text: str) -> No
 def test_g_z_with_two_seeds_is_shown_as_undefined() -> None:
     p = protocol(2)
     md = markdown_of(p, synthetic(p))
-    row = cells(row_of(md, "ban/gen1", "teacher", "vs teacher"))
-    assert row[8] == "–"  # the g_z column
+    table = section(md, "## Comparisons")
+    header = cells(row_of(table, "A", "B"))
+    row = dict(zip(header, cells(row_of(table, "ban/gen1", "teacher")), strict=True))
+    assert row["g_z"] == "–"
     assert ", g_z = –;" in md or ", g_z = –." in md
 
 
@@ -480,6 +485,134 @@ def test_paired_lines_mean_is_over_the_seeds_every_role_has(monkeypatch) -> None
 
 
 def test_every_p_column_keeps_p_off_alpha() -> None:
-    assert report._method(0.04996, "exact", 0.05) == "0.04996 (exact)"
-    assert report._method(0.05004, "monte carlo", 0.05) == "0.05004 (MC)"
+    assert report_tables.p_with_method(0.04996, "exact", 0.05) == "0.04996 (exact)"
+    assert report_tables.p_with_method(0.05004, "monte carlo", 0.05) == "0.05004 (MC)"
     assert report.format_p(0.04996) == "0.0500"  # what alpha-blind rounding printed
+
+
+# --------------------------------------------------------------------------------------
+# issue 16: notes once, reasons for "not applicable", constant columns, verdicts that
+# read as their numbers, comparable learning curves
+# --------------------------------------------------------------------------------------
+
+FLOAT_NOTE = "differences equal up to float rounding"
+
+
+def test_a_note_shared_by_many_comparisons_is_printed_once_and_referenced_by_its_rows() -> None:
+    p = protocol(8)
+    c = synthetic(p)
+    # accuracies of 359 test images in float32, as the trainer logs them: differences of
+    # equal image counts differ in the last bits, so every comparison gets the same note
+    counts = (c.runs["test_acc"] * 359).round()
+    c.runs["test_acc"] = (counts / 359).astype("float32").astype(float)
+    rep = build_report(p, c)
+    md = render_markdown(rep, [])
+    assert md.count(FLOAT_NOTE) == 1
+    [(rows, n)] = re.findall(rf"\[1\] [^\n]*{FLOAT_NOTE}.*\((\d+) of (\d+) comparisons, marked", md)
+    assert int(n) == rep.family_size and int(rows) > 1
+    table = section(md, "## Comparisons")
+    marked = [line for line in table.splitlines() if re.search(r"\[1(, \d)*\] *\|$", line)]
+    assert len(marked) == int(rows)
+
+
+def test_rm_anova_that_does_not_apply_says_which_normality_test_rejected() -> None:
+    p = protocol(12)
+    c = synthetic(p, noise=0.0005)
+    runs = c.runs.copy()
+    outlier = (runs["role"] == "kd/gen1") & (runs["seed"] == 3)
+    runs.loc[outlier, "test_acc"] += 0.05  # one wild seed: kd/gen1 - teacher is not normal
+    c.runs = runs
+    rep = build_report(p, c)
+    assert not rep.omnibus["anova_applicable"]
+    shapiro = rep.omnibus["shapiro_p"]["kd/gen1 - teacher"]
+    line = " ".join(report.report_text(rep)["omnibus"])
+    assert "not applicable here: rely on Friedman" not in line
+    assert (
+        "not applicable here: Shapiro-Wilk rejects the normality it assumes at 0.05 for "
+        f"kd/gen1 - teacher (p = {format_p(shapiro)})"
+    ) in line
+    assert line.count("not applicable") == 1
+
+
+def test_the_power_table_of_the_t_test_has_no_column_of_zeros() -> None:
+    p = protocol(6)
+    md = markdown_of(p, synthetic(p))
+    power = section(md, "## Power and seeds")
+    assert "smallest p possible" not in cells(row_of(power, "A", "B"))
+    assert "The t-test's p has no floor" in power
+
+
+def test_columns_of_one_value_are_said_once_beside_their_table() -> None:
+    p = protocol(6, test="wilcoxon")
+    md = markdown_of(p, synthetic(p))
+    power = section(md, "## Power and seeds")
+    assert "smallest p possible" not in cells(row_of(power, "A", "B"))
+    # 2 / 2^6 for every comparison of 6 paired seeds: one value, said once
+    assert f"smallest p possible = {format_p(2 / 2**6)}" in power
+    assert "In every row: n = 6; alpha planned = " in power
+    comparisons = section(md, "## Comparisons")
+    assert "n" not in cells(row_of(comparisons, "A", "B"))
+    assert "In every row: n = 6." in comparisons
+    assert "df" not in cells(row_of(section(md, "### Test details"), "A", "B"))
+    assert "In every row: df = 5." in md
+    # where the n differ, the column stays
+    c = synthetic(p, status={("ban/gen2", 3): ("FAILED", "boom")})
+    table = section(markdown_of(p, c), "## Comparisons")
+    assert "n" in cells(row_of(table, "A", "B"))
+
+
+def test_a_ci_bound_beside_min_effect_is_printed_on_its_own_side() -> None:
+    """0.4962 points printed as +0.50 beside 'CI within ±min_effect (±0.50)' read as a
+    contradiction; it takes three decimals to be read right."""
+    p = protocol(10)
+    c = synthetic(p)
+    runs = c.runs.copy()
+    teacher = runs[runs["role"] == "teacher"].set_index("seed")["test_acc"]
+    e = np.array([-1.0, 1.0] * 5) / np.sqrt(10 / 9)  # mean 0, sd 1
+    half = 0.002962  # the t interval is mean +- half
+    sd = half * np.sqrt(10) / stats.t.ppf(0.975, 9)
+    kd = runs["role"] == "kd/gen1"
+    runs.loc[kd, "test_acc"] = (
+        runs.loc[kd, "seed"].map(teacher).to_numpy() + 0.002 + sd * e[runs.loc[kd, "seed"]]
+    )
+    c.runs = runs
+    md = markdown_of(p, c)
+    row = cells(row_of(section(md, "## Comparisons"), "kd/gen1", "teacher"))
+    assert row[-1].startswith("not significant (CI within ±min_effect)")
+    assert "[-0.10, +0.496]" in row, row
+    assert "mean difference -0.10 to +0.496) over 10 paired seeds" in md
+
+
+def test_learning_curves_put_only_comparable_quantities_on_one_axis(monkeypatch) -> None:
+    import matplotlib.axes
+
+    drawn: list[tuple[int, str]] = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def spy(self, x, y, *args, **kwargs):
+        if kwargs.get("label"):
+            drawn.append((id(self), kwargs["label"], self))
+        return real_plot(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    p = protocol(3)
+    rep = build_report(p, synthetic(p))
+    from study.analysis.report_figures import report_figures
+
+    names = [f.name for f in report_figures(rep)]
+    assert "learning_curves" in names
+    axes: dict[int, tuple[object, set[str]]] = {}
+    for key, label, ax in drawn:
+        axes.setdefault(key, (ax, set()))[1].add(label)
+    labels = {ax.get_ylabel(): roles for ax, roles in axes.values()}
+    trained = {r.key for r in rep.plan.roles if r.kind != "ensemble"}
+    for metric in ("validation accuracy (%)", "test accuracy (%)"):
+        assert labels[metric] == trained
+    for metric in ("validation NLL (nats)", "test NLL (nats)"):
+        assert labels[metric] == trained
+    objectives = [(ax, roles) for ax, roles in axes.values() if ax.get_ylabel() == "training loss"]
+    assert objectives  # every training objective is drawn, each on an axis of its own
+    for ax, roles in objectives:
+        losses = {(rep.plan.role(r).loss, str(rep.plan.role(r).loss_params)) for r in roles}
+        assert len(losses) == 1, (ax.get_title(), roles)
+    assert set().union(*(roles for _, roles in objectives)) == trained

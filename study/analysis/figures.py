@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -139,42 +140,69 @@ def paired_lines(
         return _png(fig)
 
 
-def learning_curves(
-    curves: pd.DataFrame,
-    roles: Sequence[str],
-    panels: Sequence[tuple[str, str, float, bool]],
-) -> bytes | None:
-    """Mean over seeds per epoch with a 95% t band, one line per role, one panel per metric.
+@dataclass(frozen=True)
+class Panel:
+    """One panel of learning curves: a metric, for some roles, on its own axis."""
 
-    ``curves``: long table role, seed, epoch, metric, value; ``panels``: (metric, y label,
-    factor applied to the values, log scale). None when there is no curve to draw.
+    metric: str
+    label: str  # the y axis
+    roles: tuple[str, ...]
+    factor: float = 1.0  # applied to the values (100: percent)
+    title: str = ""
+
+
+def learning_curves(
+    curves: pd.DataFrame, roles: Sequence[str], panels: Sequence[Panel], *, columns: int = 2
+) -> bytes | None:
+    """Mean over seeds per epoch with a 95% t band, one line per role, one panel per
+    quantity: only comparable values share an axis.
+
+    ``curves``: long table role, seed, epoch, metric, value; ``roles`` fixes each role's
+    colour across panels. None when there is no curve to draw.
     """
-    panels = [p for p in panels if (curves["metric"] == p[0]).any()] if len(curves) else []
-    roles = [r for r in roles if r in set(curves["role"])] if len(curves) else []
-    if not panels or not roles:
+    if not len(curves):
         return None
-    colours = dict(zip(roles, sns.color_palette("tab10", len(roles)), strict=True))
+    present = set(curves["role"].unique())
+    metrics = set(curves["metric"].unique())
+    drawn = [
+        replace(p, roles=tuple(r for r in p.roles if r in present))
+        for p in panels
+        if p.metric in metrics
+    ]
+    drawn = [p for p in drawn if p.roles]
+    if not drawn:
+        return None
+    palette = sns.color_palette("tab10", max(len(roles), 1))
+    colours = {r: palette[i % len(palette)] for i, r in enumerate(roles)}
+    ncols = max(1, min(columns, len(drawn)))
+    nrows = math.ceil(len(drawn) / ncols)
+    wanted = curves[curves["metric"].isin({p.metric for p in drawn})]
+    series = dict(
+        iter(wanted.groupby(["role", "metric"], sort=False))
+    )  # one pass, not one per line
     with _style():
-        fig = _figure(5.0 * len(panels), 3.8)
-        axes = fig.subplots(1, len(panels), squeeze=False).ravel()
-        for ax, (metric, label, factor, log) in zip(axes, panels, strict=True):
-            for role in roles:
-                c = curves[(curves["role"] == role) & (curves["metric"] == metric)]
-                if not len(c):
+        fig = _figure(4.6 * ncols + 1.6, 3.3 * nrows)
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax, panel in zip(axes, drawn, strict=False):
+            for role in panel.roles:
+                if (role, panel.metric) not in series:
                     continue
-                band = curve_band(c, factor)
+                band = curve_band(series[(role, panel.metric)], panel.factor)
                 ax.plot(band["epoch"], band["mean"], color=colours[role], lw=1.6, label=role)
                 ax.fill_between(
                     band["epoch"], band["low"], band["high"], color=colours[role], alpha=0.18, lw=0
                 )
             ax.set_xlabel("epoch")
-            ax.set_ylabel(label)
-            # Losses of different roles (CE, KD with its T^2 factor) span decades: log scale.
-            if log and (curves.loc[curves["metric"] == metric, "value"] > 0).all():
-                ax.set_yscale("log")
-        axes[-1].legend(
-            loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", frameon=False
-        )
+            ax.set_ylabel(panel.label)
+            if panel.title:
+                ax.set_title(panel.title, fontsize="small")
+            if len(panel.roles) < len(roles):  # a panel of some roles names them itself
+                ax.legend(loc="best", fontsize="x-small")
+        for ax in axes[len(drawn) :]:
+            ax.set_visible(False)
+        if all(len(p.roles) == len(roles) for p in drawn):
+            handles, labels = axes[0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="outside right center", fontsize="small", frameon=False)
         return _png(fig)
 
 
