@@ -147,3 +147,58 @@ def test_two_sample_monte_carlo_above_the_exact_limit():
     again = two_sample_permutation(a, b, n_resamples=2000, seed=1)
     assert res.method == "monte carlo" and res == again and res.mc_se is not None
     assert res.arrangements == 2000
+
+
+# --------------------------------------------------------------------------------------
+# mixed precision: float32 values of one role against float64 values of another
+# --------------------------------------------------------------------------------------
+
+
+def test_float32_accuracies_against_float64_ones_keep_the_exact_p():
+    # A student's accuracies logged in float32 against a baseline typed into the CSV as
+    # float64 k / N: the comparison was judged float64 as a whole, so the float32 rounding
+    # of A (3e-8 a value) was no tie, no grid of 1/N was found, and the example
+    # gave 12/256 = 0.046875 ("significant") for the exact 14/256.
+    b = np.array(BASE)
+    a = b + np.array(IMAGES)
+    table = long_table({"A": accuracies(a), "B": accuracies(b, float32=False)})
+    c = compare(table, test="permutation").comparisons[0]
+    assert c.p == 14 / 256 and not c.reject
+    assert c.permutation_resolution.startswith("exact, in integer multiples of 0.0001")
+    rng = np.random.default_rng(17)
+    for i in range(40):
+        n, n_test = int(rng.integers(4, 13)), int(rng.choice([10_000, 50_000]))
+        kb = rng.integers(int(0.85 * n_test), int(0.95 * n_test), n)
+        images = np.rint(rng.normal(0, 2, n)).astype(np.int64)
+        a, b = accuracies(kb + images, n_test), accuracies(kb, n_test, float32=False)
+        if i % 2:  # one column mixing both precisions, seed by seed
+            a[::2], b[::2] = (
+                accuracies(kb + images, n_test, float32=False)[::2],
+                accuracies(kb, n_test)[::2],
+            )
+        c = compare(long_table({"A": a, "B": b}), test="permutation").comparisons[0]
+        assert c.p == exact_sign_flip_p(images), (n, n_test, list(images))
+
+
+def test_two_sample_p_of_mixed_precision_equals_integer_enumeration():
+    rng = np.random.default_rng(18)
+    for _ in range(30):
+        n_a, n_b = int(rng.integers(3, 8)), int(rng.integers(3, 8))
+        n_test = int(rng.choice([10_000, 50_000]))
+        correct = rng.integers(int(0.9 * n_test), int(0.9 * n_test) + 6, n_a + n_b)
+        a = accuracies(correct[:n_a], n_test)
+        b = accuracies(correct[n_a:], n_test, float32=False)
+        table = long_table(
+            {"A": a, "B": b}, seeds={"A": list(range(n_a)), "B": list(range(100, 100 + n_b))}
+        )
+        c = compare(table, test="permutation").comparisons[0]
+        assert c.p == exact_split_p(correct, n_a), (n_a, n_b, list(correct))
+
+
+def test_a_permutation_p_without_a_t_interval_says_so_in_its_verdict():
+    # Every seed gives the same difference: the permutation p (0.25 at n = 3) is defined,
+    # the t interval is not, and the verdict printed "nan to nan".
+    c = compare(long_table({"A": [2.0, 3.0, 4.0], "B": [1.0, 2.0, 3.0]}), test="permutation")
+    verdict = c.comparisons[0].verdict
+    assert c.comparisons[0].p == 0.25 and "nan" not in verdict
+    assert "no t CI: the differences have zero variance" in verdict

@@ -4,12 +4,15 @@ Three questions every test here asks of its numbers before it trusts them, answe
 place so that the rank tests, the permutation tests and the moments agree:
 
 - **Which values are equal up to rounding?** A training logs accuracies as float32 k/N; a
-  CSV holds float64. Values are judged in their own precision: when every value of a
-  comparison is a float32 value (``float(np.float32(x)) == x``), differences within
-  ``TIE_ULPS`` float32 units in the last place (ulps) of the seed's values are one value;
-  otherwise the values are float64 data and only differences within ``TIE_ULPS`` float64
-  ulps merge (the last bits of a computation such as 0.1 + 0.2 against 0.3), so real
-  differences of float64 data (1e15 + 3 against 1e15 + 1, or 6.4e-7 at 0.9) are kept.
+  CSV holds float64. Each value is judged in its own precision: a value that is a float32
+  value (``float(np.float32(x)) == x``) and not a whole number is float32-rounded, any
+  other is float64 data, and each seed's A - B may be off by ``TIE_ULPS`` ulps of the
+  less precise of its two values. So float32 accuracies merge within a few float32 ulps,
+  also against a float64 baseline typed into the CSV; float64 values merge only within a
+  few float64 ulps (the last bits of a computation such as 0.1 + 0.2 against 0.3), and
+  real differences of float64 data (1e15 + 3 against 1e15 + 1, or 6.4e-7 at 0.9) are kept.
+  Whole numbers are exact in float32 up to 2^24, so being a float32 value says nothing
+  about them: they are taken as exact (5e6 + 3 against 5e6 + 1 is a difference of 2).
 - **On what grid do the values lie?** Accuracies are k/N: sums of differences tie exactly
   far more often than continuous data would, and a permutation test must see those ties.
   ``grid_units`` writes values as integer multiples of one unit where the rounding allows
@@ -30,8 +33,8 @@ import numpy as np
 from study.errors import UserInputError
 
 TIE_ULPS = 4
-"""Differences within this many ulps (of the larger of a seed's two values, in the values'
-own precision) count as equal. Each of two rounded values is within half an ulp of the
+"""Differences within this many ulps (of the less precise of a seed's two values, each in
+its own precision) count as equal. Each of two rounded values is within half an ulp of the
 number it stands for, so A - B is within 1 ulp of the true difference, and two truly equal
 differences within 2 ulps of each other; 4 leaves a margin and still keeps apart accuracies
 on any test set of fewer than about 4 million images (float32 ulp at 0.9: 6e-8)."""
@@ -41,25 +44,42 @@ MAX_GRID_STEPS = 1000
 value (a unit of 1/N where the smallest |difference| is up to 1000/N)."""
 
 
+def float32_rounded(values: np.ndarray) -> np.ndarray:
+    """Per value: True where it is a float32 value (a metric logged in float32 and read back
+    as float64 is one; 0.3 typed into a CSV is not) and not a whole number. Whole numbers
+    are float32 values up to 2^24 whatever their source, so they are taken as exact: a
+    count, or an integer typed into a CSV, keeps its differences of 1."""
+    x = np.asarray(values, dtype=float)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (x.astype(np.float32).astype(float) == x) & (x != np.round(x))
+
+
 def is_float32(values: np.ndarray) -> bool:
-    """True when every value is exactly a float32 value (a metric logged in float32 and
-    read back as float64 is one; 0.3 typed into a CSV is not)."""
+    """True when the values are float32 values as a training logs them: every one is a
+    float32 value and some are not whole numbers (see ``float32_rounded``)."""
     x = np.asarray(values, dtype=float)
     with np.errstate(over="ignore"):
-        return bool(np.all(x.astype(np.float32).astype(float) == x))
+        exact = bool(np.all(x.astype(np.float32).astype(float) == x))
+    return exact and bool(np.any(float32_rounded(x)))
+
+
+def value_tolerance(values: np.ndarray, *, float32: bool | None = None) -> np.ndarray:
+    """How far each value may lie from the number it stands for: ``TIE_ULPS`` ulps of it,
+    in float32 where it is float32-rounded (``float32_rounded``; ``float32`` True or False
+    decides for every value), in float64 otherwise."""
+    x = np.abs(np.asarray(values, dtype=float))
+    single = float32_rounded(x) if float32 is None else np.full(x.shape, float32)
+    with np.errstate(over="ignore"):
+        spacing32 = np.spacing(x.astype(np.float32)).astype(float)
+    return TIE_ULPS * np.where(single, spacing32, np.spacing(x))
 
 
 def rounding_tolerance(a: np.ndarray, b: np.ndarray, *, float32: bool | None = None) -> np.ndarray:
     """How far A - B may lie from the difference of the numbers A and B stand for, per seed:
-    ``TIE_ULPS`` ulps of max(|a|, |b|), in float32 when the values are float32 values
-    (``float32`` None: judged from ``a`` and ``b`` together, see ``is_float32``)."""
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    if float32 is None:
-        float32 = is_float32(np.concatenate([a.ravel(), b.ravel()]))
-    scale = np.maximum(np.abs(a), np.abs(b))
-    spacing = np.spacing(scale.astype(np.float32)).astype(float) if float32 else np.spacing(scale)
-    return TIE_ULPS * spacing
+    ``TIE_ULPS`` ulps of the less precise of its two values, each in its own precision
+    (``value_tolerance``: a float32 accuracy against a float64 baseline is judged in
+    float32; ``float32`` True or False decides for every value)."""
+    return np.maximum(value_tolerance(a, float32=float32), value_tolerance(b, float32=float32))
 
 
 def rank_safe_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -71,14 +91,14 @@ def rank_safe_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     the rank tests (see the warning in scipy.stats.wilcoxon), and would give a constant
     difference a tiny variance and an absurd t.
 
-    The rounding is that of ``rounding_tolerance``: float32 values merge within a few
-    float32 ulps of the seed's values, float64 values only within a few float64 ulps, so
-    the rule never erases a difference the data can resolve. Seed i's rounding is measured
-    on its own values, so one diverged seed (an NLL of 1e3) does not widen every other
-    seed's tolerance. Sorted by magnitude, a group starts at its smallest value m and takes
-    the next ones while they lie within max(tol) of m: a group is never wider than the
-    rounding it absorbs, so a run of genuinely different values, each within rounding of
-    its neighbour, is not chained into one.
+    The rounding is that of ``rounding_tolerance``: a seed with a float32 value merges
+    within a few float32 ulps of its values, one of float64 values (or whole numbers) only
+    within a few float64 ulps, so the rule never erases a difference the data can resolve.
+    Seed i's rounding is measured on its own values, so one diverged seed (an NLL of 1e3)
+    does not widen every other seed's tolerance. Sorted by magnitude, a group starts at its
+    smallest value m and takes the next ones while they lie within max(tol) of m: a group
+    is never wider than the rounding it absorbs, so a run of genuinely different values,
+    each within rounding of its neighbour, is not chained into one.
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)

@@ -32,7 +32,7 @@ import numpy as np
 import scipy
 from scipy import stats
 
-from study.analysis.stats.precision import exponent, grid_units, is_float32, rounding_tolerance
+from study.analysis.stats.precision import exponent, grid_units, rounding_tolerance
 
 # Exact enumeration of the permutation distribution up to this many rearrangements
 # (2^n sign vectors for paired data, C(n_a + n_b, n_a) label splits for unpaired data).
@@ -150,7 +150,7 @@ def two_sample_permutation(
         shifted = pooled - low
     if not np.all(np.isfinite(shifted)):
         raise ValueError("the spread of the values must be finite")
-    tol = rounding_tolerance(pooled, low, float32=is_float32(pooled))
+    tol = rounding_tolerance(pooled, low)
     terms = _Terms.of(shifted, tol)
     n_a, total = len(a), len(pooled)
     splits = math.comb(total, n_a)

@@ -113,10 +113,10 @@ def _require_finite(c: Comparison, source: str | None) -> None:
     """Refuse a comparison whose results float64 cannot hold."""
     require_finite(
         [
-            ("the mean difference A - B", c.mean_diff),
+            (f"the mean difference {c.a} - {c.b}", c.mean_diff),
             ("the pooled sd", c.sd_pooled),
-            *(("the 95% Welch t interval of A - B", x) for x in c.ci95),
-            *(("the BCa interval of A - B", x) for x in c.ci95_bca or []),
+            *((f"the 95% Welch t interval of {c.a} - {c.b}", x) for x in c.ci95),
+            *((f"the BCa interval of {c.a} - {c.b}", x) for x in c.ci95_bca or []),
         ],
         where=f"{c.a} vs {c.b}",
         source=source,
