@@ -137,6 +137,20 @@ def test_whole_numbers_that_float32_holds_exactly_keep_their_differences(offset)
     assert not any("float rounding" in note for note in c.notes + w.notes)
 
 
+def test_whole_numbers_near_4e15_are_exact_though_4_ulps_apart():
+    # float64's ulp at 4e15 is 0.5: differences of 1 and 2 were within 4 ulps and zeroed.
+    # A whole number below 2^52 has no rounding to merge (a computation's would show as a
+    # fraction of 0.5 there).
+    a = 4e15 + np.array([3.0, 5, 2, 8, 4])
+    b = 4e15 + np.array([1.0, 2, 2, 1, 3])
+    c = compare(paired(a, b)).comparisons[0]
+    assert c.t == pytest.approx(2.1517753, abs=1e-6) and c.mean_diff == 2.6
+    assert list(rank_safe_differences(a, b)) == [2, 3, 0, 7, 1]
+    # Above 2^52 every float64 is whole, and the few-ulps rule holds: 2^53 + 2 (one ulp)
+    # against 2^53 is rounding.
+    assert list(rank_safe_differences(np.array([2.0**53 + 2]), np.array([2.0**53]))) == [0]
+
+
 def test_even_whole_numbers_above_2_to_the_24_are_not_all_equal():
     # 2e7 + even numbers are float32 values too (ulp 2): every difference (2 to 6) was
     # within 4 ulps, "all paired differences are zero".

@@ -202,3 +202,22 @@ def test_a_permutation_p_without_a_t_interval_says_so_in_its_verdict():
     verdict = c.comparisons[0].verdict
     assert c.comparisons[0].p == 0.25 and "nan" not in verdict
     assert "no t CI: the differences have zero variance" in verdict
+
+
+@pytest.mark.parametrize("offset", [1e15, 4e15])
+def test_whole_numbers_near_1e15_get_the_exact_permutation_p(offset):
+    # 1e15 + small integers: the float64 tolerance (4 ulps, 0.5 at 1e15) kept the integers
+    # (1 = 8 ulps) off the grid (a unit must exceed 4 tolerances) and the float sums tied
+    # within n tolerances: p = 0.39 for the exact 0.0625 (paired), 0.92 for 0.083
+    # (unpaired); at 4e15 (ulp 0.5) both were 1. Whole numbers are exact now.
+    correct_a = np.array([3, 5, 2, 8, 4, 6, 1, 9])
+    correct_b = np.array([1, 2, 2, 1, 3, 5, 2, 4])
+    a, b = list(offset + correct_a), list(offset + correct_b)
+    c = compare(long_table({"A": a, "B": b}), test="permutation").comparisons[0]
+    assert c.p == exact_sign_flip_p(correct_a - correct_b) == 0.0625
+    assert c.permutation_resolution == "exact, in integer multiples of 1"
+    apart = {"A": list(range(8)), "B": list(range(100, 108))}
+    u = compare(long_table({"A": a, "B": b}, seeds=apart), test="permutation").comparisons[0]
+    assert u.p == exact_split_p(np.r_[correct_a, correct_b], 8)
+    w = compare(long_table({"A": a, "B": b}), test="wilcoxon").comparisons[0]
+    assert w.p == 0.0625  # |differences| 2, 3, 1, 7, 1, 1, 1, 5: none within rounding

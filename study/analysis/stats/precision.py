@@ -11,8 +11,9 @@ place so that the rank tests, the permutation tests and the moments agree:
   also against a float64 baseline typed into the CSV; float64 values merge only within a
   few float64 ulps (the last bits of a computation such as 0.1 + 0.2 against 0.3), and
   real differences of float64 data (1e15 + 3 against 1e15 + 1, or 6.4e-7 at 0.9) are kept.
-  Whole numbers are exact in float32 up to 2^24, so being a float32 value says nothing
-  about them: they are taken as exact (5e6 + 3 against 5e6 + 1 is a difference of 2).
+  Whole numbers below 2^52 are taken as exact (``exact_whole``): a computation's rounding
+  would show as a fraction there, and every whole number up to 2^24 is a float32 value
+  whatever its source (5e6 + 3 against 5e6 + 1 is a difference of 2, not a tie).
 - **On what grid do the values lie?** Accuracies are k/N: sums of differences tie exactly
   far more often than continuous data would, and a permutation test must see those ties.
   ``grid_units`` writes values as integer multiples of one unit where the rounding allows
@@ -44,14 +45,28 @@ MAX_GRID_STEPS = 1000
 value (a unit of 1/N where the smallest |difference| is up to 1000/N)."""
 
 
+EXACT_WHOLE_BELOW = 2.0**52
+"""Whole numbers below this are taken as exact. float64 has bits below the units' place up
+to 2^52 (float32 up to 2^23), so the rounding of a computation shows there as a fraction;
+a whole number is a count, an integer typed into a CSV, or rounds to itself. Above 2^52
+every float64 is whole and says nothing."""
+
+
+def exact_whole(values: np.ndarray) -> np.ndarray:
+    """Per value: True where it is a whole number below ``EXACT_WHOLE_BELOW`` in magnitude,
+    taken as exact (no rounding to merge: 5e6 + 3 against 5e6 + 1 is a difference of 2,
+    though both are float32 values, and 4e15 + 3 against 4e15 + 1 too, 4 float64 ulps)."""
+    x = np.asarray(values, dtype=float)
+    return (x == np.round(x)) & (np.abs(x) < EXACT_WHOLE_BELOW)
+
+
 def float32_rounded(values: np.ndarray) -> np.ndarray:
     """Per value: True where it is a float32 value (a metric logged in float32 and read back
-    as float64 is one; 0.3 typed into a CSV is not) and not a whole number. Whole numbers
-    are float32 values up to 2^24 whatever their source, so they are taken as exact: a
-    count, or an integer typed into a CSV, keeps its differences of 1."""
+    as float64 is one; 0.3 typed into a CSV is not) and not an exact whole number (every
+    whole number up to 2^24 is a float32 value, whatever its source; ``exact_whole``)."""
     x = np.asarray(values, dtype=float)
     with np.errstate(over="ignore", invalid="ignore"):
-        return (x.astype(np.float32).astype(float) == x) & (x != np.round(x))
+        return (x.astype(np.float32).astype(float) == x) & ~exact_whole(x)
 
 
 def is_float32(values: np.ndarray) -> bool:
@@ -64,14 +79,17 @@ def is_float32(values: np.ndarray) -> bool:
 
 
 def value_tolerance(values: np.ndarray, *, float32: bool | None = None) -> np.ndarray:
-    """How far each value may lie from the number it stands for: ``TIE_ULPS`` ulps of it,
-    in float32 where it is float32-rounded (``float32_rounded``; ``float32`` True or False
-    decides for every value), in float64 otherwise."""
+    """How far each value may lie from the number it stands for: 0 for an exact whole number
+    (``exact_whole``), else ``TIE_ULPS`` ulps of it, in float32 where it is float32-rounded
+    (``float32_rounded``), in float64 otherwise. ``float32`` True or False judges every
+    value in that precision instead."""
     x = np.abs(np.asarray(values, dtype=float))
-    single = float32_rounded(x) if float32 is None else np.full(x.shape, float32)
     with np.errstate(over="ignore"):
         spacing32 = np.spacing(x.astype(np.float32)).astype(float)
-    return TIE_ULPS * np.where(single, spacing32, np.spacing(x))
+    if float32 is not None:
+        return TIE_ULPS * (spacing32 if float32 else np.spacing(x))
+    ulps = np.where(float32_rounded(x), spacing32, np.spacing(x))
+    return np.where(exact_whole(x), 0.0, TIE_ULPS * ulps)
 
 
 def rounding_tolerance(a: np.ndarray, b: np.ndarray, *, float32: bool | None = None) -> np.ndarray:
