@@ -7,6 +7,7 @@ exact numbers; each failed on the code before the fix (commit ce5a9fb).
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -176,6 +177,53 @@ def test_float32_values_against_float64_ones_merge_in_float32():
     assert c.p == pytest.approx(_exact_w(images), abs=1e-15)
     assert rounding_tolerance(a, b)[0] == TIE_ULPS * float(np.spacing(np.float32(a[0])))
     assert rounding_tolerance(b, b)[0] == TIE_ULPS * np.spacing(b[0])
+
+
+def test_mann_whitney_and_friedman_tie_values_equal_up_to_rounding():
+    # The rank tests of values (not of differences) ranked the raw floats: a float32
+    # accuracy and a float64 one of the same k / N differ by 1e-8 and were not tied, so
+    # the exact Mann-Whitney p was 0.143 for the exact 0.206 (and 0.93 for 0.74), the share
+    # of (a, b) pairs with a > b counted ties as wins, and Friedman split the ties.
+    correct_a, correct_b = (
+        np.array([9002, 9001, 9003, 9002]),
+        np.array([9001, 9000, 9003, 9000, 9001]),
+    )
+    a = np.float32(correct_a / 10_000).astype(float)
+    b = correct_b / 10_000
+    apart = {"A": [1, 2, 3, 4], "B": [5, 6, 7, 8, 9]}
+    c = compare(long_table({"A": list(a), "B": list(b)}, seeds=apart), test="wilcoxon")
+    u = c.comparisons[0]
+    ranks = stats.rankdata(np.r_[correct_a, correct_b])
+    assert u.u == ranks[:4].sum() - 10
+    assert u.p == pytest.approx(_exact_rank_sum_p(ranks, 4), abs=1e-15)
+    assert u.p_greater == np.mean(correct_a[:, None] > correct_b[None, :])
+    # Friedman: three roles over 6 seeds, the third typed as float64.
+    counts = np.array(
+        [
+            [9001, 9001, 9000],
+            [9003, 9002, 9002],
+            [9000, 9001, 9001],
+            [9002, 9002, 9002],
+            [9004, 9001, 9003],
+            [9000, 9000, 9002],
+        ]
+    )
+    wide = pd.DataFrame(np.float32(counts / 10_000).astype(float), columns=["x", "y", "z"])
+    wide["z"] = counts[:, 2] / 10_000
+    om = omnibus(wide)
+    ref_q = stats.friedmanchisquare(*counts.T)
+    assert om.q == pytest.approx(ref_q.statistic, rel=1e-12)
+    assert om.p_friedman == pytest.approx(ref_q.pvalue, rel=1e-12)
+    assert om.mean_ranks == pytest.approx(
+        dict(zip("xyz", stats.rankdata(counts, axis=1).mean(axis=0), strict=True))
+    )
+
+
+def _exact_rank_sum_p(ranks: np.ndarray, n_a: int) -> float:
+    """Exact two-sided p of A's rank sum over every split, midranks kept (enumeration)."""
+    sums = np.array([ranks[list(c)].sum() for c in itertools.combinations(range(len(ranks)), n_a)])
+    observed = ranks[:n_a].sum()
+    return min(1.0, 2 * min(np.mean(sums <= observed + 1e-9), np.mean(sums >= observed - 1e-9)))
 
 
 # --------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from scipy import stats
 from statsmodels.stats.anova import AnovaRM
 
 from study.analysis.stats.parametric import shapiro
-from study.analysis.stats.precision import exponent, rank_safe_differences
+from study.analysis.stats.precision import exponent, rank_safe_differences, tie_keys
 from study.analysis.stats.results import Omnibus
 
 
@@ -41,9 +41,11 @@ def omnibus(wide: pd.DataFrame, *, alpha: float = 0.05) -> Omnibus:
     x = np.ldexp(raw, -exponent(raw))
     n, k = x.shape
     notes: list[str] = []
+    # Ranked within each seed with values equal up to rounding tied (``tie_keys``).
+    keys = np.array([tie_keys(row) for row in raw])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q, p_friedman = stats.friedmanchisquare(*x.T)
+        q, p_friedman = stats.friedmanchisquare(*keys.T)
     cd, q_alpha = nemenyi_critical_difference(k, n, alpha)
     f_value, df1, df2, p_anova, eps, p_gg = _anova(x, groups, notes)
     if not np.isfinite(q):
@@ -64,7 +66,7 @@ def omnibus(wide: pd.DataFrame, *, alpha: float = 0.05) -> Omnibus:
         p_friedman=float(p_friedman),
         w_kendall=float(q) / (n * (k - 1)),
         mean_ranks=dict(
-            zip(groups, (float(r) for r in stats.rankdata(x, axis=1).mean(axis=0)), strict=True)
+            zip(groups, (float(r) for r in stats.rankdata(keys, axis=1).mean(axis=0)), strict=True)
         ),
         q_alpha=q_alpha,
         cd=cd,
