@@ -14,6 +14,8 @@ place so that the rank tests, the permutation tests and the moments agree:
   Whole numbers below 2^52 are taken as exact (``exact_whole``): a computation's rounding
   would show as a fraction there, and every whole number up to 2^24 is a float32 value
   whatever its source (5e6 + 3 against 5e6 + 1 is a difference of 2, not a tie).
+  ``rank_safe_differences`` applies the rule to differences (the paired tests),
+  ``tie_keys`` to values (Mann-Whitney, Friedman).
 - **On what grid do the values lie?** Accuracies are k/N: sums of differences tie exactly
   far more often than continuous data would, and a permutation test must see those ties.
   ``grid_units`` writes values as integer multiples of one unit where the rounding allows
