@@ -553,7 +553,9 @@ def report_tables(rep: Report) -> dict[str, Table]:
         (
             "p (permutation)",
             "r",
-            lambda c: _method(c["p_permutation"], c["permutation_method"], alpha),
+            lambda c: _method(
+                c["p_permutation"], c["permutation_method"], alpha, c.get("permutation_mc_se")
+            ),
         ),
         (
             f"BCa 95% CI ({u.difference})",
@@ -645,11 +647,14 @@ def _percent(x: Any) -> str:
     return f"{100 * float(x):.0f}%"
 
 
-def _method(p: Any, method: str | None, alpha: float | None = None) -> str:
-    """A p-value with how it was computed: exact, approx (normal), MC (Monte Carlo)."""
+def _method(p: Any, method: str | None, alpha: float | None = None, se: Any = None) -> str:
+    """A p-value with how it was computed: exact, approx (normal), MC (Monte Carlo, with
+    the standard error ``se`` of p where given)."""
     if _missing(p) or not method:
         return format_p(p, alpha)
-    return f"{format_p(p, alpha)} ({'MC' if method == 'monte carlo' else method})"
+    if method == "monte carlo":
+        return f"{format_p(p, alpha)} (MC{'' if _missing(se) else f', standard error {se:.2g}'})"
+    return f"{format_p(p, alpha)} ({method})"
 
 
 def _int(x: Any) -> str:
