@@ -18,6 +18,7 @@ from study.analysis.stats import (
     compare,
     paired_permutation,
     rounding_tolerance,
+    sign_flip_permutation_test,
     two_sample_permutation,
 )
 from tests.test_stats import long_table
@@ -239,3 +240,15 @@ def test_a_grid_is_found_where_float32_and_exact_values_mix():
         counted = two_sample_permutation(correct_a * 1.0, correct_b * 1.0, seed=1)
         assert mixed.p == counted.p, (n, mixed.p, counted.p)
         assert mixed.resolution.startswith("exact, in integer multiples of 2e-05"), mixed
+
+
+def test_sign_flip_of_bare_differences_takes_the_values_rounding_when_given():
+    # The old module's sign_flip_permutation_test(differences) cannot know that A - B of
+    # float32 accuracies carries the rounding of A and B: 12/256 for the exact 14/256,
+    # "significant". It takes that rounding as ``tolerance`` now (its docstring says when).
+    b = np.array(accuracies(BASE))
+    a = np.array(accuracies(np.array(BASE) + np.array(IMAGES)))
+    p, method = sign_flip_permutation_test(a - b, tolerance=rounding_tolerance(a, b))
+    assert (p, method) == (14 / 256, "exact")
+    images = np.array(IMAGES) / 10_000  # float64 differences: their own rounding is right
+    assert sign_flip_permutation_test(images) == (14 / 256, "exact")
