@@ -10,7 +10,10 @@ with that probability; the count over the studies must lie within 3.3 standard d
 of the sum of the sizes (a 99.9% interval of the Poisson-binomial count; binomial where the
 size is the same for every study, as for the exact tests on continuous data).
 
-About 40 s on 2 cores; marked slow as the other simulations are (CI runs every test).
+Mixed data (a float32 role against a float64 baseline of the same k / N) too: the
+permutation test rejected 97 of 2,000 such null studies for an exact size of 68 +- 28
+before the per-value tie rule. About 55 s on 2 busy cores; marked slow as the other
+simulations are (CI runs every test).
 """
 
 from __future__ import annotations
@@ -65,9 +68,11 @@ def conditional_sizes(magnitudes: np.ndarray) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("noise", "n"), [("normal", 6), ("normal", 10), ("grid", 6), ("grid", 10)])
+@pytest.mark.parametrize(
+    ("noise", "n"), [("normal", 6), ("normal", 10), ("grid", 6), ("grid", 10), ("mixed", 10)]
+)
 def test_type_one_error_matches_each_tests_exact_size(noise, n):
-    rng = np.random.default_rng({"normal": 1, "grid": 2}[noise] * 100 + n)
+    rng = np.random.default_rng({"normal": 1, "grid": 2, "mixed": 3}[noise] * 100 + n)
     rejected = dict.fromkeys(("t", "wilcoxon", "permutation"), 0)
     expected = dict.fromkeys(rejected, 0.0)
     variance = dict.fromkeys(rejected, 0.0)
@@ -75,7 +80,7 @@ def test_type_one_error_matches_each_tests_exact_size(noise, n):
         a, b = null_values(noise, n, rng)
         tests = paired_tests(a, b, seed=rng)
         p = {"t": tests.t.p, "wilcoxon": tests.wilcoxon[1], "permutation": tests.permutation.p}
-        if noise == "grid":  # accuracies of 10,000 images: the differences in images
+        if noise != "normal":  # accuracies of 10,000 images: the differences in images
             magnitudes = np.abs(np.rint((a - b) * 10_000))
             assert np.allclose(np.abs(a - b) * 10_000, magnitudes, atol=1e-2)
         else:

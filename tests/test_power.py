@@ -421,3 +421,36 @@ def test_cli_plan_seeds_warns_about_a_small_pilot_and_plans_for_its_bound(tmp_pa
     assert res.exit_code == 0, res.output
     [row] = json.loads(res.output[res.output.index("[") :])
     assert row["sd_planned"] > row["sd_diff"] and "upper confidence bound" in row["pilot_warning"]
+
+
+@pytest.mark.parametrize("scale", [2.0**664, 2.0**-1000])
+def test_values_near_the_ends_of_float64_are_planned_as_their_rescaled_copy(scale):
+    # Issue 15, point 3, in the planner: the sd of differences near 1e200 overflowed (inf:
+    # MDE inf, power 0.05, no seeds needed), and differences near 1e-302 had squares of 0
+    # (sd 0, nothing planned), while compare gives the t of the rescaled data.
+    # Scaling by a power of two is exact: every number scales or stays the same.
+    differences = [0.2, -0.1, 0.4, 0.1, 0.3, 0.25]
+    small = plan_seeds(paired_table(differences, base=0.5), effect=0.2).iloc[0]
+    values = paired_table(differences, base=0.5)
+    values["value"] *= scale
+    big = plan_seeds(values, effect=0.2 * scale).iloc[0]
+    assert big["sd_diff"] == pytest.approx(small["sd_diff"] * scale, rel=1e-12)
+    assert big["n_required"] == small["n_required"] == 9
+    assert big["mde"] == pytest.approx(small["mde"] * scale, rel=1e-9)
+    assert big["power_at_n"] == pytest.approx(small["power_at_n"], rel=1e-9)
+    apart = paired_table(differences, base=0.5)
+    apart.loc[apart["group"] == "B", "seed"] += 100
+    small_u = plan_seeds(apart, effect=0.2).iloc[0]
+    apart["value"] *= scale
+    big_u = plan_seeds(apart, effect=0.2 * scale).iloc[0]
+    assert big_u["sd_diff"] == pytest.approx(small_u["sd_diff"] * scale, rel=1e-12)
+    assert big_u["n_required"] == small_u["n_required"]
+
+
+def test_a_pilot_without_variance_says_why_nothing_is_planned():
+    # Every seed gives the same difference: the sd is 0 and no n can be planned from it;
+    # the row showed "-" everywhere with no word why.
+    plan = plan_seeds(paired_table([0.1, 0.1, 0.1, 0.1]), effect=0.05)
+    row = plan.iloc[0]
+    assert math.isnan(row["n_required"]) and math.isnan(row["power_at_n"])
+    assert "no variance" in row["warning"] and "cannot be planned" in row["warning"]

@@ -487,6 +487,10 @@ def test_paired_lines_mean_is_over_the_seeds_every_role_has(monkeypatch) -> None
 def test_every_p_column_keeps_p_off_alpha() -> None:
     assert report_tables.p_with_method(0.04996, "exact", 0.05) == "0.04996 (exact)"
     assert report_tables.p_with_method(0.05004, "monte carlo", 0.05) == "0.05004 (MC)"
+    assert (
+        report_tables.p_with_method(0.05004, "monte carlo", 0.05, 0.00028)
+        == "0.05004 (MC, standard error 0.00028)"
+    )
     assert report.format_p(0.04996) == "0.0500"  # what alpha-blind rounding printed
 
 

@@ -7,7 +7,9 @@ exact numbers; each failed on the code before the fix (commit ce5a9fb).
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -122,6 +124,108 @@ def test_grid_units_find_the_images_of_float32_accuracies():
     assert grid_units(x, rounding_tolerance(x, np.zeros(12))) is None  # continuous data
 
 
+@pytest.mark.parametrize("offset", [3e6, 5e6, 1e7, 1.6e7])
+def test_whole_numbers_that_float32_holds_exactly_keep_their_differences(offset):
+    # Every whole number below 2^24 is a float32 value, so 5e6 + {3,5,2,8,4} against
+    # 5e6 + {1,2,2,1,3} was judged "float32 values" and differences within 4 float32 ulps
+    # (2 at 5e6, 4 at 1e7) were zeroed: t = 1.45 and 1.0 for the exact 2.15.
+    a = offset + np.array([3.0, 5, 2, 8, 4])
+    b = offset + np.array([1.0, 2, 2, 1, 3])
+    c = compare(paired(a, b)).comparisons[0]
+    assert c.t == pytest.approx(2.1517753, abs=1e-6) and c.p == pytest.approx(0.0977867, abs=1e-6)
+    w = compare(paired(a, b), test="wilcoxon").comparisons[0]
+    assert w.p == _exact_w(np.array([2, 3, 0, 7, 1]))
+    assert not any("float rounding" in note for note in c.notes + w.notes)
+
+
+def test_whole_numbers_near_4e15_are_exact_though_4_ulps_apart():
+    # float64's ulp at 4e15 is 0.5: differences of 1 and 2 were within 4 ulps and zeroed.
+    # A whole number below 2^52 has no rounding to merge (a computation's would show as a
+    # fraction of 0.5 there).
+    a = 4e15 + np.array([3.0, 5, 2, 8, 4])
+    b = 4e15 + np.array([1.0, 2, 2, 1, 3])
+    c = compare(paired(a, b)).comparisons[0]
+    assert c.t == pytest.approx(2.1517753, abs=1e-6) and c.mean_diff == 2.6
+    assert list(rank_safe_differences(a, b)) == [2, 3, 0, 7, 1]
+    # Above 2^52 every float64 is whole, and the few-ulps rule holds: 2^53 + 2 (one ulp)
+    # against 2^53 is rounding.
+    assert list(rank_safe_differences(np.array([2.0**53 + 2]), np.array([2.0**53]))) == [0]
+
+
+def test_even_whole_numbers_above_2_to_the_24_are_not_all_equal():
+    # 2e7 + even numbers are float32 values too (ulp 2): every difference (2 to 6) was
+    # within 4 ulps, "all paired differences are zero".
+    a = 2e7 + np.array([4.0, 6, 2, 8, 4])
+    b = np.full(5, 2e7 + 2)
+    c = compare(paired(a, b)).comparisons[0]
+    assert c.t == pytest.approx(stats.ttest_rel(a, b).statistic, rel=1e-12)
+    assert c.wilcoxon_method == "exact"
+
+
+def test_float32_values_against_float64_ones_merge_in_float32():
+    # Mixed input: A logged in float32, B typed as float64 k / N. Judged float64 as a whole,
+    # seeds that win by the same number of images had |A - B| 3e-8 apart: no tie, and the
+    # Wilcoxon ranks split what the images tie.
+    kb = np.array([8873, 8845, 8852, 9091, 9188, 9170, 9067, 9187])
+    images = np.array([3, 4, 2, 3, -1, 2, 2, -1])
+    a = np.float32((kb + images) / 10_000).astype(float)
+    b = kb / 10_000
+    d = rank_safe_differences(a, b)
+    assert len(np.unique(np.abs(d))) == 4  # 1, 2, 3 and 4 images: ties merged, no more
+    assert np.allclose(d * 10_000, images, atol=1e-3)
+    c = compare(paired(a, b), test="wilcoxon").comparisons[0]
+    assert c.p == pytest.approx(_exact_w(images), abs=1e-15)
+    assert rounding_tolerance(a, b)[0] == TIE_ULPS * float(np.spacing(np.float32(a[0])))
+    assert rounding_tolerance(b, b)[0] == TIE_ULPS * np.spacing(b[0])
+
+
+def test_mann_whitney_and_friedman_tie_values_equal_up_to_rounding():
+    # The rank tests of values (not of differences) ranked the raw floats: a float32
+    # accuracy and a float64 one of the same k / N differ by 1e-8 and were not tied, so
+    # the exact Mann-Whitney p was 0.143 for the exact 0.206 (and 0.93 for 0.74), the share
+    # of (a, b) pairs with a > b counted ties as wins, and Friedman split the ties.
+    correct_a, correct_b = (
+        np.array([9002, 9001, 9003, 9002]),
+        np.array([9001, 9000, 9003, 9000, 9001]),
+    )
+    a = np.float32(correct_a / 10_000).astype(float)
+    b = correct_b / 10_000
+    apart = {"A": [1, 2, 3, 4], "B": [5, 6, 7, 8, 9]}
+    c = compare(long_table({"A": list(a), "B": list(b)}, seeds=apart), test="wilcoxon")
+    u = c.comparisons[0]
+    ranks = stats.rankdata(np.r_[correct_a, correct_b])
+    assert u.u == ranks[:4].sum() - 10
+    assert u.p == pytest.approx(_exact_rank_sum_p(ranks, 4), abs=1e-15)
+    assert u.p_greater == np.mean(correct_a[:, None] > correct_b[None, :])
+    # Friedman: three roles over 6 seeds, the third typed as float64.
+    counts = np.array(
+        [
+            [9001, 9001, 9000],
+            [9003, 9002, 9002],
+            [9000, 9001, 9001],
+            [9002, 9002, 9002],
+            [9004, 9001, 9003],
+            [9000, 9000, 9002],
+        ]
+    )
+    wide = pd.DataFrame(np.float32(counts / 10_000).astype(float), columns=["x", "y", "z"])
+    wide["z"] = counts[:, 2] / 10_000
+    om = omnibus(wide)
+    ref_q = stats.friedmanchisquare(*counts.T)
+    assert om.q == pytest.approx(ref_q.statistic, rel=1e-12)
+    assert om.p_friedman == pytest.approx(ref_q.pvalue, rel=1e-12)
+    assert om.mean_ranks == pytest.approx(
+        dict(zip("xyz", stats.rankdata(counts, axis=1).mean(axis=0), strict=True))
+    )
+
+
+def _exact_rank_sum_p(ranks: np.ndarray, n_a: int) -> float:
+    """Exact two-sided p of A's rank sum over every split, midranks kept (enumeration)."""
+    sums = np.array([ranks[list(c)].sum() for c in itertools.combinations(range(len(ranks)), n_a)])
+    observed = ranks[:n_a].sum()
+    return min(1.0, 2 * min(np.mean(sums <= observed + 1e-9), np.mean(sums >= observed - 1e-9)))
+
+
 # --------------------------------------------------------------------------------------
 # overflow: computed on rescaled values, or refused with a message
 # --------------------------------------------------------------------------------------
@@ -193,3 +297,31 @@ def test_exponent_scales_exactly():
     k = exponent(x)
     assert 0.5 <= np.max(np.abs(np.ldexp(x, -k))) < 1
     assert np.array_equal(np.ldexp(np.ldexp(x, -k), k), x)
+
+
+def test_an_integer_beyond_float64_in_the_table_is_refused_not_a_traceback(tmp_path):
+    # A 400-digit number made pandas' to_numeric raise OverflowError (a traceback, exit 1).
+    table = long_table({"A": [10**400, 1, 2], "B": [1, 2, 3]})
+    with pytest.raises(UserInputError, match=r"beyond the float64 range.*group 'A', seed 1"):
+        compare(table, source="huge.csv")
+    path = tmp_path / "huge.csv"
+    path.write_text("seed,group,value\n0,A," + "1" * 400 + "\n1,A,1\n2,A,2\n0,B,1\n1,B,2\n2,B,3\n")
+    res = CliRunner().invoke(app, ["compare", str(path), "--baseline", "B"])
+    assert res.exit_code == 2, res.output
+    assert "beyond the float64 range" in res.output and "group 'A', seed 0" in res.output
+
+
+def test_the_omnibus_checks_no_normality_on_an_infinite_difference():
+    # The pairs avoid it, but the omnibus compares every group with the first: C - A is
+    # -3e308, and Shapiro-Wilk on infinities gave p = 1 (with RuntimeWarnings).
+    values = {
+        "A": [1.5e308, 1.6e308, 1.4e308, 1.55e308],
+        "B": [0.0, 1e307, -1e307, 3e307],
+        "C": [-1.5e308, -1.4e308, -1.6e308, -1.3e308],
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = compare(long_table(values), pairs=[("A", "B"), ("B", "C")])
+    om = report.omnibus
+    assert om.shapiro_p["C - A"] is None and not om.anova_applicable
+    assert any("C - A is beyond the float64 range" in note for note in om.notes)

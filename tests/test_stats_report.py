@@ -30,3 +30,15 @@ def test_bca_interval_is_labelled_with_its_calibrated_coverage():
     assert coverage is not None and coverage < 0.9
     labels = re.findall(r"\(calibrated coverage (\d+)%\)", details)
     assert labels and set(labels) == {f"{100 * coverage:.0f}"}
+
+
+def test_a_monte_carlo_permutation_p_shows_its_standard_error_in_the_details():
+    # Issue 15: above the exact limit (2^16 sign vectors) the permutation p is Monte Carlo
+    # "with the Monte Carlo standard error of p shown in the details"; the details table
+    # said "0.0012 (MC)" and the standard error was only in the notes of the permutation
+    # test, which the report shows when it is the primary test.
+    p = protocol(20)
+    details = section(markdown_of(p, synthetic(p)), "### Test details")
+    shown = re.findall(r"\(MC, standard error (\d\.\d+(?:e-\d+)?)\)", details)
+    assert shown, details
+    assert all(0 < float(se) < 0.01 for se in shown)

@@ -44,6 +44,8 @@ from study.analysis.stats import (
     check_test_and_correction,
     pair_groups,
 )
+from study.analysis.stats.parametric import pooled_sd
+from study.analysis.stats.parametric import sd as sample_sd
 from study.errors import UserInputError
 
 PLAN_COLUMNS = [
@@ -462,26 +464,43 @@ def _plan_row(s: PairedSample, goal: _Goal) -> dict:
         "warning": None,
         "pilot_warning": _pilot_warning(s, goal, sd, df),
     }
+    unplanned = _unplannable(sd_plan, paired)
     if min_p >= goal.alpha_plan:
         # The chosen test cannot reach the planned level at this n: whatever the t-test
         # could see, this test has no power and no detectable effect here.
         row["power_at_n"] = 0.0
-        row["warning"] = _floor_warning(s, goal, min_p)
-    elif sd_plan > 0:
+        row["warning"] = "; ".join(w for w in (unplanned, _floor_warning(s, goal, min_p)) if w)
+    elif unplanned:
+        row["warning"] = unplanned
+    else:
         es = goal.effect / sd_plan
         row["power_at_n"] = power_of_test(goal.test, es, n_a, goal.alpha_plan, n_b=n_b)
         row["mde"] = _mde_standardised(goal.test, n_a, n_b, goal.alpha_plan, goal.power) * sd_plan
     return row
 
 
+def _unplannable(sd: float, paired: bool) -> str | None:
+    """Why no n can be planned from the pilot's sd (0, or beyond float64), or None."""
+    if sd > 0 and math.isfinite(sd):
+        return None
+    if math.isinf(sd):
+        return "the pilot's sd is beyond the float64 range (about 1.8e308): nothing is planned"
+    what = (
+        "the pilot's differences have no variance (every seed gives the same difference)"
+        if paired
+        else "neither group of the pilot has any variance"
+    )
+    return f"{what}: its sd is 0, and the seeds needed cannot be planned from it"
+
+
 def _noise(s: PairedSample) -> tuple[float, int]:
     """The sd a comparison's test sees and its degrees of freedom: the sd of the seed-wise
-    differences (n - 1), or the pooled sd of two independent groups (n_a + n_b - 2)."""
+    differences (n - 1), or the pooled sd of two independent groups (n_a + n_b - 2), each
+    computed on values scaled by a power of two as ``compare`` computes them (squares of
+    1e200 overflow, those of 1e-310 vanish)."""
     if s.pairing == PAIRED:
-        return float(np.std(s.differences, ddof=1)), s.n - 1
-    n_a, n_b = len(s.values_a), len(s.values_b)
-    pooled = (n_a - 1) * np.var(s.values_a, ddof=1) + (n_b - 1) * np.var(s.values_b, ddof=1)
-    return float(math.sqrt(pooled / (n_a + n_b - 2))), n_a + n_b - 2
+        return sample_sd(s.differences), s.n - 1
+    return pooled_sd(s.values_a, s.values_b), len(s.values_a) + len(s.values_b) - 2
 
 
 def _sd_bound(df: int, confidence: float) -> float:
@@ -493,7 +512,7 @@ def _sd_bound(df: int, confidence: float) -> float:
 def _seeds_needed(goal: _Goal, sd: float, alpha: float, paired: bool) -> float:
     """Seeds (pairs, or per group) ``goal.test`` needs at ``alpha`` for ``goal.power``,
     raised where needed so that its smallest possible p falls below ``alpha``."""
-    if not sd > 0:
+    if _unplannable(sd, paired):
         return math.nan
     needed = _required_seeds(goal.test, goal.effect / sd, alpha, goal.power, paired)
     floor_n = _smallest_n(goal.test, alpha, paired=paired)

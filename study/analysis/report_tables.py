@@ -172,7 +172,9 @@ def _details(rep: Report) -> Table:
         (
             "p (permutation)",
             "r",
-            lambda c: p_with_method(c["p_permutation"], c["permutation_method"], alpha),
+            lambda c: p_with_method(
+                c["p_permutation"], c["permutation_method"], alpha, c.get("permutation_mc_se")
+            ),
         ),
         (
             f"BCa 95% CI ({u.difference})",
@@ -228,11 +230,14 @@ def percent(x: Any) -> str:
     return f"{100 * float(x):.0f}%"
 
 
-def p_with_method(p: Any, method: str | None, alpha: float | None = None) -> str:
-    """A p-value with how it was computed: exact, approx (normal), MC (Monte Carlo)."""
+def p_with_method(p: Any, method: str | None, alpha: float | None = None, se: Any = None) -> str:
+    """A p-value with how it was computed: exact, approx (normal), MC (Monte Carlo, with
+    the standard error ``se`` of p where given)."""
     if missing(p) or not method:
         return format_p(p, alpha)
-    return f"{format_p(p, alpha)} ({'MC' if method == 'monte carlo' else method})"
+    if method == "monte carlo":
+        return f"{format_p(p, alpha)} (MC{'' if missing(se) else f', standard error {se:.2g}'})"
+    return f"{format_p(p, alpha)} ({method})"
 
 
 def _int(x: Any) -> str:

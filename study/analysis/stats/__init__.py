@@ -22,7 +22,8 @@ The package is split as scipy.stats is, one concern a module, each usable on its
 - ``simulation`` and ``calibration``: the project's own simulation of its tests and what it
   found (docs/statistics.md).
 
-Every public name is importable from here, as it was from the single module this was.
+Every public name is importable from here, as it was from the single module this was, but
+``FLOAT_TIE_RESOLUTION``, which issue 15 retired: importing it says what replaced it.
 
 Pitfalls this package avoids on purpose (each is also marked where it happens):
 
@@ -80,6 +81,25 @@ from study.analysis.stats.results import (
     PairedSample,
 )
 from study.analysis.stats.table import pair_groups, tidy_results
+
+RETIRED = {
+    "FLOAT_TIE_RESOLUTION": (
+        "FLOAT_TIE_RESOLUTION (differences within a relative 1e-6 counted as equal) was "
+        "retired by issue 15: it erased real differences of float64 data. Ties up to float "
+        "rounding are now judged within TIE_ULPS ulps of each value in its own precision: "
+        "use rounding_tolerance(a, b) or rank_safe_differences(a, b)"
+    )
+}
+"""Names the single module had that are gone on purpose, with what replaced them."""
+
+
+def __getattr__(name: str) -> object:
+    # A retired name fails with what replaced it (ImportError, so that ``from ... import``
+    # shows the message rather than its own "cannot import name").
+    if name in RETIRED:
+        raise ImportError(RETIRED[name], name=name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CI_NAME",

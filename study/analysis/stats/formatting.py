@@ -46,10 +46,8 @@ def verdict(
         if c.pairing == PAIRED
         else f"over {c.n_a} and {c.n_b} unpaired seeds"
     )
-    interval = CI_NAME[c.pairing]
     numbers = (
-        f"{c.a} - {c.b} = {three_digits(c.mean_diff)} ({interval} "
-        f"{three_digits(c.ci95[0])} to {three_digits(c.ci95[1])}) {over}, {c.test} "
+        f"{c.a} - {c.b} = {three_digits(c.mean_diff)} ({_interval_words(c)}) {over}, {c.test} "
         f"p_adj = {format_p_value(c.p_adj, alpha=alpha)} ({adj})"
     )
     if c.reject:
@@ -64,6 +62,15 @@ def verdict(
     return f"{c.a} vs {c.b}: not significant at alpha = {alpha:g}: {numbers}" + _ci_reading(
         c.ci95, min_effect, three_digits
     )
+
+
+def _interval_words(c: Comparison) -> str:
+    """The verdict's interval, or why there is none (a permutation or rank p is defined
+    where every seed gives the same difference; the t interval is not)."""
+    if all(x is not None and np.isfinite(x) for x in c.ci95):
+        return f"{CI_NAME[c.pairing]} {three_digits(c.ci95[0])} to {three_digits(c.ci95[1])}"
+    what = "the differences have" if c.pairing == PAIRED else "both groups have"
+    return f"no t CI: {what} zero variance"
 
 
 # The interval every verdict shows, named in full.

@@ -19,7 +19,7 @@ from scipy import stats
 from statsmodels.stats.anova import AnovaRM
 
 from study.analysis.stats.parametric import shapiro
-from study.analysis.stats.precision import exponent, rank_safe_differences
+from study.analysis.stats.precision import exponent, rank_safe_differences, tie_keys
 from study.analysis.stats.results import Omnibus
 
 
@@ -41,24 +41,17 @@ def omnibus(wide: pd.DataFrame, *, alpha: float = 0.05) -> Omnibus:
     x = np.ldexp(raw, -exponent(raw))
     n, k = x.shape
     notes: list[str] = []
+    # Ranked within each seed with values equal up to rounding tied (``tie_keys``).
+    keys = np.array([tie_keys(row) for row in raw])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q, p_friedman = stats.friedmanchisquare(*x.T)
+        q, p_friedman = stats.friedmanchisquare(*keys.T)
     cd, q_alpha = nemenyi_critical_difference(k, n, alpha)
     f_value, df1, df2, p_anova, eps, p_gg = _anova(x, groups, notes)
     if not np.isfinite(q):
         notes.append("every seed ties all groups: the Friedman test is undefined")
 
-    # Normality of the differences from the first group, not of each group (pitfall avoided).
-    shapiro_p = {
-        f"{g} - {groups[0]}": shapiro(rank_safe_differences(raw[:, j], raw[:, 0]))
-        for j, g in enumerate(groups)
-        if j > 0
-    }
-    if n < 3:
-        notes.append("normality of the differences cannot be checked with fewer than 3 seeds")
-    elif any(p is None for p in shapiro_p.values()):
-        notes.append("some differences are constant: their normality cannot be checked")
+    shapiro_p = _normality_of_differences(raw, groups, notes)
     applicable = (
         np.isfinite(f_value)
         and n >= 3
@@ -73,7 +66,7 @@ def omnibus(wide: pd.DataFrame, *, alpha: float = 0.05) -> Omnibus:
         p_friedman=float(p_friedman),
         w_kendall=float(q) / (n * (k - 1)),
         mean_ranks=dict(
-            zip(groups, (float(r) for r in stats.rankdata(x, axis=1).mean(axis=0)), strict=True)
+            zip(groups, (float(r) for r in stats.rankdata(keys, axis=1).mean(axis=0)), strict=True)
         ),
         q_alpha=q_alpha,
         cd=cd,
@@ -87,6 +80,31 @@ def omnibus(wide: pd.DataFrame, *, alpha: float = 0.05) -> Omnibus:
         shapiro_p=shapiro_p,
         notes=notes,
     )
+
+
+def _normality_of_differences(
+    raw: np.ndarray, groups: list[str], notes: list[str]
+) -> dict[str, float | None]:
+    """Shapiro-Wilk p of each group's differences from the first group (normality of the
+    differences, not of each group: pitfall avoided); None, with a note, where a
+    difference is beyond float64 (Shapiro-Wilk on infinities is no test)."""
+    out: dict[str, float | None] = {}
+    constant = False
+    for j, g in enumerate(groups[1:], start=1):
+        name = f"{g} - {groups[0]}"
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = bool(np.all(np.isfinite(raw[:, j] - raw[:, 0])))
+        if not finite:
+            out[name] = None
+            notes.append(f"{name} is beyond the float64 range: its normality is not checked")
+            continue
+        out[name] = shapiro(rank_safe_differences(raw[:, j], raw[:, 0]))
+        constant = constant or out[name] is None
+    if len(raw) < 3:
+        notes.append("normality of the differences cannot be checked with fewer than 3 seeds")
+    elif constant:
+        notes.append("some differences are constant: their normality cannot be checked")
+    return out
 
 
 def _anova(

@@ -25,7 +25,7 @@ from study.analysis.stats.parametric import TTest, hedges_correction, mean, one_
 from study.analysis.stats.parametric import sd as sample_sd
 from study.analysis.stats.precision import (
     TIE_ULPS,
-    is_float32,
+    float32_rounded,
     rank_safe_differences,
     require_finite,
     rounding_tolerance,
@@ -157,9 +157,9 @@ def _require_finite(c: Comparison, source: str | None) -> None:
         [
             (f"the mean of {c.a}", c.mean_a),
             (f"the mean of {c.b}", c.mean_b),
-            ("the sd of A - B", c.sd_diff),
-            *(("the 95% t interval of A - B", x) for x in c.ci95),
-            *(("the BCa interval of A - B", x) for x in c.ci95_bca or []),
+            (f"the sd of {c.a} - {c.b}", c.sd_diff),
+            *((f"the 95% t interval of {c.a} - {c.b}", x) for x in c.ci95),
+            *((f"the BCa interval of {c.a} - {c.b}", x) for x in c.ci95_bca or []),
         ],
         where=f"{c.a} vs {c.b}",
         source=source,
@@ -174,7 +174,7 @@ def _refuse_overflow(s: PairedSample, source: str | None) -> None:
     if len(bad):
         i = int(bad[0])
         raise UserInputError(
-            f"{s.a} vs {s.b}: A - B is beyond the float64 range (about 1.8e308) at seed "
+            f"{s.a} vs {s.b}: {s.a} - {s.b} is beyond the float64 range (about 1.8e308) at seed "
             f"{s.seeds[i]!r} ({s.a} = {s.values_a[i]:.4g}, {s.b} = {s.values_b[i]:.4g}), so "
             "no test result can be given; divide the values by a power of ten and compare again",
             source=source,
@@ -190,10 +190,10 @@ def _notes(s: PairedSample, tests: PairedTests, sd_diff: float, n_resamples: int
     if not np.array_equal(raw, d) and np.max(np.abs(raw - d)) > 1e-12 * max(
         1.0, float(np.max(np.abs(np.concatenate([a, b]))))
     ):
-        precision = "float32" if is_float32(np.concatenate([a, b])) else "float64"
         notes.append(
-            f"the values are {precision} values: differences equal up to float rounding "
-            f"(within {TIE_ULPS} {precision} ulps of the seed's values) are treated as equal"
+            f"the values are {_precision_words(a, b)}: differences equal up to float rounding "
+            f"(within {TIE_ULPS} ulps of the seed's values, float32 ulps where one of them is a "
+            "float32 value) are treated as equal"
         )
     notes += _wilcoxon_notes(d, tests.wilcoxon[2])
     mean_diff = tests.t.mean
@@ -216,6 +216,15 @@ def _notes(s: PairedSample, tests: PairedTests, sd_diff: float, n_resamples: int
             f"error of p: {tests.permutation.mc_se:.2g})"
         )
     return notes
+
+
+def _precision_words(a: np.ndarray, b: np.ndarray) -> str:
+    """The precision the values were judged in (``precision.float32_rounded``), in words."""
+    single = float32_rounded(np.concatenate([a, b]))
+    whole = np.concatenate([a, b]) == np.round(np.concatenate([a, b]))
+    if np.all(single | whole):
+        return "float32 values"
+    return "float64 values" if not np.any(single) else "float32 values and float64 values"
 
 
 def _wilcoxon_notes(d: np.ndarray, method: str) -> list[str]:

@@ -21,6 +21,8 @@ import numpy as np
 import scipy
 from scipy import stats
 
+from study.analysis.stats.precision import tie_keys
+
 # The exact null distributions of the rank tests are used up to this sample size.
 EXACT_RANK_TEST_MAX_N = 50
 # scipy renamed the normal approximation of the rank tests from 'approx' to 'asymptotic' in 1.13.
@@ -82,18 +84,25 @@ def signed_rank_exact_p(ranks: np.ndarray, w: float) -> float:
 
 
 def mann_whitney(a: np.ndarray, b: np.ndarray) -> tuple[float, float, str]:
-    """Two-sided Mann-Whitney U of A vs B: (U of A, p, method).
+    """Two-sided Mann-Whitney U of A vs B: (U of A, p, method), values equal up to their
+    rounding tied (``precision.tie_keys``: a float32 accuracy and a float64 one of the same
+    k / N are one value).
 
     Both groups at most 50 values: p from the exact null distribution of A's rank sum
     conditional on the observed (mid)ranks (``rank_sum_exact_p``), ties included (method
     'exact'; without ties, scipy's ``method='exact'``). Larger: the normal approximation
     with tie-corrected variance and continuity correction (method 'approx')."""
+    keys = tie_keys(np.concatenate([a, b]))  # values equal up to rounding tie
     if max(len(a), len(b)) > EXACT_RANK_TEST_MAX_N:
         res = stats.mannwhitneyu(
-            a, b, alternative="two-sided", use_continuity=True, method=ASYMPTOTIC
+            keys[: len(a)],
+            keys[len(a) :],
+            alternative="two-sided",
+            use_continuity=True,
+            method=ASYMPTOTIC,
         )
         return float(res.statistic), float(res.pvalue), "approx"
-    ranks = stats.rankdata(np.concatenate([a, b]))
+    ranks = stats.rankdata(keys)
     rank_sum = float(ranks[: len(a)].sum())
     u = rank_sum - len(a) * (len(a) + 1) / 2
     return u, rank_sum_exact_p(ranks, len(a), rank_sum), "exact"

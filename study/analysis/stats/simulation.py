@@ -26,7 +26,9 @@ ALPHA = 0.05
 NOISES = ("normal", "skewed", "grid")
 """Null differences the calibration draws: normal (sd 1); skewed (a centred exponential:
 mean 0, skewness 2); grid (accuracies as a training logs them, float32 k / 10000, each
-role's count of correct images within about 2 of the seed's own, so ties are the rule)."""
+role's count of correct images within about 2 of the seed's own, so ties are the rule).
+``null_values`` also draws 'mixed': grid data whose last group is float64 k / N, as a
+baseline typed into a CSV is (tests/test_calibration.py)."""
 TEST_KEYS = ("t", "wilcoxon", "permutation")
 
 
@@ -49,11 +51,14 @@ def null_values(
     if noise == "skewed":
         first = 10 + seed_effect + rng.exponential(1.0, n) - 1.0
         return [first] + [10 + seed_effect for _ in range(groups - 1)]
-    if noise == "grid":
+    if noise in ("grid", "mixed"):
         base = 9000 + np.rint(rng.normal(0.0, 30.0, n))
         correct = [base + np.rint(rng.normal(0.0, 2.0, n)) for _ in range(groups)]
-        return [np.float32(k / 10_000).astype(float) for k in correct]
-    raise ValueError(f"unknown noise {noise!r}; choose one of {list(NOISES)}")
+        values = [np.float32(k / 10_000).astype(float) for k in correct]
+        if noise == "mixed":  # the last group typed into a CSV: float64 k / N
+            values[-1] = correct[-1] / 10_000
+        return values
+    raise ValueError(f"unknown noise {noise!r}; choose one of {list(NOISES) + ['mixed']}")
 
 
 def _p_values(tests: PairedTests) -> dict[str, float]:

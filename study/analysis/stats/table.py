@@ -9,6 +9,7 @@ share seeds, unpaired where they share none, refused in between.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,14 +53,9 @@ def tidy_results(
     raw = table[value_col].to_numpy()
     groups = table[group_col].to_numpy()
     seed_values = table[seed_col].to_numpy()
-    values = pd.to_numeric(table[value_col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    values = numeric_values(table[value_col])
     for i in np.flatnonzero(~np.isfinite(values)):
-        if pd.isna(raw[i]):
-            what = "is missing"
-        elif np.isnan(values[i]):
-            what = f"is not a number: {plain(raw[i])!r}"
-        else:
-            what = f"is not finite: {plain(raw[i])!r}"
+        what = _why_no_value(raw[i], values[i])
         row, group, seed = (plain(labels[i]), plain(groups[i]), plain(seed_values[i]))
         raise UserInputError(
             f"value {what} (row {row!r}, group {group!r}, seed {seed!r}); "
@@ -93,6 +89,39 @@ def tidy_results(
             field=seed_col,
         )
     return tidy
+
+
+def _why_no_value(raw: Any, value: float) -> str:
+    """Why a cell of the value column gives no finite number, in words."""
+    if pd.isna(raw):
+        return "is missing"
+    if np.isnan(value):
+        return f"is not a number: {plain(raw)!r}"
+    text = str(plain(raw))
+    if isinstance(plain(raw), float) or text.strip().lstrip("+-").lower() in ("inf", "infinity"):
+        return f"is not finite: {plain(raw)!r}"
+    shown = text if len(text) <= 24 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
+    return f"is beyond the float64 range (about 1.8e308): {shown}"
+
+
+def numeric_values(column: pd.Series) -> np.ndarray:
+    """The column as float64: NaN where a cell is not a number, +-inf where it is a number
+    float64 cannot hold. (pandas' ``to_numeric`` raises OverflowError on an integer beyond
+    float64, which a CSV of 400 digits is read as; cell by cell, it is an infinity.)"""
+    try:
+        return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    except OverflowError:
+        return np.array([_number(x) for x in column.to_numpy()], dtype=float)
+
+
+def _number(x: Any) -> float:
+    """One cell as a float (see ``numeric_values``)."""
+    try:
+        return float(x)
+    except OverflowError:  # an integer beyond float64
+        return math.inf if x > 0 else -math.inf
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def pair_groups(

@@ -13,7 +13,7 @@ import numpy as np
 
 from study.analysis.stats.aso import aso_epsilon_min
 from study.analysis.stats.parametric import hedges_correction, mean, pooled_sd, welch_t
-from study.analysis.stats.precision import require_finite
+from study.analysis.stats.precision import require_finite, tie_keys
 from study.analysis.stats.rank import mann_whitney
 from study.analysis.stats.resampling import bca_interval, mean_difference, two_sample_permutation
 from study.analysis.stats.results import TEST_NAMES, Comparison, PairedSample
@@ -96,7 +96,7 @@ def compare_unpaired(
         g=float(g),
         effect_size=float(g),
         effect_size_name="g (Hedges-corrected mean difference / pooled sd)",
-        p_greater=float(np.mean(a[:, None] > b[None, :])),
+        p_greater=_share_greater(a, b),
         shapiro_p=None,
         p=float(p_by_test[test]),
         aso_epsilon_min=aso_eps,
@@ -109,14 +109,21 @@ def compare_unpaired(
     return c
 
 
+def _share_greater(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of (a, b) value pairs with a > b, values equal up to rounding tied
+    (``tie_keys``: a float32 accuracy is not above the float64 one of the same k / N)."""
+    keys = tie_keys(np.concatenate([a, b]))
+    return float(np.mean(keys[: len(a), None] > keys[None, len(a) :]))
+
+
 def _require_finite(c: Comparison, source: str | None) -> None:
     """Refuse a comparison whose results float64 cannot hold."""
     require_finite(
         [
-            ("the mean difference A - B", c.mean_diff),
+            (f"the mean difference {c.a} - {c.b}", c.mean_diff),
             ("the pooled sd", c.sd_pooled),
-            *(("the 95% Welch t interval of A - B", x) for x in c.ci95),
-            *(("the BCa interval of A - B", x) for x in c.ci95_bca or []),
+            *((f"the 95% Welch t interval of {c.a} - {c.b}", x) for x in c.ci95),
+            *((f"the BCa interval of {c.a} - {c.b}", x) for x in c.ci95_bca or []),
         ],
         where=f"{c.a} vs {c.b}",
         source=source,
