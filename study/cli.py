@@ -158,14 +158,29 @@ def user_errors(fn):
 @app.command()
 @user_errors
 def validate(protocol: ProtocolArg) -> None:
-    """Validate a protocol and print its plan (roles x seeds = runs) without training."""
+    """Validate a protocol and print its plan (roles x seeds = runs) without training; a
+    protocol of several conditions, each condition's."""
+    from study.conditions import load_study
     from study.plan import expand
-    from study.protocol import load_protocol
+
+    study = load_study(protocol)
+    for p in study.protocols:
+        _print_plan(p)
+    if study.has_conditions:
+        runs = sum(expand(p).n_runs for p in study.protocols)
+        console.print(
+            f"{len(study.conditions)} conditions ({', '.join(study.names)}): {runs} runs in total",
+            highlight=False,
+        )
+
+
+def _print_plan(p) -> None:
+    from study.plan import expand
     from study.tune import tuned_values
 
-    p = load_protocol(protocol)
     plan = expand(p, tuned=tuned_values(p))
-    table = Table(title=f"study '{p.study.name}': {p.data.dataset}, {len(plan.seeds)} seeds")
+    title = f"study '{p.study.name}'" + (f", condition '{p.condition}'" if p.condition else "")
+    table = Table(title=f"{title}: {p.data.dataset}, {len(plan.seeds)} seeds")
     for col in ("role", "kind", "arch", "loss", "teacher", "epochs"):
         table.add_column(col)
     for r in plan.roles:
@@ -206,24 +221,22 @@ def run(
 
     Several `study run` processes on one protocol and tracking store share the work.
     """
+    from study.conditions import load_study
     from study.execute import check_models, run_study
-    from study.protocol import load_protocol
     from study.track import Tracker, check_writable
 
-    p = load_protocol(protocol)
+    study = load_study(protocol)
+    if study.has_conditions:
+        _run_conditions(study, protocol, tracking_uri, device, report, executor)
+        return
+    p = study.protocols[0]
     from study.execute import load_study_data
     from study.plan import expand
     from study.tune import tuned_values
 
     plan = expand(p, tuned=tuned_values(p))
     plan.require_trainable()
-    executor = executor or p.execution.executor
-    if executor not in ("local", "slurm", "slurm-local"):
-        raise UserInputError(
-            f"unknown executor '{executor}'; allowed: local, slurm, slurm-local",
-            source="command line",
-            field="--executor",
-        )
+    executor = _executor(executor, p)
     if executor == "local":  # a job's device is the node's, checked there
         _check_device(device, p)
     data = load_study_data(p)
@@ -246,20 +259,49 @@ def run(
                 p, tracker, progress=view.update, device=device, data=data, plan=plan
             )
     except KeyboardInterrupt as e:
-        err_console.print(
-            "[yellow]interrupted:[/] the runs in progress are marked KILLED; run "
-            f"'study run {protocol}' again: a run resumes from its last checkpoint "
-            f"(written {_cadence(p.execution.checkpoint_every_s)}), one that has none yet "
-            "starts over",
-            highlight=False,
+        _interrupted_run(protocol, p, e)
+    _ran(p, summary, tracker)
+    if report:
+        from study.analysis.collect import collect
+
+        _write_report(p, collect(plan, tracker, data.identity))
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _executor(executor: str | None, p) -> str:
+    executor = executor or p.execution.executor
+    if executor not in ("local", "slurm", "slurm-local"):
+        raise UserInputError(
+            f"unknown executor '{executor}'; allowed: local, slurm, slurm-local",
+            source="command line",
+            field="--executor",
         )
-        raise typer.Exit(_interrupted_status(e)) from None
-    index = Path("results") / p.study.name / "run.json"
+    return executor
+
+
+def _interrupted_run(protocol: Path, p, e: KeyboardInterrupt) -> None:
+    err_console.print(
+        "[yellow]interrupted:[/] the runs in progress are marked KILLED; run "
+        f"'study run {protocol}' again: a run resumes from its last checkpoint "
+        f"(written {_cadence(p.execution.checkpoint_every_s)}), one that has none yet "
+        "starts over",
+        highlight=False,
+    )
+    raise typer.Exit(_interrupted_status(e)) from None
+
+
+def _ran(p, summary, tracker) -> None:
+    """The run index (results/<study>[/<condition>]/run.json) and what the run did."""
+    from study.conditions import study_dir
+
+    index = study_dir(Path("results"), p) / "run.json"
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps(summary.index(), indent=2, sort_keys=True) + "\n")
+    name = p.study.name + (f"' condition '{p.condition}" if p.condition else "")
     if summary.trained == 0 and not summary.failed and not summary.skipped:
         console.print(
-            f"nothing to train: all {summary.reused} runs of '{p.study.name}' are already "
+            f"nothing to train: all {summary.reused} runs of '{name}' are already "
             f"FINISHED in {tracker.uri} ({summary.seconds:.1f} s)"
         )
     else:
@@ -273,11 +315,60 @@ def run(
         err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False)
     for line in summary.skipped:
         err_console.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False)
-    if report:
-        from study.analysis.collect import collect
 
-        _write_report(p, collect(plan, tracker, data.identity))
-    if summary.failed:
+
+def _run_conditions(study, protocol: Path, tracking_uri, device, report: bool, executor) -> None:
+    """`study run` of a protocol of several conditions: every condition is checked (plan,
+    device, data, networks) before any trains; then they train one after another, each
+    as a protocol of one condition, and the reports follow (one per condition and the
+    one across conditions)."""
+    from study.execute import check_models, load_study_data, run_study
+    from study.plan import expand
+    from study.track import Tracker, check_writable
+
+    executor = _executor(executor, study.protocols[0])
+    plans = [expand(p) for p in study.protocols]
+    for plan in plans:
+        plan.require_trainable()
+        if executor == "local":
+            _check_device(device, plan.protocol)
+    data, loaded = {}, {}  # each distinct [data] loaded once
+    for p in study.protocols:
+        key = p.data.model_dump_json()
+        data[p.condition] = loaded[key] = loaded.get(key) or load_study_data(p)
+    for plan in plans:
+        check_models(plan, data[plan.protocol.condition])
+    check_can_write(Path("results") / study.name, "the run index")
+    if report:
+        check_can_write(Path("reports") / study.name, "the report")
+    check_writable(tracking_uri)
+    tracker = Tracker(tracking_uri)
+    failed = False
+    for i, (p, plan) in enumerate(zip(study.protocols, plans, strict=True)):
+        console.print(f"condition '{p.condition}' ({i + 1} of {len(plans)})", highlight=False)
+        if executor != "local":
+            failed |= _run_jobs(p, tracker, executor, device, stop=False)
+            continue
+        try:
+            with _ProgressView() as view:
+                summary = run_study(
+                    p,
+                    tracker,
+                    progress=view.update,
+                    device=device,
+                    data=data[p.condition],
+                    plan=plan,
+                )
+        except KeyboardInterrupt as e:
+            _interrupted_run(protocol, p, e)
+        _ran(p, summary, tracker)
+        failed |= bool(summary.failed)
+    if failed and executor != "local":
+        raise typer.Exit(1)
+    if report:
+        identities = {c: d.identity for c, d in data.items()}
+        _write_reports(study, tracker, identities)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -287,7 +378,8 @@ def _cadence(every_s: float) -> str:
     return f"after an epoch once {every_s:g} s have passed since the last"
 
 
-def _run_jobs(p, tracker, executor: str, device: str | None) -> None:
+def _run_jobs(p, tracker, executor: str, device: str | None, *, stop: bool = True) -> bool:
+    """Submit the protocol's jobs; whether one failed (with ``stop``: exit 1 then)."""
     from study.execute import submit_study
 
     console.print(f"submitting '{p.study.name}' through submitit ({executor})")
@@ -302,27 +394,36 @@ def _run_jobs(p, tracker, executor: str, device: str | None) -> None:
         for line in r["failed"]:
             err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False)
             failed = True
-    if failed:
+    if failed and stop:
         raise typer.Exit(1)
+    return failed
 
 
 @app.command()
 @user_errors
 def status(protocol: ProtocolArg, tracking_uri: TrackingUri = None) -> None:
-    """Per role: how many seeds are done, running, failed or waiting."""
-    from study.execute import load_study_data, study_status
-    from study.plan import expand
-    from study.protocol import load_protocol
-    from study.track import Tracker, check_has_store, check_writable
-    from study.tune import tuned_values
+    """Per role: how many seeds are done, running, failed or waiting (per condition)."""
+    from study.conditions import load_study
+    from study.track import check_has_store, check_writable
 
-    p = load_protocol(protocol)
-    plan = expand(p, tuned=tuned_values(p))
-    data = load_study_data(p)
+    study = load_study(protocol)
     check_has_store(tracking_uri)
     check_writable(tracking_uri)
+    for p in study.protocols:
+        _print_status(p, tracking_uri)
+
+
+def _print_status(p, tracking_uri: str | None) -> None:
+    from study.execute import load_study_data, study_status
+    from study.plan import expand
+    from study.track import Tracker
+    from study.tune import tuned_values
+
+    plan = expand(p, tuned=tuned_values(p))
+    data = load_study_data(p)
     rows = study_status(plan, Tracker(tracking_uri), data.identity, p.execution.stale_after_s)
-    out = Table(title=f"study '{p.study.name}': {len(plan.seeds)} seeds per role")
+    name = p.study.name + (f"', condition '{p.condition}" if p.condition else "")
+    out = Table(title=f"study '{name}': {len(plan.seeds)} seeds per role")
     for col in ("role", "done", "running", "failed", "waiting", "failed seeds", "jobs"):
         out.add_column(col)
     for r in rows:
@@ -473,9 +574,21 @@ ExportDir = Annotated[
 @app.command()
 @user_errors
 def export(protocol: ProtocolArg, tracking_uri: TrackingUri = None, out: ExportDir = None) -> None:
-    """Write the tidy results (runs.csv, curves.csv, meta.json) from the tracker."""
+    """Write the tidy results (runs.csv, curves.csv, meta.json) from the tracker; for a
+    protocol of several conditions, one folder per condition and conditions.csv."""
     from study.analysis.collect import write_export
+    from study.analysis.conditions_report import write_conditions_table
+    from study.conditions import load_study
 
+    study = load_study(protocol)
+    if study.has_conditions:
+        root = out or Path("results") / study.name
+        collected = _collect_conditions(study, protocol, tracking_uri)
+        check_can_write(root, "the export")
+        paths = [x for p, c in collected for x in write_export(c, root / str(p.condition))]
+        paths.append(write_conditions_table(collected, root))
+        console.print("export: " + ", ".join(str(x) for x in paths))
+        return
     p, collected = _collect(protocol, tracking_uri)
     check_can_write(out or Path("results") / p.study.name, "the export")
     paths = write_export(collected, out or Path("results") / p.study.name)
@@ -492,12 +605,22 @@ def report_cmd(
     ] = False,
     export_dir: ExportDir = None,
 ) -> None:
-    """Write reports/<study>/report.md from the tracker (or from the tidy export)."""
+    """Write reports/<study>/report.md from the tracker (or from the tidy export); for a
+    protocol of several conditions, reports/<study>/<condition>/ for each and the report
+    across conditions in reports/<study>/."""
     from study.analysis.collect import read_export
-    from study.protocol import load_protocol
+    from study.conditions import load_study
 
-    if from_export or export_dir is not None:
-        p = load_protocol(protocol)
+    study = load_study(protocol)
+    if study.has_conditions:
+        if from_export or export_dir is not None:
+            root = export_dir or Path("results") / study.name
+            collected = _exported_conditions(study, root, protocol)
+        else:
+            collected = _collect_conditions(study, protocol, tracking_uri)
+        _write_condition_reports(study, collected)
+    elif from_export or export_dir is not None:
+        p = study.protocols[0]
         where = export_dir or Path("results") / p.study.name
         if not (where / "runs.csv").exists():
             raise UserInputError(
@@ -589,13 +712,87 @@ def _collect(protocol: Path, tracking_uri: str | None):
 
 def _write_report(p, collected) -> None:
     from study.analysis.report import build_report, write_report
+    from study.conditions import study_dir
     from study.tune import TUNED_FILE
 
     if collected.meta.get("tuned"):
         collected.meta.setdefault("tuned_file", str(Path("results") / p.study.name / TUNED_FILE))
-    check_can_write(Path("reports") / p.study.name, "the report")
-    paths = write_report(build_report(p, collected), Path("reports") / p.study.name)
+    out = study_dir(Path("reports"), p)
+    check_can_write(out, "the report")
+    paths = write_report(build_report(p, collected), out)
     console.print("report: " + ", ".join(str(x) for x in paths))
+
+
+def _collect_conditions(study, protocol: Path, tracking_uri, identities=None):
+    """(protocol, results) of each condition with results in the tracker; the conditions
+    without any are named on stderr (and are an error when no condition has results)."""
+    from study.analysis.collect import collect
+    from study.plan import expand
+    from study.track import Tracker, check_has_store, check_writable
+
+    check_has_store(tracking_uri)
+    check_writable(tracking_uri)
+    tracker = Tracker(tracking_uri)
+    out = []
+    for p in study.protocols:
+        identity = (identities or {}).get(p.condition)
+        out.append((p, collect(expand(p), tracker, identity)))
+    return _with_results(out, study, protocol, f"no run in {tracker.uri} matches")
+
+
+def _exported_conditions(study, root: Path, protocol: Path):
+    """(protocol, results) of each condition from its export folder, root/<condition>/."""
+    from study.analysis.collect import read_export
+
+    out = []
+    for p in study.protocols:
+        where = root / str(p.condition)
+        if (where / "runs.csv").exists():
+            out.append((p, _export_for(p, read_export(where), where, protocol)))
+    if not out:
+        raise UserInputError(
+            f"no tidy export of any condition under {root}/<condition>/runs.csv; run "
+            f"'study export {protocol}' first",
+            source=str(protocol),
+        )
+    return _with_results(out, study, protocol, f"the export under {root} holds no run of")
+
+
+def _with_results(collected, study, protocol: Path, nothing: str):
+    kept = [(p, c) for p, c in collected if not (c.runs["status"] == "ABSENT").all()]
+    if not kept:
+        raise UserInputError(
+            f"{nothing} any condition of this protocol: run 'study run {protocol}' first",
+            source=str(protocol),
+        )
+    left = [p.condition for p, _ in collected if all(p is not q for q, _ in kept)]
+    left += [c for c in study.names if c not in {p.condition for p, _ in collected}]
+    if left:
+        err_console.print(
+            f"[yellow]note:[/] no results for condition(s) {escape(', '.join(left))}: no "
+            "report for them, and the report across conditions leaves them out",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return kept
+
+
+def _write_reports(study, tracker, identities) -> None:
+    """After `study run`: the reports of every condition and the one across them."""
+    collected = _collect_conditions(study, Path(study.source), tracker.uri, identities)
+    _write_condition_reports(study, collected)
+
+
+def _write_condition_reports(study, collected) -> None:
+    from study.analysis.across import build_across
+    from study.analysis.conditions_report import write_across
+
+    for p, c in collected:
+        _write_report(p, c)
+    out = Path("reports") / study.name
+    check_can_write(out, "the report")
+    paths = write_across(build_across(study, collected), out)
+    console.print("across conditions: " + ", ".join(str(x) for x in paths))
 
 
 TableArg = Annotated[Path, typer.Argument(help="A tidy CSV table: one row per (group, seed).")]

@@ -223,6 +223,7 @@ def _header(protocol: Protocol, plan: Plan, collected: Collected) -> dict[str, A
     env = environment()
     return {
         "study": protocol.study.name,
+        "condition": protocol.condition,  # one of several: reports/<study>/<condition>/
         "description": protocol.study.description,
         "protocol_file": protocol.source,
         "protocol_sha": protocol.sha256,
