@@ -1098,15 +1098,43 @@ def plan_seeds(
             "the plan reaches the power in about 80% of pilots, not about half).",
         ),
     ] = None,
+    condition_col: Annotated[
+        str | None,
+        typer.Option(
+            "--condition-col",
+            help="Plan over conditions and seeds: the column naming each row's condition "
+            "(the export's conditions.csv: condition). Pooled by the report's random-effects "
+            "test, Var ~ tau^2/C + sigma^2/(nC).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Seeds needed to detect an effect with the chosen test's own power, from the observed
     sd of paired differences, at alpha / m for a family of m corrected comparisons; a table
-    with a status column (the export's runs.csv) is reduced to its FINISHED rows."""
+    with a status column (the export's runs.csv) is reduced to its FINISHED rows. With
+    --condition-col: what more seeds and more conditions buy for the pooled effect."""
     from study.analysis.power import plan_seeds as run_plan
 
     if effect <= 0:
         raise UserInputError(f"must be > 0, got {effect}", source="command line", field="--effect")
+    if condition_col is not None:
+        _plan_conditions(
+            _read_table(table, group_col=group_col, seed_col=seed_col),
+            effect=effect,
+            alpha=alpha,
+            power=power,
+            comparisons=comparisons,
+            correction=correction,
+            value_col=value_col,
+            group_col=group_col,
+            seed_col=seed_col,
+            condition_col=condition_col,
+            baseline=baseline,
+            pairs=_pairs(pairs),
+            source=str(table),
+            as_json=as_json,
+        )
+        return
     frame = run_plan(
         _read_table(table, group_col=group_col, seed_col=seed_col),
         effect=effect,
@@ -1181,6 +1209,58 @@ def plan_seeds(
                 err_console.print(
                     f"[yellow]warning:[/] {r.a} vs {r.b}: {text}", highlight=False, soft_wrap=True
                 )
+
+
+def _plan_conditions(frame, *, as_json: bool, **options) -> None:
+    """`study plan-seeds --condition-col`: the power of the pooled test over conditions."""
+    from study.analysis.condition_power import plan_conditions
+
+    plan = plan_conditions(frame, **options)
+    if as_json:
+        print(plan.to_json(orient="records", indent=2))
+        return
+    m = plan.attrs["comparisons"]
+    out = Table(
+        title=f"power over conditions and seeds for effect {options['effect']} at alpha / "
+        f"{m} = {plan.attrs['alpha_planned']:.4g}, target {options['power']}"
+    )
+    columns = {
+        "A": "a", "B": "b", "C": "conditions", "n": "seeds", "sigma": "sigma", "tau": "tau",
+        "power now": "power", "2n seeds": "power_2n", "all seeds": "power_all_seeds",
+        "2C conditions": "power_2c", "conditions needed": "conditions_needed",
+        "seeds needed": "seeds_needed",
+    }  # fmt: skip
+    for col in columns:
+        out.add_column(col)
+    for r in plan.to_dict("records"):
+        out.add_row(*(_plan_cell(key, r[key]) for key in columns.values()))
+    _print_table(out)
+    console.print(
+        "Var(pooled) ~ tau^2/C + sigma^2/(nC): sigma is the seed-to-seed sd of one paired "
+        "difference within a condition, tau the between-condition sd (Paule-Mandel); the "
+        "pooled test is HKSJ's t with C - 1 df. 'all seeds': infinitely many seeds per "
+        "condition, the ceiling only more conditions raise.",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    for r in plan.to_dict("records"):
+        if isinstance(r["warning"], str):
+            err_console.print(
+                f"[yellow]warning:[/] {escape(r['a'])} vs {escape(r['b'])}: {escape(r['warning'])}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+def _plan_cell(key: str, x) -> str:
+    if isinstance(x, str):
+        return x
+    if key in ("conditions_needed", "seeds_needed"):
+        return "none suffices" if x != x else str(int(x))
+    if key in ("conditions", "seeds"):
+        return "-" if x is None or x != x else f"{x:g}"
+    return _fmt(x, 2 if key.startswith("power") else 4)
 
 
 def _fmt(x, digits: int = 4) -> str:

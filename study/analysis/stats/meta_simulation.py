@@ -5,6 +5,8 @@ Each simulated study draws C condition effects theta_c = mu + tau z_c and, in ea
 condition, n seed-wise differences theta_c + sigma e_cs (normal). The intervals compared:
 
 - ``pm_hksj``: the report's, Paule-Mandel tau^2 with the HKSJ t interval (``meta``);
+- ``pm_hksj_modified``: the same with the standard error max(SE, SE_HKSJ) (Roever, Knapp
+  & Friede 2015's modification: never narrower than the usual interval);
 - ``dl_z``: DerSimonian-Laird tau^2 with the usual z interval;
 - ``pooled_seeds``: every seed of every condition in one paired t test, as if the
   conditions were one (it ignores tau^2);
@@ -26,7 +28,7 @@ from scipy import stats
 from study.analysis.stats.meta import random_effects
 from study.analysis.stats.simulation import binomial_interval
 
-INTERVALS = ("pm_hksj", "dl_z", "pooled_seeds", "equal_weight_t", "prediction")
+INTERVALS = ("pm_hksj", "pm_hksj_modified", "dl_z", "pooled_seeds", "equal_weight_t", "prediction")
 
 
 def meta_coverage(
@@ -52,11 +54,13 @@ def meta_coverage(
         pm = random_effects(y, v, method="pm")
         dl = random_effects(y, v, method="dl")
         hits["pm_hksj"] += pm.ci95[0] <= mu <= pm.ci95[1]
+        hits["pm_hksj_modified"] += abs(pm.mean - mu) <= t_means * max(pm.se, pm.se_hksj)
         hits["dl_z"] += dl.ci95_z[0] <= mu <= dl.ci95_z[1]
         flat = d.ravel()
         half = t_seeds * flat.std(ddof=1) / np.sqrt(flat.size)
-        hits["pooled_seeds"] += abs(flat.mean() - mu) <= half
-        hits["equal_weight_t"] += abs(y.mean() - mu) <= t_means * y.std(ddof=1) / np.sqrt(len(y))
+        hits["pooled_seeds"] += bool(abs(flat.mean() - mu) <= half)
+        spread = t_means * y.std(ddof=1) / np.sqrt(len(y))
+        hits["equal_weight_t"] += bool(abs(y.mean() - mu) <= spread)
         new = mu + tau * rng.standard_normal()
         if pm.prediction is not None:
             hits["prediction"] += pm.prediction[0] <= new <= pm.prediction[1]
