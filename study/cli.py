@@ -726,18 +726,14 @@ def _write_report(p, collected) -> None:
 def _collect_conditions(study, protocol: Path, tracking_uri, identities=None):
     """(protocol, results) of each condition with results in the tracker; the conditions
     without any are named on stderr (and are an error when no condition has results)."""
-    from study.analysis.collect import collect
-    from study.plan import expand
+    from study.analysis.across import collect_conditions
     from study.track import Tracker, check_has_store, check_writable
 
     check_has_store(tracking_uri)
     check_writable(tracking_uri)
     tracker = Tracker(tracking_uri)
-    out = []
-    for p in study.protocols:
-        identity = (identities or {}).get(p.condition)
-        out.append((p, collect(expand(p), tracker, identity)))
-    return _with_results(out, study, protocol, f"no run in {tracker.uri} matches")
+    collected = collect_conditions(study, tracker, identities)
+    return _with_results(collected, study, protocol, f"no run in {tracker.uri} matches")
 
 
 def _exported_conditions(study, root: Path, protocol: Path):
@@ -759,14 +755,14 @@ def _exported_conditions(study, root: Path, protocol: Path):
 
 
 def _with_results(collected, study, protocol: Path, nothing: str):
-    kept = [(p, c) for p, c in collected if not (c.runs["status"] == "ABSENT").all()]
+    from study.analysis.across import with_results
+
+    kept, left = with_results(study, collected)
     if not kept:
         raise UserInputError(
             f"{nothing} any condition of this protocol: run 'study run {protocol}' first",
             source=str(protocol),
         )
-    left = [p.condition for p, _ in collected if all(p is not q for q, _ in kept)]
-    left += [c for c in study.names if c not in {p.condition for p, _ in collected}]
     if left:
         err_console.print(
             f"[yellow]note:[/] no results for condition(s) {escape(', '.join(left))}: no "

@@ -15,7 +15,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from study.analysis import conditions_report as cr
-from study.analysis.across import build_across, cliques, contrast_pairs
+from study.analysis.across import build_across, cliques, contrast_pairs, with_results
 from study.analysis.collect import Collected
 from study.analysis.condition_power import pooled_power, seeds_needed
 from study.analysis.stats.meta import random_effects
@@ -306,3 +306,18 @@ def test_conditions_table_of_the_export_has_a_condition_column(tmp_path: Path) -
     assert list(table.columns[:2]) == ["condition", "role"]
     assert sorted(set(table["condition"])) == ["c0", "c1", "c2"]
     assert len(table) == sum(len(c.runs) for _, c in collected)
+
+
+def test_conditions_without_any_run_are_left_out_by_name() -> None:
+    study = study_of(3)
+
+    def absent(condition, runs):
+        if condition == "c2":
+            runs = runs.assign(status="ABSENT", test_acc=np.nan)
+        return runs
+
+    collected = results(study, edit=absent)
+    kept, left = with_results(study, collected)
+    assert [p.condition for p, _ in kept] == ["c0", "c1"] and left == ["c2"]
+    kept, left = with_results(study, collected[:1])
+    assert left == ["c1", "c2"]

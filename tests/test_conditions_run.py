@@ -151,3 +151,24 @@ def test_plan_seeds_over_conditions_reads_the_export(ran) -> None:
     assert (row["a"], row["b"], row["conditions"], row["seeds"]) == ("ban/gen1", "teacher", 3, 5)
     assert 0 <= row["power"] <= row["power_2n"] <= row["power_all_seeds"] <= 1
     assert np.isfinite(row["sigma"]) and row["conditions_needed"] >= 3
+
+
+def test_a_scheduled_job_trains_only_its_condition_and_seeds(tmp_path, monkeypatch) -> None:
+    """`--executor slurm` submits each condition's jobs; a job's worker loads its own
+    condition of the protocol (run_worker's condition argument)."""
+    from study.execute import run_worker
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        PROTOCOL.read_text().replace("seeds = 5", "seeds = 2").replace("epochs = 5", "epochs = 1")
+    )
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = run_worker(str(grid), uri, [1], str(tmp_path), "cpu", "mlp-128")
+    assert done["trained"] == 6 and not done["failed"]  # 5 trained roles and an ensemble
+    tracker = Tracker(uri)
+    runs = tracker.runs_frame("ban_grid_digits")
+    assert set(runs["seed"]) == {1} and len(runs) == 6
+    exp = tracker.experiment_id("ban_grid_digits", create=False)
+    tagged = tracker.client.search_runs([exp], "tags.condition = 'mlp-128'", max_results=100)
+    assert len([r for r in tagged if "role" in r.data.tags]) == 6

@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from study import __version__
-from study.analysis.collect import Collected
+from study.analysis.collect import Collected, collect
 from study.analysis.condition_power import plan_over_conditions
 from study.analysis.power import planning_alpha
 from study.analysis.report import FAMILIES, comparison_pairs, long_values
@@ -46,6 +46,7 @@ from study.analysis.units import UNITS, Units
 from study.conditions import Study
 from study.plan import expand
 from study.protocol import AnalysisSection, Protocol
+from study.track import Tracker
 
 DECLARED = "declared contrast"
 POWER = 0.8
@@ -144,6 +145,27 @@ class Across:
         while 2 / 2**c >= self.analysis.alpha:
             c += 1
         return c
+
+
+def collect_conditions(
+    study: Study, tracker: Tracker, identities: dict[str | None, str] | None = None
+) -> list[tuple[Protocol, Collected]]:
+    """Each condition's results from the tracker (``identities``: the data identity each
+    condition was trained on; without one, the identity its runs were tagged with)."""
+    return [
+        (p, collect(expand(p), tracker, (identities or {}).get(p.condition)))
+        for p in study.protocols
+    ]
+
+
+def with_results(
+    study: Study, collected: list[tuple[Protocol, Collected]]
+) -> tuple[list[tuple[Protocol, Collected]], list[str]]:
+    """The conditions with results (a run of any status), and the names of the others:
+    they get no report and the report across conditions leaves them out."""
+    kept = [(p, c) for p, c in collected if not (c.runs["status"] == "ABSENT").all()]
+    names = {str(p.condition) for p, _ in kept}
+    return kept, [c for c in study.names if c not in names]
 
 
 def build_across(study: Study, collected: list[tuple[Protocol, Collected]]) -> Across:
