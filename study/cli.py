@@ -1113,40 +1113,24 @@ def plan_seeds(
 
     if effect <= 0:
         raise UserInputError(f"must be > 0, got {effect}", source="command line", field="--effect")
+    common = {
+        "effect": effect,
+        "alpha": alpha,
+        "power": power,
+        "comparisons": comparisons,
+        "correction": correction,
+        "value_col": value_col,
+        "group_col": group_col,
+        "seed_col": seed_col,
+        "baseline": baseline,
+        "pairs": _pairs(pairs),
+        "source": str(table),
+    }
+    rows = _read_table(table, group_col=group_col, seed_col=seed_col)
     if condition_col is not None:
-        _plan_conditions(
-            _read_table(table, group_col=group_col, seed_col=seed_col),
-            effect=effect,
-            alpha=alpha,
-            power=power,
-            comparisons=comparisons,
-            correction=correction,
-            value_col=value_col,
-            group_col=group_col,
-            seed_col=seed_col,
-            condition_col=condition_col,
-            baseline=baseline,
-            pairs=_pairs(pairs),
-            source=str(table),
-            as_json=as_json,
-        )
+        _plan_conditions(rows, condition_col=condition_col, as_json=as_json, **common)
         return
-    frame = run_plan(
-        _read_table(table, group_col=group_col, seed_col=seed_col),
-        effect=effect,
-        alpha=alpha,
-        power=power,
-        test=test,
-        comparisons=comparisons,
-        correction=correction,
-        sd_confidence=sd_confidence,
-        value_col=value_col,
-        group_col=group_col,
-        seed_col=seed_col,
-        baseline=baseline,
-        pairs=_pairs(pairs),
-        source=str(table),
-    )
+    frame = run_plan(rows, test=test, sd_confidence=sd_confidence, **common)
     if as_json:
         records = json.loads(frame.to_json(orient="records"))
         for i, record in enumerate(records):

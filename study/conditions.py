@@ -47,6 +47,7 @@ from study.protocol import (
     parse_protocol,
     parse_toml,
     protocol_from_data,
+    read_protocol_file,
 )
 
 NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -107,14 +108,7 @@ class Study:
 
 def load_study(path: str | Path) -> Study:
     """Read and validate a protocol file of one condition or several."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserInputError("protocol file not found", source=str(path)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserInputError(f"cannot read protocol file: {e}", source=str(path)) from None
-    return parse_study(text, source=str(path))
+    return parse_study(read_protocol_file(path), source=str(path))
 
 
 def load_condition(path: str | Path, condition: str | None) -> Protocol:
@@ -253,10 +247,23 @@ def _merge_levels(levels: list[dict[str, Any]], where: str, source: str) -> dict
     return merged
 
 
+RESERVED = ("figures", "conditions.csv", "run.json", "tuned.json")
+"""Names that reports/<study>/ or results/<study>/ use themselves: a condition's folder
+there cannot take them (nor a name starting with '.', such as '..')."""
+
+
 def _name(name: Any, where: str, source: str) -> str:
     if not isinstance(name, str) or not NAME.match(name):
         raise UserInputError(
             f"a condition needs a name of letters, digits, _ . - (got {name!r})",
+            source=source,
+            field=f"{where}.name",
+        )
+    if name.startswith(".") or name in RESERVED or re.search(r"\.(md|html|tex|csv|json)$", name):
+        raise UserInputError(
+            f"condition name {name!r} would collide with the study's own files (its folder "
+            f"is reports/<study>/{name}/): not {', '.join(RESERVED)}, a name starting with "
+            "'.' or ending in a file suffix",
             source=source,
             field=f"{where}.name",
         )

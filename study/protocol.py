@@ -543,14 +543,17 @@ def protocol_from_data(
 
 def load_protocol(path: str | Path) -> Protocol:
     """Read and validate a protocol file. Raises ``UserInputError`` naming file and field."""
-    path = Path(path)
+    return parse_protocol(read_protocol_file(path), source=str(path))
+
+
+def read_protocol_file(path: str | Path) -> str:
+    """A protocol file's text; a missing or unreadable file is a ``UserInputError``."""
     try:
-        text = path.read_text()
+        return Path(path).read_text()
     except FileNotFoundError:
         raise UserInputError("protocol file not found", source=str(path)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserInputError(f"cannot read protocol file: {e}", source=str(path)) from None
-    return parse_protocol(text, source=str(path))
 
 
 def _check_registries(p: Protocol) -> None:

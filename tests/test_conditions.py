@@ -203,6 +203,9 @@ B = '[[conditions]]\nname = "b"\n'
         ),
         (A + 'arms = { nope = { arch = "mlp" } }\n' + B, "conditions[0] ('a').arms.nope", "no arm"),
         (A.replace('"a"', '"a b"') + B, "conditions[0] ('a b').name", "letters, digits"),
+        (A.replace('"a"', '".."') + B, "conditions[0] ('..').name", "collide"),
+        (A.replace('"a"', '"figures"') + B, "conditions[0] ('figures').name", "collide"),
+        (A.replace('"a"', '"report.md"') + B, "conditions[0] ('report.md').name", "collide"),
         (
             A + B + "teacher = { kwargs = { hidden = [0] } }",
             "conditions[1] ('b').teacher",

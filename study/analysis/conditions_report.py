@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from study import __version__
 from study.analysis import figures
 from study.analysis.across import Across, Contrast
 from study.analysis.collect import Collected
+from study.analysis.report import template_environment
 from study.analysis.report_data import FigureImage
 from study.analysis.stats import CORRECTION_NAMES, ci_reading
-from study.analysis.table import Table, latex_text, md_code, md_text
+from study.analysis.table import Table, latex_text, md_text
 from study.analysis.units import NOT_AVAILABLE, fmt_num, format_p, missing
 from study.protocol import Protocol
 
@@ -516,21 +516,6 @@ def across_figures(rep: Across) -> list[FigureImage]:
     return out
 
 
-def _env() -> Environment:
-    env = Environment(
-        loader=PackageLoader("study.analysis", "templates"),
-        undefined=StrictUndefined,
-        autoescape=select_autoescape(["html.j2"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["md"] = md_text
-    env.filters["md_block"] = lambda text: md_text(text, block=True)
-    env.filters["code"] = md_code
-    return env
-
-
 def _context(rep: Across, figs: list[FigureImage]) -> dict[str, Any]:
     return {
         "rep": rep,
@@ -553,7 +538,7 @@ def _context(rep: Across, figs: list[FigureImage]) -> dict[str, Any]:
 
 
 def render(rep: Across, figs: list[FigureImage], template: str) -> str:
-    text = _env().get_template(template).render(**_context(rep, figs))
+    text = template_environment().get_template(template).render(**_context(rep, figs))
     return re.sub(r"\n{3,}", "\n\n", text) if template.endswith(".md.j2") else text
 
 
