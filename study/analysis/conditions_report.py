@@ -381,9 +381,10 @@ def cannot_claim(rep: Across) -> list[str]:
     if k >= need:
         return []
     floor = 2 / 2**k
+    ks = f"{k} condition{'s' * (k != 1)}"
     return [
-        f"With {k} conditions no rank-based claim can be made: an exact Wilcoxon signed-rank "
-        f"or sign-flip test over {k} conditions cannot go below p = 2 / 2^{k} = {floor:.3g}, "
+        f"With {ks} no rank-based claim can be made: an exact Wilcoxon signed-rank "
+        f"or sign-flip test over {ks} cannot go below p = 2 / 2^{k} = {floor:.3g}, "
         f"above alpha = {rep.analysis.alpha:g} (it takes {need} conditions), so the "
         "ranking below is descriptive and the sign-flip column can never be significant.",
         f"tau² is estimated from {k} values: the HKSJ interval has {k - 1} degrees of "
