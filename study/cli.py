@@ -171,6 +171,7 @@ def validate(protocol: ProtocolArg) -> None:
         console.print(
             f"{len(study.conditions)} conditions ({', '.join(study.names)}): {runs} runs in total",
             highlight=False,
+            soft_wrap=True,
         )
 
 
