@@ -158,14 +158,30 @@ def user_errors(fn):
 @app.command()
 @user_errors
 def validate(protocol: ProtocolArg) -> None:
-    """Validate a protocol and print its plan (roles x seeds = runs) without training."""
+    """Validate a protocol and print its plan (roles x seeds = runs) without training; a
+    protocol of several conditions, each condition's."""
+    from study.conditions import load_study
     from study.plan import expand
-    from study.protocol import load_protocol
+
+    study = load_study(protocol)
+    for p in study.protocols:
+        _print_plan(p)
+    if study.has_conditions:
+        runs = sum(expand(p).n_runs for p in study.protocols)
+        console.print(
+            f"{len(study.conditions)} conditions ({', '.join(study.names)}): {runs} runs in total",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _print_plan(p) -> None:
+    from study.plan import expand
     from study.tune import tuned_values
 
-    p = load_protocol(protocol)
     plan = expand(p, tuned=tuned_values(p))
-    table = Table(title=f"study '{p.study.name}': {p.data.dataset}, {len(plan.seeds)} seeds")
+    title = f"study '{p.study.name}'" + (f", condition '{p.condition}'" if p.condition else "")
+    table = Table(title=f"{title}: {p.data.dataset}, {len(plan.seeds)} seeds")
     for col in ("role", "kind", "arch", "loss", "teacher", "epochs"):
         table.add_column(col)
     for r in plan.roles:
@@ -206,24 +222,22 @@ def run(
 
     Several `study run` processes on one protocol and tracking store share the work.
     """
+    from study.conditions import load_study
     from study.execute import check_models, run_study
-    from study.protocol import load_protocol
     from study.track import Tracker, check_writable
 
-    p = load_protocol(protocol)
+    study = load_study(protocol)
+    if study.has_conditions:
+        _run_conditions(study, protocol, tracking_uri, device, report, executor)
+        return
+    p = study.protocols[0]
     from study.execute import load_study_data
     from study.plan import expand
     from study.tune import tuned_values
 
     plan = expand(p, tuned=tuned_values(p))
     plan.require_trainable()
-    executor = executor or p.execution.executor
-    if executor not in ("local", "slurm", "slurm-local"):
-        raise UserInputError(
-            f"unknown executor '{executor}'; allowed: local, slurm, slurm-local",
-            source="command line",
-            field="--executor",
-        )
+    executor = _executor(executor, p)
     if executor == "local":  # a job's device is the node's, checked there
         _check_device(device, p)
     data = load_study_data(p)
@@ -246,20 +260,49 @@ def run(
                 p, tracker, progress=view.update, device=device, data=data, plan=plan
             )
     except KeyboardInterrupt as e:
-        err_console.print(
-            "[yellow]interrupted:[/] the runs in progress are marked KILLED; run "
-            f"'study run {protocol}' again: a run resumes from its last checkpoint "
-            f"(written {_cadence(p.execution.checkpoint_every_s)}), one that has none yet "
-            "starts over",
-            highlight=False,
+        _interrupted_run(protocol, p, e)
+    _ran(p, summary, tracker)
+    if report:
+        from study.analysis.collect import collect
+
+        _write_report(p, collect(plan, tracker, data.identity))
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _executor(executor: str | None, p) -> str:
+    executor = executor or p.execution.executor
+    if executor not in ("local", "slurm", "slurm-local"):
+        raise UserInputError(
+            f"unknown executor '{executor}'; allowed: local, slurm, slurm-local",
+            source="command line",
+            field="--executor",
         )
-        raise typer.Exit(_interrupted_status(e)) from None
-    index = Path("results") / p.study.name / "run.json"
+    return executor
+
+
+def _interrupted_run(protocol: Path, p, e: KeyboardInterrupt) -> None:
+    err_console.print(
+        "[yellow]interrupted:[/] the runs in progress are marked KILLED; run "
+        f"'study run {protocol}' again: a run resumes from its last checkpoint "
+        f"(written {_cadence(p.execution.checkpoint_every_s)}), one that has none yet "
+        "starts over",
+        highlight=False,
+    )
+    raise typer.Exit(_interrupted_status(e)) from None
+
+
+def _ran(p, summary, tracker) -> None:
+    """The run index (results/<study>[/<condition>]/run.json) and what the run did."""
+    from study.conditions import study_dir
+
+    index = study_dir(Path("results"), p) / "run.json"
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps(summary.index(), indent=2, sort_keys=True) + "\n")
+    name = p.study.name + (f"' condition '{p.condition}" if p.condition else "")
     if summary.trained == 0 and not summary.failed and not summary.skipped:
         console.print(
-            f"nothing to train: all {summary.reused} runs of '{p.study.name}' are already "
+            f"nothing to train: all {summary.reused} runs of '{name}' are already "
             f"FINISHED in {tracker.uri} ({summary.seconds:.1f} s)"
         )
     else:
@@ -273,11 +316,60 @@ def run(
         err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False)
     for line in summary.skipped:
         err_console.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False)
-    if report:
-        from study.analysis.collect import collect
 
-        _write_report(p, collect(plan, tracker, data.identity))
-    if summary.failed:
+
+def _run_conditions(study, protocol: Path, tracking_uri, device, report: bool, executor) -> None:
+    """`study run` of a protocol of several conditions: every condition is checked (plan,
+    device, data, networks) before any trains; then they train one after another, each
+    as a protocol of one condition, and the reports follow (one per condition and the
+    one across conditions)."""
+    from study.execute import check_models, load_study_data, run_study
+    from study.plan import expand
+    from study.track import Tracker, check_writable
+
+    executor = _executor(executor, study.protocols[0])
+    plans = [expand(p) for p in study.protocols]
+    for plan in plans:
+        plan.require_trainable()
+        if executor == "local":
+            _check_device(device, plan.protocol)
+    data, loaded = {}, {}  # each distinct [data] loaded once
+    for p in study.protocols:
+        key = p.data.model_dump_json()
+        data[p.condition] = loaded[key] = loaded.get(key) or load_study_data(p)
+    for plan in plans:
+        check_models(plan, data[plan.protocol.condition])
+    check_can_write(Path("results") / study.name, "the run index")
+    if report:
+        check_can_write(Path("reports") / study.name, "the report")
+    check_writable(tracking_uri)
+    tracker = Tracker(tracking_uri)
+    failed = False
+    for i, (p, plan) in enumerate(zip(study.protocols, plans, strict=True)):
+        console.print(f"condition '{p.condition}' ({i + 1} of {len(plans)})", highlight=False)
+        if executor != "local":
+            failed |= _run_jobs(p, tracker, executor, device, stop=False)
+            continue
+        try:
+            with _ProgressView() as view:
+                summary = run_study(
+                    p,
+                    tracker,
+                    progress=view.update,
+                    device=device,
+                    data=data[p.condition],
+                    plan=plan,
+                )
+        except KeyboardInterrupt as e:
+            _interrupted_run(protocol, p, e)
+        _ran(p, summary, tracker)
+        failed |= bool(summary.failed)
+    if failed and executor != "local":
+        raise typer.Exit(1)
+    if report:
+        identities = {c: d.identity for c, d in data.items()}
+        _write_reports(study, tracker, identities)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -287,7 +379,8 @@ def _cadence(every_s: float) -> str:
     return f"after an epoch once {every_s:g} s have passed since the last"
 
 
-def _run_jobs(p, tracker, executor: str, device: str | None) -> None:
+def _run_jobs(p, tracker, executor: str, device: str | None, *, stop: bool = True) -> bool:
+    """Submit the protocol's jobs; whether one failed (with ``stop``: exit 1 then)."""
     from study.execute import submit_study
 
     console.print(f"submitting '{p.study.name}' through submitit ({executor})")
@@ -302,27 +395,36 @@ def _run_jobs(p, tracker, executor: str, device: str | None) -> None:
         for line in r["failed"]:
             err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False)
             failed = True
-    if failed:
+    if failed and stop:
         raise typer.Exit(1)
+    return failed
 
 
 @app.command()
 @user_errors
 def status(protocol: ProtocolArg, tracking_uri: TrackingUri = None) -> None:
-    """Per role: how many seeds are done, running, failed or waiting."""
-    from study.execute import load_study_data, study_status
-    from study.plan import expand
-    from study.protocol import load_protocol
-    from study.track import Tracker, check_has_store, check_writable
-    from study.tune import tuned_values
+    """Per role: how many seeds are done, running, failed or waiting (per condition)."""
+    from study.conditions import load_study
+    from study.track import check_has_store, check_writable
 
-    p = load_protocol(protocol)
-    plan = expand(p, tuned=tuned_values(p))
-    data = load_study_data(p)
+    study = load_study(protocol)
     check_has_store(tracking_uri)
     check_writable(tracking_uri)
+    for p in study.protocols:
+        _print_status(p, tracking_uri)
+
+
+def _print_status(p, tracking_uri: str | None) -> None:
+    from study.execute import load_study_data, study_status
+    from study.plan import expand
+    from study.track import Tracker
+    from study.tune import tuned_values
+
+    plan = expand(p, tuned=tuned_values(p))
+    data = load_study_data(p)
     rows = study_status(plan, Tracker(tracking_uri), data.identity, p.execution.stale_after_s)
-    out = Table(title=f"study '{p.study.name}': {len(plan.seeds)} seeds per role")
+    name = p.study.name + (f"', condition '{p.condition}" if p.condition else "")
+    out = Table(title=f"study '{name}': {len(plan.seeds)} seeds per role")
     for col in ("role", "done", "running", "failed", "waiting", "failed seeds", "jobs"):
         out.add_column(col)
     for r in rows:
@@ -473,9 +575,21 @@ ExportDir = Annotated[
 @app.command()
 @user_errors
 def export(protocol: ProtocolArg, tracking_uri: TrackingUri = None, out: ExportDir = None) -> None:
-    """Write the tidy results (runs.csv, curves.csv, meta.json) from the tracker."""
+    """Write the tidy results (runs.csv, curves.csv, meta.json) from the tracker; for a
+    protocol of several conditions, one folder per condition and conditions.csv."""
     from study.analysis.collect import write_export
+    from study.analysis.conditions_report import write_conditions_table
+    from study.conditions import load_study
 
+    study = load_study(protocol)
+    if study.has_conditions:
+        root = out or Path("results") / study.name
+        collected = _collect_conditions(study, protocol, tracking_uri)
+        check_can_write(root, "the export")
+        paths = [x for p, c in collected for x in write_export(c, root / str(p.condition))]
+        paths.append(write_conditions_table(collected, root))
+        console.print("export: " + ", ".join(str(x) for x in paths))
+        return
     p, collected = _collect(protocol, tracking_uri)
     check_can_write(out or Path("results") / p.study.name, "the export")
     paths = write_export(collected, out or Path("results") / p.study.name)
@@ -492,12 +606,22 @@ def report_cmd(
     ] = False,
     export_dir: ExportDir = None,
 ) -> None:
-    """Write reports/<study>/report.md from the tracker (or from the tidy export)."""
+    """Write reports/<study>/report.md from the tracker (or from the tidy export); for a
+    protocol of several conditions, reports/<study>/<condition>/ for each and the report
+    across conditions in reports/<study>/."""
     from study.analysis.collect import read_export
-    from study.protocol import load_protocol
+    from study.conditions import load_study
 
-    if from_export or export_dir is not None:
-        p = load_protocol(protocol)
+    study = load_study(protocol)
+    if study.has_conditions:
+        if from_export or export_dir is not None:
+            root = export_dir or Path("results") / study.name
+            collected = _exported_conditions(study, root, protocol)
+        else:
+            collected = _collect_conditions(study, protocol, tracking_uri)
+        _write_condition_reports(study, collected)
+    elif from_export or export_dir is not None:
+        p = study.protocols[0]
         where = export_dir or Path("results") / p.study.name
         if not (where / "runs.csv").exists():
             raise UserInputError(
@@ -589,13 +713,83 @@ def _collect(protocol: Path, tracking_uri: str | None):
 
 def _write_report(p, collected) -> None:
     from study.analysis.report import build_report, write_report
+    from study.conditions import study_dir
     from study.tune import TUNED_FILE
 
     if collected.meta.get("tuned"):
         collected.meta.setdefault("tuned_file", str(Path("results") / p.study.name / TUNED_FILE))
-    check_can_write(Path("reports") / p.study.name, "the report")
-    paths = write_report(build_report(p, collected), Path("reports") / p.study.name)
+    out = study_dir(Path("reports"), p)
+    check_can_write(out, "the report")
+    paths = write_report(build_report(p, collected), out)
     console.print("report: " + ", ".join(str(x) for x in paths))
+
+
+def _collect_conditions(study, protocol: Path, tracking_uri, identities=None):
+    """(protocol, results) of each condition with results in the tracker; the conditions
+    without any are named on stderr (and are an error when no condition has results)."""
+    from study.analysis.across import collect_conditions
+    from study.track import Tracker, check_has_store, check_writable
+
+    check_has_store(tracking_uri)
+    check_writable(tracking_uri)
+    tracker = Tracker(tracking_uri)
+    collected = collect_conditions(study, tracker, identities)
+    return _with_results(collected, study, protocol, f"no run in {tracker.uri} matches")
+
+
+def _exported_conditions(study, root: Path, protocol: Path):
+    """(protocol, results) of each condition from its export folder, root/<condition>/."""
+    from study.analysis.collect import read_export
+
+    out = []
+    for p in study.protocols:
+        where = root / str(p.condition)
+        if (where / "runs.csv").exists():
+            out.append((p, _export_for(p, read_export(where), where, protocol)))
+    if not out:
+        raise UserInputError(
+            f"no tidy export of any condition under {root}/<condition>/runs.csv; run "
+            f"'study export {protocol}' first",
+            source=str(protocol),
+        )
+    return _with_results(out, study, protocol, f"the export under {root} holds no run of")
+
+
+def _with_results(collected, study, protocol: Path, nothing: str):
+    from study.analysis.across import with_results
+
+    kept, left = with_results(study, collected)
+    if not kept:
+        raise UserInputError(
+            f"{nothing} any condition of this protocol: run 'study run {protocol}' first",
+            source=str(protocol),
+        )
+    if left:
+        err_console.print(
+            f"[yellow]note:[/] no results for condition(s) {escape(', '.join(left))}: no "
+            "report for them, and the report across conditions leaves them out",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return kept
+
+
+def _write_reports(study, tracker, identities) -> None:
+    """After `study run`: the reports of every condition and the one across them."""
+    collected = _collect_conditions(study, Path(study.source), tracker.uri, identities)
+    _write_condition_reports(study, collected)
+
+
+def _write_condition_reports(study, collected) -> None:
+    from study.analysis.across import build_across
+    from study.analysis.conditions_report import write_across
+
+    for p, c in collected:
+        _write_report(p, c)
+    out = Path("reports") / study.name
+    check_can_write(out, "the report")
+    paths = write_across(build_across(study, collected), out)
+    console.print("across conditions: " + ", ".join(str(x) for x in paths))
 
 
 TableArg = Annotated[Path, typer.Argument(help="A tidy CSV table: one row per (group, seed).")]
@@ -901,31 +1095,43 @@ def plan_seeds(
             "the plan reaches the power in about 80% of pilots, not about half).",
         ),
     ] = None,
+    condition_col: Annotated[
+        str | None,
+        typer.Option(
+            "--condition-col",
+            help="Plan over conditions and seeds: the column naming each row's condition "
+            "(the export's conditions.csv: condition). Pooled by the report's random-effects "
+            "test, Var ~ tau^2/C + sigma^2/(nC).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Seeds needed to detect an effect with the chosen test's own power, from the observed
     sd of paired differences, at alpha / m for a family of m corrected comparisons; a table
-    with a status column (the export's runs.csv) is reduced to its FINISHED rows."""
+    with a status column (the export's runs.csv) is reduced to its FINISHED rows. With
+    --condition-col: what more seeds and more conditions buy for the pooled effect."""
     from study.analysis.power import plan_seeds as run_plan
 
     if effect <= 0:
         raise UserInputError(f"must be > 0, got {effect}", source="command line", field="--effect")
-    frame = run_plan(
-        _read_table(table, group_col=group_col, seed_col=seed_col),
-        effect=effect,
-        alpha=alpha,
-        power=power,
-        test=test,
-        comparisons=comparisons,
-        correction=correction,
-        sd_confidence=sd_confidence,
-        value_col=value_col,
-        group_col=group_col,
-        seed_col=seed_col,
-        baseline=baseline,
-        pairs=_pairs(pairs),
-        source=str(table),
-    )
+    common = {
+        "effect": effect,
+        "alpha": alpha,
+        "power": power,
+        "comparisons": comparisons,
+        "correction": correction,
+        "value_col": value_col,
+        "group_col": group_col,
+        "seed_col": seed_col,
+        "baseline": baseline,
+        "pairs": _pairs(pairs),
+        "source": str(table),
+    }
+    rows = _read_table(table, group_col=group_col, seed_col=seed_col)
+    if condition_col is not None:
+        _plan_conditions(rows, condition_col=condition_col, as_json=as_json, **common)
+        return
+    frame = run_plan(rows, test=test, sd_confidence=sd_confidence, **common)
     if as_json:
         records = json.loads(frame.to_json(orient="records"))
         for i, record in enumerate(records):
@@ -984,6 +1190,58 @@ def plan_seeds(
                 err_console.print(
                     f"[yellow]warning:[/] {r.a} vs {r.b}: {text}", highlight=False, soft_wrap=True
                 )
+
+
+def _plan_conditions(frame, *, as_json: bool, **options) -> None:
+    """`study plan-seeds --condition-col`: the power of the pooled test over conditions."""
+    from study.analysis.condition_power import plan_conditions
+
+    plan = plan_conditions(frame, **options)
+    if as_json:
+        print(plan.to_json(orient="records", indent=2))
+        return
+    m = plan.attrs["comparisons"]
+    out = Table(
+        title=f"power over conditions and seeds for effect {options['effect']} at alpha / "
+        f"{m} = {plan.attrs['alpha_planned']:.4g}, target {options['power']}"
+    )
+    columns = {
+        "A": "a", "B": "b", "C": "conditions", "n": "seeds", "sigma": "sigma", "tau": "tau",
+        "power now": "power", "2n seeds": "power_2n", "all seeds": "power_all_seeds",
+        "2C conditions": "power_2c", "conditions needed": "conditions_needed",
+        "seeds needed": "seeds_needed",
+    }  # fmt: skip
+    for col in columns:
+        out.add_column(col)
+    for r in plan.to_dict("records"):
+        out.add_row(*(_plan_cell(key, r[key]) for key in columns.values()))
+    _print_table(out)
+    console.print(
+        "Var(pooled) ~ tau^2/C + sigma^2/(nC): sigma is the seed-to-seed sd of one paired "
+        "difference within a condition, tau the between-condition sd (Paule-Mandel); the "
+        "pooled test is HKSJ's t with C - 1 df. 'all seeds': infinitely many seeds per "
+        "condition, the ceiling only more conditions raise.",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    for r in plan.to_dict("records"):
+        if isinstance(r["warning"], str):
+            err_console.print(
+                f"[yellow]warning:[/] {escape(r['a'])} vs {escape(r['b'])}: {escape(r['warning'])}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+def _plan_cell(key: str, x) -> str:
+    if isinstance(x, str):
+        return x
+    if key in ("conditions_needed", "seeds_needed"):
+        return "none suffices" if x != x else str(int(x))
+    if key in ("conditions", "seeds"):
+        return "-" if x is None or x != x else f"{x:g}"
+    return _fmt(x, 2 if key.startswith("power") else 4)
 
 
 def _fmt(x, digits: int = 4) -> str:

@@ -420,6 +420,7 @@ class _Session:
         teacher_run = self.run_ids.get((role.teacher, seed)) if role.teacher else None
         return {
             "study": p.study.name,
+            "condition": p.condition,  # None (no tag) for a protocol of one condition
             "arm": role.arm,
             "generation": role.generation,
             "role": role.key,
@@ -679,14 +680,20 @@ def job_id() -> str | None:
 
 
 def run_worker(
-    protocol_path: str, tracking_uri: str, seeds: list[int], cwd: str, device: str | None = None
+    protocol_path: str,
+    tracking_uri: str,
+    seeds: list[int],
+    cwd: str,
+    device: str | None = None,
+    condition: str | None = None,
 ) -> dict[str, Any]:
-    """One scheduled job: a worker that trains the chains of some seeds (all their roles)."""
-    from study.protocol import load_protocol
+    """One scheduled job: a worker that trains the chains of some seeds (all their roles)
+    of the protocol (of its ``condition``, for a protocol of several)."""
+    from study.conditions import load_condition
     from study.tune import tuned_values
 
     os.chdir(cwd)
-    protocol = load_protocol(protocol_path)
+    protocol = load_condition(protocol_path, condition)
     plan = expand(protocol, tuned=tuned_values(protocol))
     summary = run_study(protocol, Tracker(tracking_uri), seeds=seeds, device=device, plan=plan)
     return {
@@ -757,7 +764,13 @@ def submit_study(
     cwd = str(Path.cwd())
     jobs = [
         executor.submit(
-            run_worker, str(Path(protocol.source).resolve()), tracking_uri, c, cwd, device
+            run_worker,
+            str(Path(protocol.source).resolve()),
+            tracking_uri,
+            c,
+            cwd,
+            device,
+            protocol.condition,
         )
         for c in chunks
     ]

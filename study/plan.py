@@ -13,11 +13,13 @@ nothing else: the resolved role config (architecture, kwargs, loss, its paramete
 training recipe), the seed, the generation (it selects the random streams), the teacher's
 fingerprint, the data identity (the data themselves and their split), the augmentation
 of the training batches, and the package version. Names (study, arm, role) and the device
-are not part of it.
+are not part of it; the name of a condition is (one of a protocol of several conditions:
+two conditions are two sets of runs, tagged each with its condition).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -52,13 +54,17 @@ class Role:
     teacher: str | None = None  # key of the role this one distils from
     members: tuple[str, ...] = ()  # ensemble members, generation order
     augmentation: str | None = None  # of the training batches, "default" resolved
+    condition: str | None = None  # of a protocol of several conditions (study.conditions)
 
     def config(self) -> dict[str, Any]:
-        """The result-determining configuration of this role (no names, no device)."""
+        """The result-determining configuration of this role (no names, no device; the
+        condition's name, where there is one, keeps conditions' runs apart)."""
+        named = {"condition": self.condition} if self.condition is not None else {}
         if self.kind == "ensemble":
-            return {"kind": self.kind, "size": len(self.members)}
+            return {"kind": self.kind, "size": len(self.members), **named}
         train = self.train.model_dump(exclude={"device"}) if self.train else {}
         return {
+            **named,
             "kind": self.kind,
             "generation": self.generation,
             "arch": self.arch,
@@ -243,6 +249,8 @@ def expand(protocol: Protocol, tuned: Mapping[str, float] | None = None) -> Plan
                         members=tuple(generations),
                     )
                 )
+    if protocol.condition is not None:
+        roles = [dataclasses.replace(r, condition=protocol.condition) for r in roles]
     return Plan(protocol=protocol, roles=tuple(roles), seeds=tuple(protocol.seeds))
 
 

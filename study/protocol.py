@@ -197,6 +197,15 @@ class AnalysisSection(_Strict):
         default_factory=list,
         description='comparisons of their own family, A - B: [["kd/gen1", "small/gen1"]]',
     )
+    contrasts: list[list[str]] = Field(
+        default_factory=list,
+        description='differences A - B pooled across conditions: [["ban/gen1", "teacher"]]',
+    )
+    default_contrasts: bool = Field(
+        default=True,
+        description="also pool the comparisons of the per-condition report (its families "
+        "and pairs) across conditions; false: only the declared contrasts",
+    )
 
     @field_validator("comparisons")
     @classmethod
@@ -322,6 +331,7 @@ class Protocol(_Strict):
     execution: ExecutionSection = ExecutionSection()
     source: str = Field(default="<protocol>", exclude=True)
     sha256: str = Field(default="", exclude=True)
+    condition: str | None = Field(default=None, exclude=True)  # study.conditions sets it
 
     @model_validator(mode="after")
     def _unique_arms(self) -> Protocol:
@@ -461,12 +471,47 @@ def _section_model(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseMode
     return model
 
 
+CONDITION_KEYS = ("conditions", "grid")
+"""Top-level keys of a protocol of several conditions (``study.conditions`` reads them)."""
+
+
 def parse_protocol(text: str, *, source: str = "<protocol>") -> Protocol:
-    """Validate a protocol given as TOML text. Raises ``UserInputError``."""
+    """Validate a protocol of one condition given as TOML text. Raises ``UserInputError``."""
+    data = parse_toml(text, source=source)
+    declared = [k for k in CONDITION_KEYS if k in data]
+    if declared:
+        raise UserInputError(
+            f"this protocol declares conditions ([{declared[0]}]); this command takes a "
+            "protocol of one condition (validate, run, status, export and report take "
+            "conditions)",
+            source=source,
+            field=declared[0],
+        )
+    analysis = data.get("analysis")
+    if isinstance(analysis, dict) and analysis.get("contrasts"):
+        raise UserInputError(
+            "contrasts are pooled across conditions, and this protocol declares none: add "
+            "[[conditions]] or a [grid], or compare roles of one condition with pairs",
+            source=source,
+            field="analysis.contrasts",
+        )
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    return protocol_from_data(data, source=source, sha256=sha)
+
+
+def parse_toml(text: str, *, source: str) -> dict[str, Any]:
+    """The TOML text as a dict; malformed TOML is a ``UserInputError`` naming the file."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserInputError(f"malformed TOML: {e}", source=source) from None
+
+
+def protocol_from_data(
+    data: dict[str, Any], *, source: str, sha256: str, condition: str | None = None
+) -> Protocol:
+    """Validate a protocol given as parsed TOML (one condition of a protocol of several:
+    ``condition`` names it). Raises ``UserInputError`` naming the file and the field."""
     internal = [k for k, f in Protocol.model_fields.items() if f.exclude and k in data]
     if internal:
         allowed = [k for k, f in Protocol.model_fields.items() if not f.exclude]
@@ -476,7 +521,7 @@ def parse_protocol(text: str, *, source: str = "<protocol>") -> Protocol:
             field=internal[0],
         )
     try:
-        protocol = Protocol(**data, source=source)
+        protocol = Protocol(**data, source=source, condition=condition)
     except ValidationError as e:
         raise _from_validation_error(e, data, source) from None
     except TypeError as e:  # e.g. a section given as a value instead of a table
@@ -493,20 +538,22 @@ def parse_protocol(text: str, *, source: str = "<protocol>") -> Protocol:
             field="data.val_size",
         )
     _check_registries(protocol)
-    sha = hashlib.sha256(text.encode()).hexdigest()
-    return protocol.model_copy(update={"sha256": sha})
+    return protocol.model_copy(update={"sha256": sha256})
 
 
 def load_protocol(path: str | Path) -> Protocol:
     """Read and validate a protocol file. Raises ``UserInputError`` naming file and field."""
-    path = Path(path)
+    return parse_protocol(read_protocol_file(path), source=str(path))
+
+
+def read_protocol_file(path: str | Path) -> str:
+    """A protocol file's text; a missing or unreadable file is a ``UserInputError``."""
     try:
-        text = path.read_text()
+        return Path(path).read_text()
     except FileNotFoundError:
         raise UserInputError("protocol file not found", source=str(path)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserInputError(f"cannot read protocol file: {e}", source=str(path)) from None
-    return parse_protocol(text, source=str(path))
 
 
 def _check_registries(p: Protocol) -> None:
@@ -552,11 +599,16 @@ def _check_registries(p: Protocol) -> None:
 
 
 def _check_pairs(p: Protocol) -> None:
-    """[analysis] pairs: two distinct roles of this protocol each, no pair twice."""
+    """[analysis] pairs and contrasts: two distinct roles of this protocol each, none twice."""
+    for key in ("pairs", "contrasts"):
+        _check_role_pairs(p, key, getattr(p.analysis, key))
+
+
+def _check_role_pairs(p: Protocol, key: str, pairs: list[list[str]]) -> None:
     roles = p.role_keys
     seen: dict[frozenset[str], int] = {}
-    for i, pair in enumerate(p.analysis.pairs):
-        field = f"analysis.pairs[{i}]"
+    for i, pair in enumerate(pairs):
+        field = f"analysis.{key}[{i}]"
         if len(pair) != 2:
             reason = f'a pair is two role names, as ["kd/gen1", "small/gen1"]; got {pair}'
         elif unknown := [r for r in pair if r not in roles]:
@@ -564,7 +616,7 @@ def _check_pairs(p: Protocol) -> None:
         elif pair[0] == pair[1]:
             reason = f"a pair compares two roles; this one compares '{pair[0]}' with itself"
         elif frozenset(pair) in seen:
-            reason = f"{pair} repeats analysis.pairs[{seen[frozenset(pair)]}] (A - B or B - A)"
+            reason = f"{pair} repeats analysis.{key}[{seen[frozenset(pair)]}] (A - B or B - A)"
         else:
             seen[frozenset(pair)] = i
             continue

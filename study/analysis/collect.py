@@ -67,8 +67,10 @@ def collect(
         data_identity, notes = resolve_identity(plan, found, tracker)
     runs = _match(plan, found, data_identity)
     finished = runs[runs["status"] == "FINISHED"]
+    condition = plan.protocol.condition
     meta = {
         "study": study,
+        **({"condition": condition} if condition is not None else {}),
         "protocol_sha": plan.protocol.sha256,
         "data_identity": data_identity,
         **tracker.experiment_info(study),
@@ -119,7 +121,10 @@ def _match(plan: Plan, found: pd.DataFrame, data_identity: str | None) -> pd.Dat
                 if run["status"] == "FINISHED":
                     row.update({m: run[m] for m in FINAL_METRICS})
             rows.append(row)
-    return pd.DataFrame(rows, columns=[*KEY_COLUMNS, "reason", *FINAL_METRICS, *RUN_COLUMNS])
+    frame = pd.DataFrame(rows, columns=[*KEY_COLUMNS, "reason", *FINAL_METRICS, *RUN_COLUMNS])
+    if plan.protocol.condition is not None:  # a protocol of several conditions: its rows say which
+        frame.insert(0, "condition", plan.protocol.condition)
+    return frame
 
 
 def resolve_identity(

@@ -218,18 +218,28 @@ def curve_band(c: pd.DataFrame, factor: float = 1.0) -> pd.DataFrame:
     return out
 
 
-def critical_difference(mean_ranks: dict[str, float], cd: float, caption: str) -> bytes:
+def critical_difference(
+    mean_ranks: dict[str, float],
+    cd: float,
+    caption: str,
+    cliques: Sequence[Sequence[str]] | None = None,
+) -> bytes:
     """The critical-difference diagram of Demsar (2006).
 
     The axis carries the mean ranks; each group is a tick with its name on the left (lower
     half of the ranks) or on the right (upper half); thick bars join groups whose mean ranks
-    differ by less than ``cd`` (not significantly different by the Nemenyi test).
+    differ by less than ``cd`` (not significantly different by the Nemenyi test), or, given
+    ``cliques`` (runs of names consecutive in mean-rank order), those groups (``cd`` NaN:
+    no CD bar).
     """
     items = sorted(mean_ranks.items(), key=lambda kv: (kv[1], kv[0]))
     names = [k for k, _ in items]
     ranks = np.array([v for _, v in items], dtype=float)
     k = len(items)
-    cliques = cd_cliques(ranks, cd)
+    if cliques is None:
+        cliques = cd_cliques(ranks, cd)
+    else:
+        cliques = [(names.index(c[0]), names.index(c[-1])) for c in cliques]
     hi = float(max(k, 1 + cd)) if math.isfinite(cd) else float(k)
     half = math.ceil(k / 2)
     rows = max(half, k - half)
@@ -294,3 +304,54 @@ def cd_cliques(sorted_ranks: np.ndarray, cd: float) -> list[tuple[int, int]]:
         if j > i and not (out and out[-1][1] >= j):
             out.append((i, j))
     return out
+
+
+@dataclass(frozen=True)
+class ForestRow:
+    """One row of a forest plot: an estimate and its interval, in display units."""
+
+    label: str
+    estimate: float
+    low: float
+    high: float
+
+
+def forest(
+    rows: Sequence[ForestRow],
+    pooled: ForestRow | None,
+    prediction: tuple[float, float] | None,
+    band: float,
+    label: str,
+    title: str,
+) -> bytes:
+    """A forest plot: each condition's estimate and CI, the pooled estimate as a diamond
+    (its CI as the width), the prediction interval for a new condition as a bar under it,
+    0 as a line and +-``band`` (the smallest effect of interest) shaded."""
+    n = len(rows) + (2 if pooled is not None else 0)
+    with _style():
+        fig = _figure(7.5, 1.3 + 0.34 * n)
+        ax = fig.add_subplot()
+        ax.axvspan(-band, band, color="#dddddd", alpha=0.6, lw=0, label=f"±{band:g}")
+        ax.axvline(0, color="#555555", lw=0.9)
+        for i, r in enumerate(rows):
+            y = n - 1 - i
+            ax.plot([r.low, r.high], [y, y], color="#333333", lw=1.4)
+            ax.plot([r.estimate], [y], "s", color="#4c72b0", ms=6)
+        ticks = [n - 1 - i for i in range(len(rows))]
+        names = [r.label for r in rows]
+        if pooled is not None:
+            y = 1
+            xs = [pooled.low, pooled.estimate, pooled.high, pooled.estimate]
+            ax.fill(xs, [y, y + 0.3, y, y - 0.3], color="#c44e52", lw=0)
+            ticks.append(y)
+            names.append(pooled.label)
+            if prediction is not None:
+                ax.plot(prediction, [0, 0], color="#c44e52", lw=3, alpha=0.55)
+                ticks.append(0)
+                names.append("prediction (new condition)")
+        ax.set_yticks(ticks, names)
+        ax.set_ylim(-0.8, n - 0.2)
+        ax.set_xlabel(label)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", visible=False)
+        return _png(fig)

@@ -223,6 +223,7 @@ def _header(protocol: Protocol, plan: Plan, collected: Collected) -> dict[str, A
     env = environment()
     return {
         "study": protocol.study.name,
+        "condition": protocol.condition,  # one of several: reports/<study>/<condition>/
         "description": protocol.study.description,
         "protocol_file": protocol.source,
         "protocol_sha": protocol.sha256,
@@ -405,7 +406,8 @@ def verdict_words(
 # --------------------------------------------------------------------------------------
 
 
-def _env() -> Environment:
+def template_environment() -> Environment:
+    """The reports' Jinja environment: their templates, Markdown escaping filters."""
     env = Environment(
         loader=PackageLoader("study.analysis", "templates"),
         undefined=StrictUndefined,
@@ -440,14 +442,14 @@ def render_markdown(rep: Report, figs: list[FigureImage] | None = None) -> str:
     """report.md; figures are linked as figures/<name>.png. User text (the description,
     names, file names) is escaped: it renders as the same text the HTML shows."""
     figs = report_figures(rep) if figs is None else figs
-    md = _env().get_template("report.md.j2").render(**_context(rep, figs))
+    md = template_environment().get_template("report.md.j2").render(**_context(rep, figs))
     return re.sub(r"\n{3,}", "\n\n", md)  # sections left empty leave no gaps
 
 
 def render_html(rep: Report, figs: list[FigureImage] | None = None) -> str:
     """report.html: self-contained, figures embedded as base64 PNG, inline stylesheet."""
     figs = report_figures(rep) if figs is None else figs
-    return _env().get_template("report.html.j2").render(**_context(rep, figs))
+    return template_environment().get_template("report.html.j2").render(**_context(rep, figs))
 
 
 def write_report(rep: Report, out_dir: Path) -> list[Path]:
