@@ -27,7 +27,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from study.errors import UserInputError
+from study.errors import TrackerUnavailable, UserInputError
+from study.paths import within
 
 app = typer.Typer(
     help="A statistical study harness for knowledge distillation and Born-Again Networks.",
@@ -148,6 +149,16 @@ def user_errors(fn):
                 soft_wrap=True,
             )
             raise typer.Exit(2) from None
+        except TrackerUnavailable as e:
+            err_console.print(
+                f"[bold red]error:[/] the tracking store {escape(e.uri)} is lost: "
+                f"{escape(e.reason)}. Stopped (exit {TrackerUnavailable.EXIT_STATUS}); local "
+                "checkpoints are kept, and runs may be left RUNNING in the store. Run the "
+                "command again once the store answers: runs resume from their checkpoints",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(TrackerUnavailable.EXIT_STATUS) from None
         except Terminated:  # `run` and `tune` say more; any other command just stops
             err_console.print("[yellow]terminated[/] (SIGTERM)", highlight=False)
             raise typer.Exit(_interrupted_status(Terminated())) from None
@@ -228,9 +239,10 @@ def run(
         _check_device(device, p)
     data = load_study_data(p)
     check_models(plan, data)
-    check_can_write(Path("results") / p.study.name, "the run index")
+    index = within("results", p.study.name, "run.json")
+    check_can_write(index.parent, "the run index")
     if report:
-        check_can_write(Path("reports") / p.study.name, "the report")
+        check_can_write(within("reports", p.study.name), "the report")
     check_writable(tracking_uri)
     tracker = Tracker(tracking_uri)
     if executor != "local":
@@ -254,7 +266,6 @@ def run(
             highlight=False,
         )
         raise typer.Exit(_interrupted_status(e)) from None
-    index = Path("results") / p.study.name / "run.json"
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps(summary.index(), indent=2, sort_keys=True) + "\n")
     if summary.trained == 0 and not summary.failed and not summary.skipped:
@@ -590,8 +601,9 @@ def _collect(protocol: Path, tracking_uri: str | None):
 def _write_report(p, collected) -> None:
     from study.analysis.report import build_report, write_report
 
-    check_can_write(Path("reports") / p.study.name, "the report")
-    paths = write_report(build_report(p, collected), Path("reports") / p.study.name)
+    out = within("reports", p.study.name)
+    check_can_write(out, "the report")
+    paths = write_report(build_report(p, collected), out)
     console.print("report: " + ", ".join(str(x) for x in paths))
 
 

@@ -189,7 +189,7 @@ def test_unknown_dataset_name_lists_the_allowed_names():
 def test_cifar100_reads_fine_labels_and_pixels_exactly_in_chw(tmp_path):
     written = write_cifar100(tmp_path)
     with pytest.warns(UserWarning, match="differ from the published release"):
-        data = load_data("cifar100", root=tmp_path, val_size=0)
+        data = load_data("cifar100", root=tmp_path, val_size=0, verify_checksums=False)
     train_data, fine = written["train"]
     test_data, test_fine = written["test"]
     assert data.train_x.dtype == torch.uint8 and data.train_y.dtype == torch.int64
@@ -207,7 +207,7 @@ def test_cifar100_reads_fine_labels_and_pixels_exactly_in_chw(tmp_path):
 @not_published
 def test_cifar10_reads_all_five_batches_in_order(tmp_path):
     written = write_cifar10(tmp_path)
-    data = load_data("cifar10", root=str(tmp_path), val_size=0)
+    data = load_data("cifar10", root=str(tmp_path), val_size=0, verify_checksums=False)
     train_data, train_labels = written["train"]
     assert data.train_x.shape == (30, 3, 32, 32)
     assert torch.equal(data.train_x, torch.from_numpy(train_data.reshape(-1, 3, 32, 32)))
@@ -221,7 +221,7 @@ def test_cifar10_reads_all_five_batches_in_order(tmp_path):
 @not_published
 def test_cifar_val_split_keeps_pixels_and_labels_paired(tmp_path):
     written = write_cifar10(tmp_path)
-    data = load_data("cifar10", root=tmp_path, val_size=10, data_seed=3)
+    data = load_data("cifar10", root=tmp_path, val_size=10, data_seed=3, verify_checksums=False)
     assert len(data.train_y) == 20 and len(data.val_y) == 10
     full = torch.from_numpy(written["train"][0].reshape(-1, 3, 32, 32))
     labels = torch.tensor(written["train"][1])
@@ -504,14 +504,14 @@ def test_identity_changes_when_the_draw_behind_the_split_changes(monkeypatch):
 @not_published
 def test_identity_changes_when_a_file_changes(tmp_path):
     write_cifar10(tmp_path)
-    before = load_data("cifar10", root=tmp_path).identity
-    assert before == load_data("cifar10", root=tmp_path).identity
+    before = load_data("cifar10", root=tmp_path, verify_checksums=False).identity
+    assert before == load_data("cifar10", root=tmp_path, verify_checksums=False).identity
     path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     with open(path, "rb") as f:
         entry = pickle.load(f, encoding="latin1")
     entry["data"][0, 0] ^= 1
     _pickle(path, entry)
-    assert load_data("cifar10", root=tmp_path).identity != before
+    assert load_data("cifar10", root=tmp_path, verify_checksums=False).identity != before
 
 
 def test_val_size_as_count_and_zero():

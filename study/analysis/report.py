@@ -40,6 +40,7 @@ from study.analysis.stats import (
     kept_off_alpha,
     omnibus,
 )
+from study.paths import within
 from study.plan import TEACHER, Plan, expand
 from study.protocol import Protocol
 from study.repro import environment
@@ -912,22 +913,28 @@ def render_html(rep: Report, figs: list[FigureImage] | None = None) -> str:
     return _env().get_template("report.html.j2").render(**_context(rep, figs))
 
 
+REPORT_FILES = ".report-files"
+"""The manifest of the figures a report wrote into its folder: the next report deletes those
+it no longer has, and nothing else (a user's own files there stay)."""
+
+
 def write_report(rep: Report, out_dir: Path) -> list[Path]:
     """Write report.md (+ figures/*.png) and report.html into out_dir; returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     figs = report_figures(rep)
-    fig_dir = out_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    for old in fig_dir.glob("*.png"):  # a figure this report no longer has must not linger
-        if old.stem not in {f.name for f in figs}:
-            old.unlink()
-    written = []
-    md = out_dir / "report.md"
-    md.write_text(render_markdown(rep, figs))
-    html = out_dir / "report.html"
-    html.write_text(render_html(rep, figs))
-    for f in figs:
-        path = fig_dir / f"{f.name}.png"
-        path.write_bytes(f.png)
-        written.append(path)
-    return [md, html, *written]
+    names = [f"figures/{f.name}.png" for f in figs]
+    paths = {name: within(out_dir, name) for name in ["report.md", "report.html", *names]}
+    manifest = within(out_dir, REPORT_FILES)
+    try:
+        before = set(manifest.read_text().split())
+    except OSError:
+        before = set()
+    for stale in sorted(before - set(names)):  # a figure this report no longer has
+        if re.fullmatch(r"figures/[A-Za-z0-9_]+\.png", stale):
+            within(out_dir, stale).unlink(missing_ok=True)
+    within(out_dir, "figures").mkdir(parents=True, exist_ok=True)
+    paths["report.md"].write_text(render_markdown(rep, figs))
+    paths["report.html"].write_text(render_html(rep, figs))
+    for f, name in zip(figs, names, strict=True):
+        paths[name].write_bytes(f.png)
+    manifest.write_text("".join(f"{name}\n" for name in names))
+    return list(paths.values())
