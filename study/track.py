@@ -629,7 +629,7 @@ def _create_or_repair(uri: str) -> None:
         _create_sqlite_store(db)
         return
     try:
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        _probe(uri)
         return
     except Exception:
         if not _unfinished(db):
@@ -645,9 +645,22 @@ def _create_or_repair(uri: str) -> None:
     _create_sqlite_store(db)
 
 
+def _probe(uri: str) -> None:
+    """Open a sqlite store as MLflow does (its schema verified), on an engine of its own
+    that is closed after: MLflow keeps one engine per URI for the process, and one opened
+    on a store that is then moved aside would go on reading the old file."""
+    import random
+
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    own = f"{uri}?timeout={30 + random.random():.12f}"  # the same file, another engine
+    SqlAlchemyStore(own, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH).engine.dispose()
+
+
 def _unfinished(db: Path) -> bool:
     """Whether a sqlite file is an MLflow store that holds nothing: some of MLflow's tables,
-    no run, no experiment but the Default one."""
+    no run, no registered model, no trace, no experiment but the Default one."""
     import sqlite3
 
     try:
@@ -657,7 +670,8 @@ def _unfinished(db: Path) -> bool:
             }
             if not tables & MLFLOW_TABLES:
                 return False
-            for table, most in (("runs", 0), ("experiments", 1)):
+            held = (("runs", 0), ("experiments", 1), ("registered_models", 0), ("trace_info", 0))
+            for table, most in held:
                 if (
                     table in tables
                     and con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > most
