@@ -11,12 +11,8 @@ Progress is reported through a callback with plain events; the CLI draws them.
 
 from __future__ import annotations
 
-import _thread
-import functools
 import json
 import os
-import socket
-import threading
 import time
 import traceback
 import uuid
@@ -29,6 +25,7 @@ import torch
 from torch import nn
 
 from study.checkpoint import CheckpointSlot, CheckpointStore, signals_held
+from study.claims import ClaimBoard, dead_here, process_space
 from study.data import DataSplits, load_data
 from study.errors import NO_SPACE, DiskFull, TrackerUnavailable, UserInputError
 from study.pack import auto_pack_size
@@ -36,7 +33,7 @@ from study.paths import within
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
 from study.repro import deterministic_mode, environment, pip_freeze, resolve_deterministic
-from study.track import Claim, Tracker
+from study.track import Tracker
 from study.train import (
     SeedResult,
     build_model,
@@ -199,7 +196,7 @@ def run_study(
     execution = protocol.execution
     size = pack_size or (execution.pack if isinstance(execution.pack, int) else None)
     resolved = resolve_device(device or protocol.train.device)  # before the parent exists
-    worker = f"{_process_space()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    worker = f"{process_space()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     _end_runs_of_dead_workers(tracker, exp_id)
     parent = board = None
     status = "FINISHED"
@@ -222,7 +219,7 @@ def run_study(
             plan, data, tracker, exp_id, parent, fingerprints, run_ids, environment(), emit
         )
         session.device, session.worker = resolved, worker
-        board = _ClaimBoard(tracker, study, execution.heartbeat_s, execution.stale_after_s, worker)
+        board = ClaimBoard(tracker, study, execution.heartbeat_s, execution.stale_after_s, worker)
         with channels_last(execution.channels_last):
             _work(session, board, plan, mine, size, summary, refresh, given_up, poll_s)
         if summary.failed:
@@ -321,116 +318,8 @@ def _end_runs_of_dead_workers(tracker: Tracker, exp_id: str) -> None:
     """Runs left RUNNING by a worker of this machine whose process is gone (killed, the OOM
     killer) are ended KILLED: their trainings resume (or start over) in this invocation."""
     for run_id, tags in tracker.running_runs(exp_id):
-        if _dead_here(tags.get("worker", "")):
+        if dead_here(tags.get("worker", "")):
             tracker.end_run(run_id, "KILLED")
-
-
-@functools.cache
-def _process_space() -> str:
-    """Where a PID means one process: the host name, the kernel's boot id and the PID
-    namespace (containers on one host share the boot id, not the namespace)."""
-    parts = [socket.gethostname()]
-    for path, read in (
-        ("/proc/sys/kernel/random/boot_id", lambda p: Path(p).read_text().strip()[:8]),
-        ("/proc/self/ns/pid", os.readlink),
-    ):
-        try:
-            parts.append(read(path))
-        except OSError:
-            parts.append("?")
-    return "/".join(parts).replace(":", "_")
-
-
-def _dead_here(worker: str) -> bool:
-    """Whether ``worker`` (``space:pid:tag``) ran in this process space and its process no
-    longer exists. Unknown spaces, and live or unreadable PIDs, count as alive."""
-    space, _, rest = worker.partition(":")
-    pid, _, _ = rest.partition(":")
-    if space != _process_space() or "?" in space.split("/") or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, but not ours to signal
-        pass
-    return False
-
-
-class _ClaimBoard:
-    """This worker's claims: taking them, keeping their heartbeats fresh, releasing them."""
-
-    def __init__(
-        self, tracker: Tracker, study: str, heartbeat_s: float, stale_after_s: float, worker: str
-    ):
-        self.tracker, self.study = tracker, study
-        self.stale_after_s = stale_after_s
-        self.worker = worker  # space:pid:tag (see ``_dead_here``)
-        self.held: dict[str, str] = {}  # claim experiment id -> fingerprint
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True)
-        self._thread.start()
-
-    def _beat(self, every: float) -> None:
-        while not self._stop.wait(every):
-            with self._lock:
-                ids = list(self.held)
-            try:
-                self.tracker.heartbeat(ids)
-            except TrackerUnavailable:
-                # The tracker is lost: stop the training now (its checkpoints stay), not at
-                # its next epoch's metrics, which a long epoch puts far off.
-                _thread.interrupt_main()
-                return
-            except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
-                pass
-
-    def _fresh(self, claim: Claim | None) -> bool:
-        """Held by a live worker: one whose heartbeat is recent, unless it ran in this
-        process space (host, boot, PID namespace) and its process is gone (killed, OOM),
-        which a rerun after a crash need not wait ``stale_after_s`` to see."""
-        return (
-            claim is not None
-            and claim.active
-            and time.time() - claim.heartbeat < self.stale_after_s
-            and not _dead_here(claim.worker)
-        )
-
-    def claim(self, items: list[tuple[int, str]], claims: dict[str, Claim]) -> dict[int, str]:
-        """Claim (seed, fingerprint) items nobody alive holds; {seed: claim id} of those won."""
-        won: dict[int, str] = {}
-        self.took_over = False  # whether one of the won claims follows an earlier one
-        for seed, fp in items:
-            current = claims.get(fp)
-            if self._fresh(current):
-                continue
-            attempt = (current.attempt if current else 0) + 1
-            claim_id = self.tracker.try_claim(self.study, fp, attempt, self.worker)
-            if claim_id is not None:
-                won[seed] = claim_id
-                self.took_over |= attempt > 1
-                with self._lock:
-                    self.held[claim_id] = fp
-        return won
-
-    def release(self, claim_ids) -> None:
-        for claim_id in list(claim_ids):
-            with self._lock:
-                self.held.pop(claim_id, None)
-            self.tracker.release(claim_id)
-
-    def others_active(self, claims: dict[str, Claim], fingerprints: list[str]) -> bool:
-        return any(self._fresh(claims.get(fp)) for fp in fingerprints)
-
-    def stop(self) -> None:
-        """Stop the heartbeats; claims still held are released (their runs are KILLED)."""
-        self._stop.set()
-        for claim_id in list(self.held):
-            try:
-                self.release([claim_id])
-            except Exception:  # noqa: BLE001 - a stale claim is taken over anyway
-                pass
 
 
 class _Session:

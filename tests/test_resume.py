@@ -292,7 +292,8 @@ def test_a_claim_of_a_process_gone_from_this_machine_is_not_waited_for() -> None
     import subprocess
     import sys
 
-    from study.execute import _dead_here, _process_space
+    from study.claims import dead_here as _dead_here
+    from study.claims import process_space as _process_space
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import os
 import pickle
 import warnings
@@ -28,6 +27,7 @@ from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms import v2
 
 from study.data.augment import AUGMENTATIONS
+from study.data.pickles import read_pickled_batch
 from study.data.splits import (
     DataSplits,
     channel_stats,
@@ -306,73 +306,12 @@ def _hwc_to_chw(images: np.ndarray) -> Tensor:
 # ---------------------------------------------------------------------------------------
 
 
-PICKLE_DATA_GLOBALS = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3
-    }
-)
-"""What a pickled data file may name: numpy arrays and the bytes inside them. Everything
-else a pickle can name (``os.system``, any class) is refused unread."""
-
-
-class _DataOnlyUnpickler(pickle.Unpickler):
-    """An unpickler of plain data: dicts, lists, strings, numbers and numpy arrays."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in PICKLE_DATA_GLOBALS:
-            raise pickle.UnpicklingError(f"it names {module}.{name}, which a data file never does")
-        return super().find_class(module, name)
-
-
-def _md5(blob: bytes) -> str:
-    return hashlib.md5(blob, usedforsecurity=False).hexdigest()
-
-
-def _read_cifar_file(
-    name: str, path: Path, published_md5: str, verify: bool
-) -> tuple[dict[str, Any], bool]:
-    """One CIFAR pickle, read once: its checksum checked against the published release
-    before anything of it is unpickled, then unpickled by ``_DataOnlyUnpickler`` (never by
-    ``pickle.load``, which runs whatever a pickle names). Returns the entry and whether the
-    file is the published one. A file that is not is refused with ``verify``; without, it is
-    read (data only) and the caller warns."""
-    blob = path.read_bytes()
-    published = _md5(blob) == published_md5
-    if verify and not published:
-        raise UserInputError(
-            f"dataset {name!r}: {path} is not the published file (md5 {_md5(blob)}, published "
-            f"{published_md5}); refused before it is read. Place the published files there, "
-            "or set [data] verify_checksums = false to use files of your own (read as data "
-            "only: arrays, lists, strings, numbers)",
-            field="root",
-        )
-    try:
-        entry = _DataOnlyUnpickler(io.BytesIO(blob), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise UserInputError(
-            f"dataset {name!r}: {path} is not a CIFAR data file: {err}", field="root"
-        ) from None
-    if not isinstance(entry, dict):
-        raise UserInputError(
-            f"dataset {name!r}: {path} is not a CIFAR data file (it holds a "
-            f"{type(entry).__name__}, not a dict)",
-            field="root",
-        )
-    return entry, published
-
-
 def _load_cifar(name: str, reader: type, request: SourceRequest) -> SourceData:
     """CIFAR's python version, laid out as torchvision's ``reader`` knows it (folder, file
     names, published md5s, label keys) and parsed as it parses it: the batches' rows
     stacked, each row 3 x 32 x 32 (channel-major), labels under ``labels`` (CIFAR-10) or
     ``fine_labels`` (CIFAR-100), class names under the meta file's key. Unpickled here, data
-    only, after the checksum check (see ``_read_cifar_file``); ``download = true`` fetches
+    only, after the checksum check (see ``pickles.read_pickled_batch``); ``download = true`` fetches
     and checks the archive with torchvision."""
     where = request.root / reader.base_folder
     meta = reader.meta
@@ -389,7 +328,7 @@ def _load_cifar(name: str, reader: type, request: SourceRequest) -> SourceData:
         raise _not_found(name, where, expected)
     entries, differing = {}, []
     for filename, md5 in listed:
-        entry, published = _read_cifar_file(name, where / filename, md5, request.verify_checksums)
+        entry, published = read_pickled_batch(name, where / filename, md5, request.verify_checksums)
         entries[filename] = entry
         if not published:
             differing.append(filename)
