@@ -196,10 +196,18 @@ class _DeadlineClient:
             return DiskFull.at(_sqlite_path(self._uri).parent, "the tracking store")
         if self._remote and "API request to" in text and "failed with" in text:
             try:
-                self.lose(f"the server stopped answering ({text.splitlines()[0][:300]})")
+                self.lose(f"it stopped answering ({_cause(text)}, after MLflow's retries)")
             except TrackerUnavailable as lost:
                 return lost
         return e
+
+
+def _cause(text: str) -> str:
+    """A failed request's cause in a few words (MLflow's message runs to hundreds)."""
+    for words in ("Connection refused", "Name or service not known", "timed out", "reset"):
+        if words.lower() in text.lower():
+            return words.lower()
+    return text.splitlines()[0][:120]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from study.cli import app
 from study.plan import expand
 from study.protocol import parse_protocol
 from tests.conftest import TINY_PROTOCOL, interruptible
+from tests.test_scale import _free_port
 
 runner = CliRunner()
 
@@ -490,14 +491,6 @@ def test_a_store_whose_creation_never_finished_is_rebuilt(workdir: Path) -> None
 # --- 2. a tracking server lost mid-training ----------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _server(where: Path, port: int) -> subprocess.Popen:
     """A real tracking server on a loopback port (one worker), in its own process group."""
     server = subprocess.Popen(
@@ -525,9 +518,9 @@ def test_a_server_killed_mid_training_stops_the_run_within_the_deadline_and_the_
     the claim heartbeat's call goes unanswered, and `study run` stops within the deadline
     (8 s here), exit 3, naming the URI, its checkpoints kept. With the server back, the
     rerun resumes and ends with one FINISHED run per (role, seed)."""
-    text = SMALL.replace("epochs = 2", "epochs = 400").replace(
-        "log_every_s = 3600", "log_every_s = 3600\nheartbeat_s = 1"
-    )
+    text = SMALL.replace("epochs = 2", "epochs = 300")  # the teacher's: trains on meanwhile
+    text = text.replace('loss = "ban"', 'loss = "ban"\ntrain = { epochs = 2 }')
+    text = text.replace("log_every_s = 3600", "log_every_s = 3600\nheartbeat_s = 1")
     (tmp_path / "p.toml").write_text(text)
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
