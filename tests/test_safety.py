@@ -552,6 +552,7 @@ def test_a_server_killed_mid_training_stops_the_run_within_the_deadline_and_the_
     assert run.returncode == 3, err
     words = " ".join(err.split())
     assert f"the tracking store {uri} is lost" in words and "Traceback" not in err
+    print(f"`study run` stopped {stopped:.1f} s after its server was killed")  # for -s
     assert stopped < 8 + 1 + 15, stopped  # the deadline, a heartbeat, and a loaded machine
     assert list(work.glob(".study/checkpoints/*/epoch-*.pt"))  # kept for the rerun
     server = _server(tmp_path, port)
