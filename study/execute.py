@@ -227,16 +227,18 @@ def run_study(
     except Exception:  # an error escaped: the invocation failed, it was not interrupted
         status = "FAILED"
         raise
-    except BaseException as e:  # Ctrl-C (KeyboardInterrupt), or the process being told to exit
+    except BaseException:  # Ctrl-C (KeyboardInterrupt), or the process being told to exit
         status = "KILLED"
-        if tracker.lost is not None:  # the heartbeat found the tracker gone and interrupted
-            raise TrackerUnavailable(tracker.lost.uri, tracker.lost.reason) from e
         raise
     finally:
         with signals_held():
             _end_runs(tracker, exp_id, worker, parent, board, status)
         summary.seconds = time.time() - start
         index_runs()
+        if status == "KILLED" and tracker.lost is not None:
+            # The heartbeat found the tracker gone and interrupted the training, or it went
+            # while an interrupt was handled: the runs could not be ended KILLED; say that.
+            raise TrackerUnavailable(tracker.lost.uri, tracker.lost.reason)
     return summary
 
 

@@ -174,7 +174,10 @@ class _DeadlineClient:
         try:
             answered = done.wait(self._timeout_s)
         except BaseException:  # an interrupt: the call in flight ends first
-            done.wait(self._timeout_s)
+            if not done.wait(self._timeout_s):
+                self.lost = TrackerUnavailable(self._uri, f"no answer within {self._timeout_s:g} s")
+            elif isinstance(box.get("error"), Exception):
+                self._translate(box["error"])  # a lost server is recorded as lost
             raise
         if not answered:
             self.lose(f"no answer within {self._timeout_s:g} s")

@@ -569,6 +569,39 @@ def test_a_server_killed_mid_training_stops_the_run_within_the_deadline_and_the_
         server.wait(timeout=30)
 
 
+def test_sigterm_after_the_server_died_does_not_claim_the_runs_were_killed(tmp_path: Path):
+    """SIGTERM right after the server was killed: Ctrl-C's path (flush the metrics, end the
+    runs KILLED) meets the dead server. It said the runs were marked KILLED while they stayed
+    RUNNING there; now it stops within the deadline saying the store is lost, exit 3."""
+    text = SMALL.replace("epochs = 2", "epochs = 300")
+    text = text.replace('loss = "ban"', 'loss = "ban"\ntrain = { epochs = 2 }')
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _server(tmp_path, port)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "p.toml").write_text(text)
+    run = _popen(work, "run", "p.toml", "--no-report", "--tracking-uri", uri,
+                 STUDY_TRACKER_TIMEOUT_S="8")  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not list(work.glob(".study/checkpoints/*/epoch-*.pt")):
+            assert run.poll() is None and time.time() < deadline, run.communicate()
+            time.sleep(0.05)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 3, err
+    words = " ".join(err.split())
+    assert f"the tracking store {uri} is lost" in words and "marked KILLED" not in words
+
+
 def test_the_tracker_deadline_is_a_documented_setting(monkeypatch) -> None:
     from study.errors import UserInputError
     from study.track import DEFAULT_TIMEOUT_S, TIMEOUT_VARIABLE, tracker_timeout
