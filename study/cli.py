@@ -27,7 +27,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from study.errors import UserInputError
+from study.errors import TrackerUnavailable, UserInputError
+from study.paths import within
 
 app = typer.Typer(
     help="A statistical study harness for knowledge distillation and Born-Again Networks.",
@@ -148,6 +149,16 @@ def user_errors(fn):
                 soft_wrap=True,
             )
             raise typer.Exit(2) from None
+        except TrackerUnavailable as e:
+            err_console.print(
+                f"[bold red]error:[/] the tracking store {escape(e.uri)} is lost: "
+                f"{escape(e.reason)}. Stopped (exit {TrackerUnavailable.EXIT_STATUS}); local "
+                "checkpoints are kept, and runs may be left RUNNING in the store. Run the "
+                "command again once the store answers: runs resume from their checkpoints",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(TrackerUnavailable.EXIT_STATUS) from None
         except Terminated:  # `run` and `tune` say more; any other command just stops
             err_console.print("[yellow]terminated[/] (SIGTERM)", highlight=False)
             raise typer.Exit(_interrupted_status(Terminated())) from None
@@ -242,9 +253,10 @@ def run(
         _check_device(device, p)
     data = load_study_data(p)
     check_models(plan, data)
-    check_can_write(Path("results") / p.study.name, "the run index")
+    index = within("results", p.study.name, "run.json")
+    check_can_write(index.parent, "the run index")
     if report:
-        check_can_write(Path("reports") / p.study.name, "the report")
+        check_can_write(within("reports", p.study.name), "the report")
     check_writable(tracking_uri)
     tracker = Tracker(tracking_uri)
     if executor != "local":
@@ -339,9 +351,9 @@ def _run_conditions(study, protocol: Path, tracking_uri, device, report: bool, e
         data[p.condition] = loaded[key] = loaded.get(key) or load_study_data(p)
     for plan in plans:
         check_models(plan, data[plan.protocol.condition])
-    check_can_write(Path("results") / study.name, "the run index")
+    check_can_write(within("results", study.name), "the run index")
     if report:
-        check_can_write(Path("reports") / study.name, "the report")
+        check_can_write(within("reports", study.name), "the report")
     check_writable(tracking_uri)
     tracker = Tracker(tracking_uri)
     failed = False
@@ -502,7 +514,7 @@ def tune(
     data = load_study_data(p)
     check_models(expand(p), data)
     tuning = plan_tuning(p, trials=trials, storage=storage, tracking_uri=tracking_uri)
-    check_can_write(Path("results") / p.study.name, "the tuning result")
+    check_can_write(within("results", p.study.name), "the tuning result")
     spec = tuning.spec
     console.print(
         f"tuning {', '.join(tuning.space)} of arm '{spec.arm}' generation {spec.generation} "
@@ -583,16 +595,17 @@ def export(protocol: ProtocolArg, tracking_uri: TrackingUri = None, out: ExportD
 
     study = load_study(protocol)
     if study.has_conditions:
-        root = out or Path("results") / study.name
+        root = out or within("results", study.name)
         collected = _collect_conditions(study, protocol, tracking_uri)
         check_can_write(root, "the export")
-        paths = [x for p, c in collected for x in write_export(c, root / str(p.condition))]
+        paths = [x for p, c in collected for x in write_export(c, within(root, str(p.condition)))]
         paths.append(write_conditions_table(collected, root))
         console.print("export: " + ", ".join(str(x) for x in paths))
         return
     p, collected = _collect(protocol, tracking_uri)
-    check_can_write(out or Path("results") / p.study.name, "the export")
-    paths = write_export(collected, out or Path("results") / p.study.name)
+    root = out or within("results", p.study.name)
+    check_can_write(root, "the export")
+    paths = write_export(collected, root)
     console.print("export: " + ", ".join(str(x) for x in paths))
 
 
@@ -786,7 +799,7 @@ def _write_condition_reports(study, collected) -> None:
 
     for p, c in collected:
         _write_report(p, c)
-    out = Path("reports") / study.name
+    out = within("reports", study.name)
     check_can_write(out, "the report")
     paths = write_across(build_across(study, collected), out)
     console.print("across conditions: " + ", ".join(str(x) for x in paths))

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UserInputError
+from study.paths import within
 from study.protocol import (
     CONDITION_KEYS,
     Protocol,
@@ -374,5 +375,4 @@ def _check_distinct(protocols: tuple[Protocol, ...], conditions: list[Condition]
 def study_dir(root: Path, p: Protocol) -> Path:
     """Where a protocol's files go under ``root`` (results/, reports/): <study>, or
     <study>/<condition> for one condition of several."""
-    out = Path(root) / p.study.name
-    return out / p.condition if p.condition is not None else out
+    return within(root, p.study.name, *([p.condition] if p.condition is not None else []))

@@ -8,6 +8,9 @@ and nothing is written to the tracker after one is raised.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class UserInputError(Exception):
     """Bad input that the user must fix: names the source, the field and what is allowed."""
@@ -35,3 +38,37 @@ class UserInputError(Exception):
 
 class DataNotFoundError(UserInputError):
     """Dataset files are absent and the protocol does not allow downloading them."""
+
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""The errnos of a full disk (or a used-up quota)."""
+
+
+class DiskFull(UserInputError):
+    """A write failed for want of space: one message naming the folder, exit status 2.
+
+    Raised where the write failed (a checkpoint, the tracking store, an artifact), after that
+    writer removed its temporary files, so that the command stops with the folder named
+    instead of failing seed after seed with tracebacks."""
+
+    @classmethod
+    def at(cls, folder: str | Path, what: str) -> DiskFull:
+        return cls(
+            f"no space left on the device: {what} could not be written; free some space "
+            "there and run the command again (runs resume from their last checkpoints)",
+            source=str(folder),
+        )
+
+
+class TrackerUnavailable(Exception):
+    """The tracking store did not answer within its deadline (``track.TRACKER_TIMEOUT``).
+
+    Not a ``UserInputError``: the input was fine and may have been half used (runs started
+    and left RUNNING in the store, which cannot be told otherwise now). The CLI says so,
+    names the URI, and exits with ``EXIT_STATUS``, which no other failure uses."""
+
+    EXIT_STATUS = 3
+
+    def __init__(self, uri: str, reason: str):
+        self.uri, self.reason = uri, reason
+        super().__init__(f"{uri}: {reason}")

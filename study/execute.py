@@ -11,11 +11,8 @@ Progress is reported through a callback with plain events; the CLI draws them.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import socket
-import threading
 import time
 import traceback
 import uuid
@@ -27,14 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.checkpoint import CheckpointStore
+from study.checkpoint import CheckpointSlot, CheckpointStore, signals_held
+from study.claims import ClaimBoard, dead_here, process_space
 from study.data import DataSplits, load_data
-from study.errors import UserInputError
+from study.errors import NO_SPACE, DiskFull, TrackerUnavailable, UserInputError
 from study.pack import auto_pack_size
+from study.paths import within
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
 from study.repro import deterministic_mode, environment, pip_freeze, resolve_deterministic
-from study.track import Claim, Tracker
+from study.track import Tracker
 from study.train import (
     SeedResult,
     build_model,
@@ -44,6 +43,10 @@ from study.train import (
     resolve_device,
     train_role,
 )
+
+STOPS = (KeyboardInterrupt, UserInputError, TrackerUnavailable)
+"""What stops a whole invocation rather than failing one pack: Ctrl-C or SIGTERM, a full disk
+(``DiskFull``) or another input error, a tracking store lost."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def load_study_data(protocol: Protocol) -> DataSplits:
             augmentation=d.augmentation,
             image_size=d.image_size,
             synthetic=dict(d.synthetic) or None,
+            verify_checksums=d.verify_checksums,
         )
     except UserInputError as e:
         field = f"data.{e.field}" if e.field else "data"
@@ -199,71 +203,34 @@ def run_study(
     execution = protocol.execution
     size = pack_size or (execution.pack if isinstance(execution.pack, int) else None)
     resolved = resolve_device(device or protocol.train.device)  # before the parent exists
-    parent = tracker.start_parent(
-        exp_id, study, {"protocol_sha": protocol.sha256, "protocol_file": protocol.source}
-    )
-    summary.parent_run_id = parent
-    session = _Session(
-        plan, data, tracker, exp_id, parent, fingerprints, run_ids, environment(), emit
-    )
-    session.device = resolved
-    board = _ClaimBoard(tracker, study, execution.heartbeat_s, execution.stale_after_s)
+    worker = f"{process_space()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    _end_runs_of_dead_workers(tracker, exp_id)
+    parent = board = None
     status = "FINISHED"
     given_up: set[tuple[str, int]] = set()  # failed or blocked in this invocation
     try:
+        # Every run this invocation creates or resumes carries its worker tag: whatever
+        # stops it (an interrupt between two calls, an error), the runs it left RUNNING are
+        # found by that tag and ended KILLED (``_end_runs``).
+        parent = tracker.start_parent(
+            exp_id,
+            study,
+            {
+                "protocol_sha": protocol.sha256,
+                "protocol_file": protocol.source,
+                "worker": worker,
+            },
+        )
+        summary.parent_run_id = parent
+        session = _Session(
+            plan, data, tracker, exp_id, parent, fingerprints, run_ids, environment(), emit
+        )
+        session.device, session.worker = resolved, worker
+        board = ClaimBoard(tracker, study, execution.heartbeat_s, execution.stale_after_s, worker)
         with channels_last(execution.channels_last):
-            while True:
-                refresh()
-                remaining = [k for k in mine if k not in run_ids and k not in given_up]
-                if not remaining:
-                    break
-                claims = tracker.claims(study)
-                session.interrupted = tracker.interrupted_runs(exp_id)
-                worked = False
-                for role in plan.roles:
-                    ready = [
-                        s
-                        for (key, s) in remaining
-                        if key == role.key
-                        and all((d, s) in run_ids for d in plan.dependencies(role.key))
-                    ]
-                    step = size or auto_pack_size(role, len(ready), session.device, data)
-                    for i in range(0, len(ready), step):
-                        won = board.claim(
-                            [(s, fingerprints[(role.key, s)]) for s in ready[i : i + step]], claims
-                        )
-                        if not won:
-                            continue
-                        # A claim is released only after its run is FINISHED: a claim won over a
-                        # released one may be for a run that finished since our last look.
-                        if board.took_over:
-                            refresh()
-                            done = [s for s in won if (role.key, s) in run_ids]
-                            board.release(won.pop(s) for s in done)
-                            if not won:
-                                continue
-                        worked = True
-                        try:
-                            if role.kind == "ensemble":
-                                for seed in won:
-                                    session.evaluate_ensemble(role, seed, summary)
-                            else:
-                                session.train_pack(role, list(won), summary)
-                        finally:
-                            board.release(won.values())
-                        given_up.update((role.key, s) for s in won if (role.key, s) not in run_ids)
-                if worked:
-                    continue
-                if board.others_active(claims, [fingerprints[k] for k in fingerprints]):
-                    time.sleep(poll_s)  # another worker trains something we need: wait for it
-                    continue
-                for role_key, seed in remaining:  # nobody works on them and they cannot start
-                    missing = [d for d in plan.dependencies(role_key) if (d, seed) not in run_ids]
-                    summary.skipped.append(f"{role_key} seed {seed} (needs {', '.join(missing)})")
-                    emit(Progress("skip", role_key, seed, message=f"needs {', '.join(missing)}"))
-                break
-            if summary.failed:
-                status = "FAILED"
+            _work(session, board, plan, mine, size, summary, refresh, given_up, poll_s)
+        if summary.failed:
+            status = "FAILED"
     except Exception:  # an error escaped: the invocation failed, it was not interrupted
         status = "FAILED"
         raise
@@ -271,112 +238,97 @@ def run_study(
         status = "KILLED"
         raise
     finally:
-        board.stop()
-        tracker.end_run(parent, status)
+        with signals_held():
+            _end_runs(tracker, exp_id, worker, parent, board, status)
         summary.seconds = time.time() - start
         index_runs()
+        if status == "KILLED" and tracker.lost is not None:
+            # The heartbeat found the tracker gone and interrupted the training, or it went
+            # while an interrupt was handled: the runs could not be ended KILLED; say that.
+            raise TrackerUnavailable(tracker.lost.uri, tracker.lost.reason)
     return summary
 
 
-@functools.cache
-def _process_space() -> str:
-    """Where a PID means one process: the host name, the kernel's boot id and the PID
-    namespace (containers on one host share the boot id, not the namespace)."""
-    parts = [socket.gethostname()]
-    for path, read in (
-        ("/proc/sys/kernel/random/boot_id", lambda p: Path(p).read_text().strip()[:8]),
-        ("/proc/self/ns/pid", os.readlink),
-    ):
-        try:
-            parts.append(read(path))
-        except OSError:
-            parts.append("?")
-    return "/".join(parts).replace(":", "_")
+def _work(session, board, plan, mine, size, summary, refresh, given_up, poll_s) -> None:
+    """The invocation's loop: claim what is ready, train it, wait for other workers."""
+    fingerprints, run_ids, tracker = session.fingerprints, session.run_ids, session.tracker
+    study = plan.protocol.study.name
+    while True:
+        refresh()
+        remaining = [k for k in mine if k not in run_ids and k not in given_up]
+        if not remaining:
+            break
+        claims = tracker.claims(study)
+        session.interrupted = tracker.interrupted_runs(session.exp_id)
+        worked = False
+        for role in plan.roles:
+            ready = [
+                s
+                for (key, s) in remaining
+                if key == role.key and all((d, s) in run_ids for d in plan.dependencies(role.key))
+            ]
+            step = size or auto_pack_size(role, len(ready), session.device, session.data)
+            for i in range(0, len(ready), step):
+                won = board.claim(
+                    [(s, fingerprints[(role.key, s)]) for s in ready[i : i + step]], claims
+                )
+                if not won:
+                    continue
+                # A claim is released only after its run is FINISHED: a claim won over a
+                # released one may be for a run that finished since our last look.
+                if board.took_over:
+                    refresh()
+                    done = [s for s in won if (role.key, s) in run_ids]
+                    board.release(won.pop(s) for s in done)
+                    if not won:
+                        continue
+                worked = True
+                try:
+                    if role.kind == "ensemble":
+                        for seed in won:
+                            session.evaluate_ensemble(role, seed, summary)
+                    else:
+                        session.train_pack(role, list(won), summary)
+                finally:
+                    board.release(won.values())
+                given_up.update((role.key, s) for s in won if (role.key, s) not in run_ids)
+        if worked:
+            continue
+        if board.others_active(claims, list(fingerprints.values())):
+            time.sleep(poll_s)  # another worker trains something we need: wait for it
+            continue
+        for role_key, seed in remaining:  # nobody works on them and they cannot start
+            missing = [d for d in plan.dependencies(role_key) if (d, seed) not in run_ids]
+            summary.skipped.append(f"{role_key} seed {seed} (needs {', '.join(missing)})")
+            session.emit(Progress("skip", role_key, seed, message=f"needs {', '.join(missing)}"))
+        break
 
 
-def _dead_here(worker: str) -> bool:
-    """Whether ``worker`` (``space:pid:tag``) ran in this process space and its process no
-    longer exists. Unknown spaces, and live or unreadable PIDs, count as alive."""
-    space, _, rest = worker.partition(":")
-    pid, _, _ = rest.partition(":")
-    if space != _process_space() or "?" in space.split("/") or not pid.isdigit():
-        return False
+def _end_runs(tracker: Tracker, exp_id: str, worker: str, parent, board, status: str) -> None:
+    """Stop the heartbeats, end the runs this invocation left RUNNING (KILLED: the next
+    `study run` resumes them) and its parent run with ``status``. After a failure (a lost
+    tracker, a full disk) what cannot be ended is left as it is, quietly: the failure is
+    what the user must hear about."""
+    if board is not None:
+        board.stop()
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, but not ours to signal
-        pass
-    return False
+        if status != "FINISHED":
+            for run_id, tags in tracker.running_runs(exp_id):
+                if tags.get("worker") == worker and run_id != parent:
+                    tracker.end_run(run_id, "KILLED")
+        if parent is not None:
+            tracker.end_run(parent, status)
+    except Exception:
+        if status == "FINISHED":
+            raise
 
 
-class _ClaimBoard:
-    """This worker's claims: taking them, keeping their heartbeats fresh, releasing them."""
-
-    def __init__(self, tracker: Tracker, study: str, heartbeat_s: float, stale_after_s: float):
-        self.tracker, self.study = tracker, study
-        self.stale_after_s = stale_after_s
-        self.worker = f"{_process_space()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.held: dict[str, str] = {}  # claim experiment id -> fingerprint
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True)
-        self._thread.start()
-
-    def _beat(self, every: float) -> None:
-        while not self._stop.wait(every):
-            with self._lock:
-                ids = list(self.held)
-            try:
-                self.tracker.heartbeat(ids)
-            except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
-                pass
-
-    def _fresh(self, claim: Claim | None) -> bool:
-        """Held by a live worker: one whose heartbeat is recent, unless it ran in this
-        process space (host, boot, PID namespace) and its process is gone (killed, OOM),
-        which a rerun after a crash need not wait ``stale_after_s`` to see."""
-        return (
-            claim is not None
-            and claim.active
-            and time.time() - claim.heartbeat < self.stale_after_s
-            and not _dead_here(claim.worker)
-        )
-
-    def claim(self, items: list[tuple[int, str]], claims: dict[str, Claim]) -> dict[int, str]:
-        """Claim (seed, fingerprint) items nobody alive holds; {seed: claim id} of those won."""
-        won: dict[int, str] = {}
-        self.took_over = False  # whether one of the won claims follows an earlier one
-        for seed, fp in items:
-            current = claims.get(fp)
-            if self._fresh(current):
-                continue
-            attempt = (current.attempt if current else 0) + 1
-            claim_id = self.tracker.try_claim(self.study, fp, attempt, self.worker)
-            if claim_id is not None:
-                won[seed] = claim_id
-                self.took_over |= attempt > 1
-                with self._lock:
-                    self.held[claim_id] = fp
-        return won
-
-    def release(self, claim_ids) -> None:
-        for claim_id in list(claim_ids):
-            with self._lock:
-                self.held.pop(claim_id, None)
-            self.tracker.release(claim_id)
-
-    def others_active(self, claims: dict[str, Claim], fingerprints: list[str]) -> bool:
-        return any(self._fresh(claims.get(fp)) for fp in fingerprints)
-
-    def stop(self) -> None:
-        """Stop the heartbeats; claims still held are released (their runs are KILLED)."""
-        self._stop.set()
-        for claim_id in list(self.held):
-            try:
-                self.release([claim_id])
-            except Exception:  # noqa: BLE001 - a stale claim is taken over anyway
-                pass
+def _end_runs_of_dead_workers(tracker: Tracker, exp_id: str) -> None:
+    """Runs left RUNNING by a worker of this machine whose process is gone (killed, the OOM
+    killer) are ended KILLED: their trainings resume (or start over) in this invocation."""
+    for run_id, tags in tracker.running_runs(exp_id):
+        if dead_here(tags.get("worker", "")):
+            tracker.end_run(run_id, "KILLED")
 
 
 class _Session:
@@ -393,6 +345,7 @@ class _Session:
         self.env = env
         self.emit: ProgressCallback = emit
         self.device = torch.device("cpu")
+        self.worker = ""  # this invocation's worker tag, on every run it creates or resumes
         self.checkpoints = CheckpointStore(
             tracker.checkpoint_root(), plan.protocol.execution.checkpoint_every_s
         )
@@ -411,9 +364,13 @@ class _Session:
 
     def model(self, key: str, seed: int) -> nn.Module:
         """A trained model of (role, seed): from memory, else from its logged checkpoint."""
-        if (key, seed) not in self.states:
-            self.states[(key, seed)] = self.tracker.load_checkpoint(self.run_ids[(key, seed)])
-        return load_model(self.plan.role(key), self.data, self.states[(key, seed)], self.device)
+        if (key, seed) in self.states:
+            return load_model(self.plan.role(key), self.data, self.states[(key, seed)], self.device)
+        run_id = self.run_ids[(key, seed)]
+        state = self.tracker.load_checkpoint(run_id)
+        model = model_of_run(self.plan.role(key), self.data, state, self.device, run_id)
+        self.states[(key, seed)] = state
+        return model
 
     def _tags(self, role: Role, seed: int) -> dict[str, Any]:
         p = self.plan.protocol
@@ -438,6 +395,7 @@ class _Session:
             else None,
             "members_run_ids": ",".join(self.run_ids.get((m, seed), "") for m in role.members)
             or None,
+            "worker": self.worker,
         }
 
     def _missing_dependency(self, role: Role, seed: int, summary: RunSummary) -> bool:
@@ -462,35 +420,42 @@ class _Session:
         self.tracker.log_files(run_id, self.protocol_files)
         return run_id
 
-    def _start_or_resume(self, role: Role, seed: int, pack: int) -> tuple[str, set[int]]:
+    def _start_or_resume(
+        self, role: Role, seed: int, pack: int
+    ) -> tuple[str, set[int], CheckpointSlot]:
         """A new run, or the interrupted run of the same fingerprint reopened to continue
         from its checkpoint.
 
-        Returns the run id and the epochs already logged to it (none for a new run). An
-        interrupted run without a checkpoint this device can resume (none was due yet, all
-        are corrupt, or they come from another device type) is left KILLED and tagged with
-        the run that supersedes it: the epochs a run logs are those of one training.
+        Returns the run id, the epochs already logged to it (none for a new run) and the
+        seed's checkpoint slot. Only a seed that resumes reads its slot; a new run's slot is
+        cleared unread (files planted or left there are never loaded). An interrupted run
+        without a checkpoint this device can resume (none was due yet, all are refused, or
+        they come from another device type) is left KILLED and tagged with the run that
+        supersedes it: the epochs a run logs are those of one training.
         """
         fingerprint = self.fingerprints[(role.key, seed)]
-        hit = self.interrupted.get((role.key, fingerprint))
-        if hit is None:
-            return self._start(role, seed, pack), set()
         slot = self.checkpoints.slot(fingerprint)
-        if slot.resumable(slot.load(), self.device) is None:
-            slot.clear()  # what is left in it cannot be resumed: the new run starts over
-            for note in slot.notes:
-                self.emit(Progress("note", role.key, seed, message=note))
-            run_id = self._start(role, seed, pack)
-            self.tracker.set_tags(hit.run_id, {"superseded_by": run_id})
-            self.tracker.end_run(hit.run_id, "KILLED")
-            del self.interrupted[(role.key, fingerprint)]
-            return run_id, set()
-        self.tracker.reopen(hit.run_id)
-        # train_loss is in every epoch's metrics (val_acc is not: val_size = 0), and an
-        # epoch's metrics go to MLflow together
-        return hit.run_id, {
-            step for step, _ in self.tracker.metric_history(hit.run_id, "train_loss")
-        }
+        hit = self.interrupted.get((role.key, fingerprint))
+        if hit is not None and slot.resume_state(self.device) is not None:
+            self.tracker.reopen(hit.run_id, {"worker": self.worker})
+            # train_loss is in every epoch's metrics (val_acc is not: val_size = 0), and an
+            # epoch's metrics go to MLflow together
+            logged = {step for step, _ in self.tracker.metric_history(hit.run_id, "train_loss")}
+            return hit.run_id, logged, slot
+        notes = list(slot.notes)
+        slot.clear()
+        slot.resume = False
+        run_id = self._start(role, seed, pack)
+        if notes:  # why its checkpoints were refused: in the run, as on the terminal
+            self.tracker.set_tags(run_id, {"checkpoint_notes": "\n".join(notes)[:4000]})
+        if hit is not None:
+            self._supersede(role, fingerprint, hit.run_id, run_id)
+        return run_id, set(), slot
+
+    def _supersede(self, role: Role, fingerprint: str, old: str, new: str) -> None:
+        self.tracker.set_tags(old, {"superseded_by": new})
+        self.tracker.end_run(old, "KILLED")
+        del self.interrupted[(role.key, fingerprint)]
 
     def train_pack(self, role: Role, seeds: list[int], summary: RunSummary) -> None:
         seeds = [s for s in seeds if not self._missing_dependency(role, s, summary)]
@@ -498,8 +463,8 @@ class _Session:
             return
         teachers = {s: self.model(role.teacher, s) for s in seeds} if role.teacher else None
         started = {s: self._start_or_resume(role, s, len(seeds)) for s in seeds}
-        runs = {s: run_id for s, (run_id, _) in started.items()}
-        slots = {s: self.checkpoints.slot(self.fingerprints[(role.key, s)]) for s in seeds}
+        runs = {s: run_id for s, (run_id, _, _) in started.items()}
+        slots = {s: slot for s, (_, _, slot) in started.items()}
         # Per-epoch metrics reach MLflow every `log_every_s` seconds, a batch per run: one
         # database transaction per seed and epoch would cost more than a small network's
         # epoch. What a crash loses from the buffer is in the checkpoint's history, and a
@@ -507,7 +472,7 @@ class _Session:
         metrics_log = _MetricsBuffer(
             self.tracker,
             runs,
-            {s: logged for s, (_, logged) in started.items()},
+            {s: logged for s, (_, logged, _) in started.items()},
             self.plan.protocol.execution.log_every_s,
             params={s: self._params(role, s) for s in seeds},
         )
@@ -532,14 +497,16 @@ class _Session:
                 checkpoints=slots,
                 on_resume=on_resume,
             )
-        except KeyboardInterrupt:
-            metrics_log.flush()
-            for s in seeds:
-                self.tracker.end_run(runs[s], "KILLED")
+        except STOPS as stop:  # the invocation stops; its runs end KILLED (``_end_runs``)
+            if not isinstance(stop, TrackerUnavailable | DiskFull):
+                metrics_log.flush()  # what Ctrl-C and SIGTERM keep of the epochs so far
             raise
+        except OSError as e:
+            if e.errno in NO_SPACE:
+                raise DiskFull.at(Path(e.filename or ".").parent, "a file") from None
+            results = _failed(seeds, e)
         except Exception as e:  # noqa: BLE001 - one pack's crash must not sink the study
-            reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
-            results = [SeedResult(seed=s, state_dict={}, failure=reason) for s in seeds]
+            results = _failed(seeds, e)
         finally:
             for seed in seeds:
                 for note in slots[seed].notes:
@@ -574,6 +541,10 @@ class _Session:
         if self._missing_dependency(role, seed, summary):
             return
         run_id = self._start(role, seed)
+        fingerprint = self.fingerprints[(role.key, seed)]
+        hit = self.interrupted.get((role.key, fingerprint))
+        if hit is not None:  # an evaluation stopped midway: this one replaces it
+            self._supersede(role, fingerprint, hit.run_id, run_id)
         members = [self.model(m, seed) for m in role.members]
         teacher = self.model("teacher", seed)
         recipe = self.plan.role(role.members[-1]).train  # the members' (one arm's)
@@ -597,6 +568,27 @@ class _Session:
         self.tracker.end_run(run_id, "FAILED")
         summary.failed.append(f"{role.key} seed {seed}: {reason.splitlines()[0]}")
         self.emit(Progress("fail", role.key, seed, message=reason.splitlines()[0]))
+
+
+def _failed(seeds: list[int], e: Exception) -> list[SeedResult]:
+    reason = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+    return [SeedResult(seed=s, state_dict={}, failure=reason) for s in seeds]
+
+
+def model_of_run(
+    role: Role, data: DataSplits, state: dict[str, torch.Tensor], device: torch.device, run_id: str
+) -> nn.Module:
+    """The model of a tracked run from its logged ``state_dict``: one that does not fit the
+    role's network (missing, unexpected or misshapen tensors) is refused, naming the run."""
+    try:
+        return load_model(role, data, state, device)
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UserInputError(
+            f"its artifact checkpoint/model.pt is not a state dict of role {role.key}'s "
+            f"network ({first}): refused",
+            source=f"run {run_id}",
+        ) from None
 
 
 class _MetricsBuffer:
@@ -737,7 +729,7 @@ def submit_study(
 
     execution = protocol.execution
     slurm = execution.slurm
-    folder = Path(slurm.folder) / protocol.study.name
+    folder = within(slurm.folder, protocol.study.name)
     if local:
         executor = submitit.LocalExecutor(folder=str(folder))
         executor.update_parameters(timeout_min=slurm.time_min)

@@ -65,19 +65,23 @@ from __future__ import annotations
 import copy
 import math
 import os
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from study import train as _train
-from study.checkpoint import CheckpointSlot
+from study.checkpoint import (
+    CheckpointSlot,
+    commit_pack,
+    pack_key,
+    signals_held,
+    training_state,
+)
 from study.data import AugmentDraw, DataSplits, apply_augmentation, draw_augmentation, normalize
 from study.losses import TUNED, get_loss, resolve_loss_params
 from study.models import cnn, densenet, mlp, resnet_cifar, wrn
@@ -95,7 +99,6 @@ from study.train import (
     _scheduler,
     agreement_metrics,
     build_model,
-    cuda_index,
     evaluate_probs,
     final_metrics,
     init_model,
@@ -104,6 +107,7 @@ from study.train import (
     saved_dropout_rng,
     to_device,
     train_batches,
+    training_device_rng,
 )
 
 PACKABLE_ARCHS = frozenset({"mlp", "small_cnn", "wrn", "resnet_cifar", "densenet_bc"})
@@ -520,9 +524,7 @@ def train_pack(
     # A checkpoint from another device type starts its seed over (CheckpointSlot.resumable);
     # the seeds that can resume still do, as a pack of their own.
     saved = {
-        s: checkpoints[s].resumable(checkpoints[s].load(), device)
-        if checkpoints and s in checkpoints
-        else None
+        s: checkpoints[s].resume_state(device) if checkpoints and s in checkpoints else None
         for s in seeds
     }
     by_epoch: dict[int, list[int]] = {}
@@ -756,6 +758,9 @@ class _PackRun:
         return out
 
     def _save(self, epoch: int, alive: list[bool]) -> None:
+        """Every live seed's state, as one commit: a seed's state counts only once every
+        seed's is written (``checkpoint.commit_pack``), so that a crash between two writes
+        resumes the whole pack at the epoch before, together, as the same computation."""
         if not any(self.slots.get(s) is not None for s in self.seeds):
             return
         live_slots = [self.slots.get(s) for j, s in enumerate(self.seeds) if alive[j]]
@@ -764,31 +769,39 @@ class _PackRun:
         if not any(slot.due() for slot in live_slots if slot is not None):
             return
         optimizer = self.opt.state_dict()
-        cuda = self.device.type == "cuda"
-        device_rng = torch.cuda.get_rng_state(cuda_index(self.device)) if cuda else None
-        for j, seed in enumerate(self.seeds):
-            slot = self.slots.get(seed)
-            if slot is None or not alive[j]:
-                continue
-            generators = self._generators(j)
-            slot.save(
-                {
-                    "epoch": epoch,
-                    "device_type": self.device.type,
-                    "history": self.results[j].history,
-                    "model": self.pack.seed_state(j),
-                    "optimizer": seed_optimizer_state(optimizer, j, self.k),
-                    "scheduler": self.sched.state_dict(),
-                    "scaler": self.scaler.state_dict(),
-                    "generators": {name: g.get_state() for name, g in generators.items()},
-                    "dropout_rng": self.dropout[j].get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "device_rng": device_rng,
-                    "python_rng": random.getstate(),
-                    "numpy_rng": np.random.get_state(),
-                    "packed": self.k,
-                }
-            )
+        device_rng = training_device_rng(self.device)
+        key = pack_key(s for s in self.slots.values() if s is not None)
+        written: list[CheckpointSlot] = []
+        stop: KeyboardInterrupt | None = None
+        with signals_held():  # Ctrl-C and SIGTERM wait for the commit (a crash cannot)
+            for j, seed in enumerate(self.seeds):
+                slot = self.slots.get(seed)
+                if slot is None or not alive[j]:
+                    continue
+                state = training_state(
+                    epoch=epoch,
+                    device=self.device,
+                    history=self.results[j].history,
+                    model=self.pack.seed_state(j),
+                    optimizer=seed_optimizer_state(optimizer, j, self.k),
+                    scheduler=self.sched.state_dict(),
+                    scaler=self.scaler.state_dict(),
+                    generators=self._generators(j),
+                    dropout=self.dropout[j],
+                    device_rng=device_rng,
+                    packed=self.k,
+                    pack=key,
+                )
+                written.append(slot)
+                try:
+                    slot.save(state)
+                except KeyboardInterrupt as e:  # raised in the save: the commit goes first
+                    stop = stop or e
+                if len(written) == 1:
+                    _train.fault_between_pack_writes(epoch)
+            commit_pack(key, epoch, written)
+        if stop is not None:
+            raise stop
 
     def _finish(
         self, alive: list[bool], teacher_val: Tensor | None, teacher_test: Tensor | None

@@ -199,6 +199,7 @@ def expand(protocol: Protocol, tuned: Mapping[str, float] | None = None) -> Plan
     with. Without one it stays "tuned": the plan can be shown but not trained
     (``Plan.require_trainable`` says why).
     """
+    check_size(protocol)
     augmentation = resolved_augmentation(protocol)
     teacher = Role(
         key=TEACHER,
@@ -252,6 +253,33 @@ def expand(protocol: Protocol, tuned: Mapping[str, float] | None = None) -> Plan
     if protocol.condition is not None:
         roles = [dataclasses.replace(r, condition=protocol.condition) for r in roles]
     return Plan(protocol=protocol, roles=tuple(roles), seeds=tuple(protocol.seeds))
+
+
+MAX_RUNS = 100_000
+"""The most (role, seed) runs a plan may have (also ``protocol.MAX_SEEDS`` seeds): each is
+an MLflow run, so a typo (``seeds = 1000000``, ``generations = 50000``) would otherwise
+start creating millions of them."""
+
+
+def check_size(protocol: Protocol) -> None:
+    """Refuse a plan of more than ``MAX_RUNS`` runs before any role is built, naming the field
+    that makes it large: the arm with the most generations when the roles alone are too
+    many for one seed, else ``study.seeds``."""
+    arms = protocol.arms
+    roles = 1 + sum(a.generations + (a.generations - 1 if a.ensemble else 0) for a in arms)
+    seeds = len(protocol.seeds)
+    if roles * seeds <= MAX_RUNS:
+        return
+    field = "study.seeds"
+    if roles > MAX_RUNS:
+        index = max(range(len(arms)), key=lambda i: arms[i].generations)
+        field = f"arms[{index}] ('{arms[index].name}').generations"
+    raise UserInputError(
+        f"the plan is {roles} roles x {seeds} seeds = {roles * seeds} runs; at most "
+        f"{MAX_RUNS} runs are allowed (each is an MLflow run)",
+        source=protocol.source,
+        field=field,
+    )
 
 
 def resolved_augmentation(protocol: Protocol) -> str:

@@ -29,10 +29,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+NAME_MAX_LENGTH = 100
+"""Study and arm names become folder names (``reports/<study>``, ``mlartifacts/<study>``),
+MLflow experiment names (``<study>/_claims/<fingerprint>/<attempt>``: 256 characters on a
+database server) and Optuna study names: 100 characters keep each of them in its limit."""
+MAX_SEEDS = 10_000
+"""The most seeds a study (or a tuning) may have: a count beyond it is a typo, not a plan."""
+
+
+def _path_safe(v: str) -> str:
+    """A name that is also a folder name: '.' and '..' would be the folder itself or its
+    parent (``reports/../report.md`` overwrote the user's own file)."""
+    if v in (".", ".."):
+        raise ValueError(f"{v!r} is not allowed: the name becomes a folder name")
+    return v
+
+
 class StudySection(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     seeds: int | list[int] = 5
+
+    _name = field_validator("name")(_path_safe)
 
     @field_validator("seeds")
     @classmethod
@@ -40,9 +58,13 @@ class StudySection(_Strict):
         if isinstance(v, int):
             if v < 1:
                 raise ValueError(f"seeds must be a count >= 1 or a non-empty list, got {v}")
+            if v > MAX_SEEDS:
+                raise ValueError(f"seeds = {v}: at most {MAX_SEEDS} seeds are allowed")
         else:
             if not v:
                 raise ValueError("seeds must be a count >= 1 or a non-empty list, got []")
+            if len(v) > MAX_SEEDS:
+                raise ValueError(f"{len(v)} seeds listed: at most {MAX_SEEDS} are allowed")
             if any(s < 0 for s in v):
                 raise ValueError("seeds in a list must be integers >= 0")
             if len(set(v)) != len(v):
@@ -66,6 +88,11 @@ class DataSection(_Strict):
         default_factory=dict,
         description="options of the synthetic dataset: n_train, n_test, num_classes, "
         "channels, image_size, seed",
+    )
+    verify_checksums: bool = Field(
+        default=True,
+        description="pickled data files (CIFAR's) must be the published ones; false reads "
+        "files of your own as data only, with a warning",
     )
 
     @field_validator("dataset")
@@ -152,7 +179,7 @@ class LossSection(_Strict):
 
 
 class ArmSection(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=r"^[A-Za-z0-9_.\-]+$")
     arch: str | None = None
     kwargs: dict[str, Any] | None = None
     loss: LossSection
@@ -180,7 +207,7 @@ class ArmSection(_Strict):
     def _reserved(cls, v: str) -> str:
         if v == "teacher":
             raise ValueError("'teacher' is reserved for the teacher role; pick another arm name")
-        return v
+        return _path_safe(v)
 
 
 class AnalysisSection(_Strict):

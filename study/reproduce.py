@@ -17,7 +17,7 @@ import torch
 
 from study.analysis.stats import format_seeds
 from study.errors import UserInputError
-from study.execute import load_study_data
+from study.execute import load_study_data, model_of_run
 from study.pack import packable
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
@@ -26,7 +26,6 @@ from study.track import FINAL_METRICS, Tracker
 from study.train import (
     channels_last,
     evaluate_ensemble,
-    load_model,
     resolve_device,
     train_role,
 )
@@ -84,7 +83,7 @@ def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -
 
     def model_of(dep_run_id: str, key: str) -> torch.nn.Module:
         state = tracker.load_checkpoint(dep_run_id)
-        return load_model(plan.role(key), data, state, dev)
+        return model_of_run(plan.role(key), data, state, dev, dep_run_id)
 
     exp_id = tracker.experiment_id(f"{protocol.study.name}-reproduce")
     assert exp_id is not None

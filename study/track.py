@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +50,12 @@ from mlflow.store.tracking.dbmodels.models import (  # noqa: E402
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from study.errors import UserInputError  # noqa: E402
+from study.errors import NO_SPACE, DiskFull, TrackerUnavailable, UserInputError  # noqa: E402
+from study.paths import within  # noqa: E402
+
+# A store that cannot be written (a full disk) is said once, as a DiskFull naming its
+# folder; MLflow would also log every failed transaction with its traceback.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 CHECKPOINT = "checkpoint/model.pt"
 TAG_KEYS = (
@@ -81,6 +90,141 @@ def resolve_uri(uri: str | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
 
 
+TIMEOUT_VARIABLE = "STUDY_TRACKER_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 120.0
+"""Every call to a tracking server ends within this many seconds (``STUDY_TRACKER_TIMEOUT_S``
+changes it): MLflow's client retries a lost server with exponential backoff for minutes
+(7 retries, 2 s doubling; with its 120 s request timeout, far longer), and a study whose
+server died would otherwise train on for good, logging nowhere."""
+
+
+def tracker_timeout() -> float:
+    """The deadline of every tracker call, in seconds (see ``DEFAULT_TIMEOUT_S``)."""
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise UserInputError(
+            f"{text!r} is not a number of seconds > 0", source="environment", field=TIMEOUT_VARIABLE
+        )
+    return value
+
+
+def _remote(uri: str) -> bool:
+    return not uri.startswith(("sqlite:", "file:", "/", ".")) and "://" in uri
+
+
+# Fault injection for the interrupt and kill tests: "N:INT" or "N:KILL" sends that signal
+# to this process right after its N-th call to the tracker returns.
+_FAULT = os.environ.get("STUDY_TEST_SIGNAL_AFTER_TRACKER_CALLS", "")
+_calls = [0]
+
+
+def _maybe_fault() -> None:
+    _calls[0] += 1
+    after, _, name = _FAULT.partition(":")
+    if _calls[0] == int(after):
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
+
+
+class _DeadlineClient:
+    """An ``MlflowClient`` whose every call to a tracking server ends within the deadline.
+
+    A call runs in a thread of its own and is waited for ``timeout_s`` seconds; one that is
+    not answered by then marks the tracker lost (``lost``), and from then on every call
+    fails at once: the command stops within one deadline instead of one per call. An
+    interrupt that arrives while a call is in flight waits for that call first (up to the
+    deadline), so that a run it creates exists before the interrupted invocation ends its
+    runs. A local store (sqlite) is called directly: it waits on no network. Errors that
+    mean a full disk become ``DiskFull`` naming the folder.
+    """
+
+    def __init__(self, client: MlflowClient, uri: str, timeout_s: float):
+        self._client, self._uri, self._timeout_s = client, uri, timeout_s
+        self._remote = _remote(uri)
+        self.lost: TrackerUnavailable | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+        return lambda *args, **kwargs: self._call(attr, args, kwargs)
+
+    def _call(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        if self.lost is not None:
+            raise TrackerUnavailable(self.lost.uri, self.lost.reason)
+        try:
+            return self._wait(fn, args, kwargs) if self._remote else fn(*args, **kwargs)
+        except (TrackerUnavailable, DiskFull):
+            raise
+        except Exception as e:
+            translated = self._translate(e)
+            if translated is e:
+                raise
+            raise translated from e
+        finally:
+            if _FAULT:
+                _maybe_fault()
+
+    def _wait(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                box["value"] = fn(*args, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                box["error"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name="tracker-call", daemon=True).start()
+        try:
+            answered = done.wait(self._timeout_s)
+        except BaseException:  # an interrupt: the call in flight ends first
+            if not done.wait(self._timeout_s):
+                self.lost = TrackerUnavailable(self._uri, f"no answer within {self._timeout_s:g} s")
+            elif isinstance(box.get("error"), Exception):
+                self._translate(box["error"])  # a lost server is recorded as lost
+            raise
+        if not answered:
+            self.lose(f"no answer within {self._timeout_s:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def lose(self, reason: str) -> None:
+        """Mark the tracker lost, and raise so (see the class)."""
+        self.lost = TrackerUnavailable(self._uri, reason)
+        raise TrackerUnavailable(self._uri, reason)
+
+    def _translate(self, e: Exception) -> Exception:
+        text = str(e)
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            where = Path(e.filename).parent if e.filename else Path(self._uri)
+            return DiskFull.at(where, "an artifact")
+        if "database or disk is full" in text:
+            return DiskFull.at(_sqlite_path(self._uri).parent, "the tracking store")
+        if self._remote and "API request to" in text and "failed with" in text:
+            try:
+                self.lose(f"it stopped answering ({_cause(text)}, after MLflow's retries)")
+            except TrackerUnavailable as lost:
+                return lost
+        return e
+
+
+def _cause(text: str) -> str:
+    """A failed request's cause in a few words (MLflow's message runs to hundreds)."""
+    for words in ("Connection refused", "Name or service not known", "timed out", "reset"):
+        if words.lower() in text.lower():
+            return words.lower()
+    return text.splitlines()[0][:120]
+
+
 @dataclass(frozen=True)
 class Claim:
     """The latest claim on a (role, seed) fingerprint: who trains it, and are they alive."""
@@ -106,7 +250,21 @@ class Tracker:
 
     def __init__(self, uri: str | None = None):
         self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        timeout_s = tracker_timeout()
+        if _remote(self.uri):  # MLflow's own retries end near the deadline too
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(timeout_s))))
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+        ensure_store(self.uri)
+        self.client = _DeadlineClient(MlflowClient(tracking_uri=self.uri), self.uri, timeout_s)
+
+    @property
+    def lost(self) -> TrackerUnavailable | None:
+        """Why the tracker is lost (a call went unanswered past its deadline), or None."""
+        return self.client.lost
+
+    def lose(self, reason: str) -> None:
+        """Mark the tracker lost (a heartbeat went unanswered, say) and raise so."""
+        self.client.lose(reason)
 
     # -- experiments and lookups ------------------------------------------------------
 
@@ -134,7 +292,7 @@ class Tracker:
         """Next to a local sqlite database, not in whatever directory we happen to run in."""
         if self.uri.startswith("sqlite:///"):
             db = Path(self.uri.removeprefix("sqlite:///"))
-            return (db.resolve().parent / "mlartifacts" / study).as_uri()
+            return within(db.resolve().parent / "mlartifacts", study).resolve().as_uri()
         return None
 
     def _search(self, experiment_id: str, filter_string: str) -> list:
@@ -244,9 +402,17 @@ class Tracker:
         runs = self._search(experiment_id, where)
         return [r.info.run_id for r in sorted(runs, key=lambda r: r.info.start_time)]
 
-    def reopen(self, run_id: str) -> None:
-        """Mark an interrupted run as running again (it is being resumed)."""
+    def reopen(self, run_id: str, tags: dict[str, Any] | None = None) -> None:
+        """Mark an interrupted run as running again (it is being resumed); ``tags`` first,
+        so that a run reopened by this process carries its ``worker`` tag whenever it runs."""
+        if tags:
+            self.set_tags(run_id, tags)
         self.client.update_run(run_id, status="RUNNING")
+
+    def running_runs(self, experiment_id: str) -> list[tuple[str, dict[str, str]]]:
+        """(run id, tags) of the experiment's RUNNING runs, children and parents."""
+        runs = self._search(experiment_id, "attributes.status = 'RUNNING'")
+        return [(r.info.run_id, dict(r.data.tags)) for r in runs]
 
     def finished_runs(self, experiment_id: str) -> dict[tuple[str, str], FinishedRun]:
         """FINISHED (role, seed) runs of the experiment, by (role, fingerprint)."""
@@ -338,9 +504,25 @@ class Tracker:
     # -- reading -----------------------------------------------------------------------
 
     def load_checkpoint(self, run_id: str) -> dict[str, torch.Tensor]:
+        """A run's logged ``state_dict``, loaded weights-only: a file that holds anything but
+        tensors under names (a crafted pickle) is refused, naming the run and the file."""
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, CHECKPOINT, tmp)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - whatever the unpickler says, nothing ran
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                why = f"does not load weights-only ({type(e).__name__}: {first})"
+            else:
+                tensors = isinstance(state, dict) and all(
+                    isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+                )
+                if tensors:
+                    return state
+                why = "is not a state dict (tensors by name)"
+        raise UserInputError(
+            f"its artifact {CHECKPOINT} in {self.uri} {why}: refused", source=f"run {run_id}"
+        )
 
     def runs_frame(self, study: str) -> pd.DataFrame:
         """Every (role, seed) run of a study as a tidy table: tags, status, final metrics,
@@ -496,6 +678,7 @@ def check_writable(uri: str | None = None, *, timeout_s: float = 5.0) -> None:
     try:
         with _creating(resolved):
             _refuse_foreign_sqlite(resolved)  # under the lock: not a store half-created
+            _create_or_repair(resolved)
             MlflowClient(tracking_uri=resolved).search_experiments(max_results=1)
     except UserInputError:
         raise
@@ -505,6 +688,114 @@ def check_writable(uri: str | None = None, *, timeout_s: float = 5.0) -> None:
             source=resolved,
             field="tracking-uri",
         ) from None
+
+
+def _sqlite_path(uri: str) -> Path:
+    return Path(uri.removeprefix("sqlite:///")).resolve()
+
+
+def ensure_store(uri: str) -> None:
+    """A local sqlite store that does not exist yet (or is an empty file) is created whole
+    (``_create_sqlite_store``) before MLflow opens it: MLflow would create its tables in
+    place, and a process killed meanwhile left a half-migrated file that no later command
+    could open. Cheap for a store that exists: nothing is opened."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = _sqlite_path(uri)
+    if db.is_file() and db.stat().st_size > 0:
+        return
+    with _creating(uri):
+        if not (db.is_file() and db.stat().st_size > 0):  # another process may have won
+            _create_sqlite_store(db)
+
+
+def _create_or_repair(uri: str) -> None:
+    """Under the creation lock: create a missing store whole, and rebuild one whose
+    creation never finished (a process killed while MLflow created its tables, before this
+    version made creation atomic): MLflow cannot open it, and it holds no run and no
+    experiment of its own. It is moved aside, not deleted, with a warning."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = _sqlite_path(uri)
+    if not (db.is_file() and db.stat().st_size > 0):
+        _create_sqlite_store(db)
+        return
+    try:
+        _probe(uri)
+        return
+    except Exception:
+        if not _unfinished(db):
+            raise
+    aside = db.with_name(f"{db.name}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(db, aside)
+    warnings.warn(
+        f"{db} was a tracking store whose creation never finished (MLflow cannot open it; "
+        f"it holds no run): moved aside to {aside.name}, and a new store created",
+        UserWarning,
+        stacklevel=2,
+    )
+    _create_sqlite_store(db)
+
+
+def _probe(uri: str) -> None:
+    """Open a sqlite store as MLflow does (its schema verified), on an engine of its own
+    that is closed after: MLflow keeps one engine per URI for the process, and one opened
+    on a store that is then moved aside would go on reading the old file."""
+    import random
+
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    own = f"{uri}?timeout={30 + random.random():.12f}"  # the same file, another engine
+    SqlAlchemyStore(own, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH).engine.dispose()
+
+
+def _unfinished(db: Path) -> bool:
+    """Whether a sqlite file is an MLflow store that holds nothing: some of MLflow's tables,
+    no run, no registered model, no trace, no experiment but the Default one."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            tables = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if not tables & MLFLOW_TABLES:
+                return False
+            held = (("runs", 0), ("experiments", 1), ("registered_models", 0), ("trace_info", 0))
+            for table, most in held:
+                if (
+                    table in tables
+                    and con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > most
+                ):
+                    return False
+    except sqlite3.DatabaseError:
+        return False
+    return True
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """MLflow's tables built in a temporary file beside ``db``, which is then renamed into
+    place: a store is there whole or not at all. Call under ``_creating``'s lock."""
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for stale in db.parent.glob(f"{db.name}.creating-*"):  # of a creation that was killed
+        stale.unlink(missing_ok=True)
+    tmp = db.with_name(f"{db.name}.creating-{os.getpid()}")
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+        store.engine.dispose()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, db)
+    except Exception as e:
+        for left in db.parent.glob(f"{tmp.name}*"):
+            left.unlink(missing_ok=True)
+        full = isinstance(e, OSError) and e.errno in NO_SPACE
+        if full or "database or disk is full" in str(e):
+            raise DiskFull.at(db.parent, "the tracking store") from None
+        raise
 
 
 MLFLOW_TABLES = frozenset(

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import re
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from study.checkpoint import CheckpointSlot
+from study.checkpoint import CheckpointSlot, restore_global_rng, training_state
 from study.data import DataSplits, augment_batch, normalize
 from study.errors import UserInputError
 from study.losses import get_loss
@@ -49,6 +47,18 @@ _steps_taken = 0
 # Fault injection for the failure tests: seeds listed here train with an absurd learning
 # rate (x 1e12), so that their loss diverges while the others train normally.
 _DIVERGE = {int(x) for x in os.environ.get("STUDY_TEST_DIVERGE_SEEDS", "").split(",") if x}
+
+
+# Fault injection for the pack commit tests: "E:KILL" sends that signal to this process in
+# epoch E of a seed pack, after its first seed's checkpoint is written and before the others.
+_FAULT_PACK = os.environ.get("STUDY_TEST_SIGNAL_BETWEEN_PACK_WRITES", "")
+
+
+def fault_between_pack_writes(epoch: int) -> None:
+    """The pack's hook between two seeds' checkpoint writes (see ``_FAULT_PACK``)."""
+    at, _, name = _FAULT_PACK.partition(":")
+    if at and int(at) == epoch:
+        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
 
 def _maybe_fault() -> None:
@@ -553,7 +563,7 @@ def _train_seed(
             # (torchvision's stochastic depth): seeded per seed and generation as well.
             torch.manual_seed(derive_seed(seed, role.generation, "dropout"))
             generators = {"order": order, "augment": augment, "loss": loss_rng}
-            saved = slot.resumable(slot.load(), device) if slot is not None else None
+            saved = slot.resume_state(device) if slot is not None else None
             if saved is not None:
                 if on_resume is not None:
                     on_resume(seed, list(saved["history"]))
@@ -646,28 +656,26 @@ def _evaluate(model: nn.Module, data: DataSplits, cfg: TrainSection, test: bool)
 
 
 def _capture(epoch, history, model, opt, sched, scaler, generators, dropout, device) -> dict:
-    """Everything needed to continue after ``epoch`` exactly as if never interrupted.
+    """Everything needed to continue after ``epoch`` exactly as if never interrupted
+    (``checkpoint.training_state``). Of the GPUs' global generators only the training
+    device's (``device_rng``): the others are not the training's."""
+    return training_state(
+        epoch=epoch,
+        device=device,
+        history=history,
+        model=model.state_dict(),
+        optimizer=opt.state_dict(),
+        scheduler=sched.state_dict(),
+        scaler=scaler.state_dict(),
+        generators=generators,
+        dropout=dropout,
+        device_rng=training_device_rng(device),
+    )
 
-    The dropout stream (``dropout_rng``), and of torch's global generators the CPU's
-    (``torch_rng``) and, on a GPU, the training device's alone (``device_rng``): the other
-    GPUs' states are not the training's, and a CPU run must not initialise CUDA to read them.
-    """
-    cuda = device.type == "cuda"
-    return {
-        "epoch": epoch,
-        "device_type": device.type,
-        "history": history,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(),
-        "generators": {k: g.get_state() for k, g in generators.items()},
-        "dropout_rng": dropout.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "device_rng": torch.cuda.get_rng_state(cuda_index(device)) if cuda else None,
-        "python_rng": random.getstate(),
-        "numpy_rng": np.random.get_state(),
-    }
+
+def training_device_rng(device: torch.device) -> Tensor | None:
+    """The training GPU's global generator state; None on the CPU (no CUDA initialised)."""
+    return torch.cuda.get_rng_state(cuda_index(device)) if device.type == "cuda" else None
 
 
 def _restore(state, model, opt, sched, scaler, generators, dropout, device) -> None:
@@ -677,7 +685,7 @@ def _restore(state, model, opt, sched, scaler, generators, dropout, device) -> N
     scaler.load_state_dict(state["scaler"])
     for name, g in generators.items():
         g.set_state(state["generators"][name])
-    torch.set_rng_state(state["torch_rng"])
+    restore_global_rng(state)
     if device.type == "cuda":
         device_rng = saved_device_rng(state, device)
         if device_rng is not None:
@@ -685,8 +693,6 @@ def _restore(state, model, opt, sched, scaler, generators, dropout, device) -> N
     dropout_rng = saved_dropout_rng(state, device)
     if dropout_rng is not None:
         dropout.set_state(dropout_rng)
-    random.setstate(state["python_rng"])
-    np.random.set_state(state["numpy_rng"])
 
 
 def saved_dropout_rng(state: dict, device: torch.device) -> Tensor | None:

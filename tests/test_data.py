@@ -189,7 +189,7 @@ def test_unknown_dataset_name_lists_the_allowed_names():
 def test_cifar100_reads_fine_labels_and_pixels_exactly_in_chw(tmp_path):
     written = write_cifar100(tmp_path)
     with pytest.warns(UserWarning, match="differ from the published release"):
-        data = load_data("cifar100", root=tmp_path, val_size=0)
+        data = load_data("cifar100", root=tmp_path, val_size=0, verify_checksums=False)
     train_data, fine = written["train"]
     test_data, test_fine = written["test"]
     assert data.train_x.dtype == torch.uint8 and data.train_y.dtype == torch.int64
@@ -207,7 +207,7 @@ def test_cifar100_reads_fine_labels_and_pixels_exactly_in_chw(tmp_path):
 @not_published
 def test_cifar10_reads_all_five_batches_in_order(tmp_path):
     written = write_cifar10(tmp_path)
-    data = load_data("cifar10", root=str(tmp_path), val_size=0)
+    data = load_data("cifar10", root=str(tmp_path), val_size=0, verify_checksums=False)
     train_data, train_labels = written["train"]
     assert data.train_x.shape == (30, 3, 32, 32)
     assert torch.equal(data.train_x, torch.from_numpy(train_data.reshape(-1, 3, 32, 32)))
@@ -221,13 +221,68 @@ def test_cifar10_reads_all_five_batches_in_order(tmp_path):
 @not_published
 def test_cifar_val_split_keeps_pixels_and_labels_paired(tmp_path):
     written = write_cifar10(tmp_path)
-    data = load_data("cifar10", root=tmp_path, val_size=10, data_seed=3)
+    data = load_data("cifar10", root=tmp_path, val_size=10, data_seed=3, verify_checksums=False)
     assert len(data.train_y) == 20 and len(data.val_y) == 10
     full = torch.from_numpy(written["train"][0].reshape(-1, 3, 32, 32))
     labels = torch.tensor(written["train"][1])
     for x, y in zip(data.val_x, data.val_y, strict=True):
         (match,) = torch.nonzero((full == x).all(dim=(1, 2, 3)), as_tuple=True)
         assert labels[match].item() == y.item()
+
+
+class _Planted:
+    """What an attacker pickles: unpickling it runs a shell command (it touches a file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_cifar_file_that_is_not_the_published_one_is_refused_before_it_is_read(tmp_path):
+    """torchvision's reader unpickles the batches (pickle.load runs what a pickle names):
+    a planted batch ran its code. A file that is not the published one is refused by its
+    md5 before anything of it is read; with verify_checksums off (files of one's own) it is
+    read by a data-only unpickler, which refuses the callable, naming the file."""
+    write_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"  # the first file read
+    _pickle(batch, {"data": _Planted(marker), "labels": []})
+    with pytest.raises(UserInputError) as refused:
+        load_data("cifar10", root=tmp_path, val_size=0)
+    assert f"{batch} is not the published file" in refused.value.reason
+    assert refused.value.field == "root" and not marker.exists()
+    with pytest.raises(UserInputError) as unsafe:
+        load_data("cifar10", root=tmp_path, val_size=0, verify_checksums=False)
+    assert f"{batch} is not a CIFAR data file: it names posix.system" in unsafe.value.reason
+    assert not marker.exists()
+
+
+@not_published
+def test_cifar_files_read_as_data_only_are_what_torchvisions_reader_reads(tmp_path):
+    import torchvision
+
+    reader = torchvision.datasets.CIFAR100
+    unchecked = type(  # its md5 checks would refuse a fixture: file existence only
+        "Unchecked",
+        (reader,),
+        {
+            "train_list": [[f, None] for f, _ in reader.train_list],
+            "test_list": [[f, None] for f, _ in reader.test_list],
+            "meta": {**reader.meta, "md5": None},
+        },
+    )
+
+    write_cifar100(tmp_path)
+    ours = load_data("cifar100", root=tmp_path, val_size=0, verify_checksums=False)
+    for split, x, y in ((True, ours.train_x, ours.train_y), (False, ours.test_x, ours.test_y)):
+        theirs = unchecked(str(tmp_path), train=split)
+        assert torch.equal(x, torch.from_numpy(theirs.data).permute(0, 3, 1, 2))
+        assert y.tolist() == theirs.targets
+        assert list(ours.classes) == theirs.classes
 
 
 def test_missing_cifar_files_name_the_directory_and_how_to_get_them(tmp_path):
@@ -504,14 +559,14 @@ def test_identity_changes_when_the_draw_behind_the_split_changes(monkeypatch):
 @not_published
 def test_identity_changes_when_a_file_changes(tmp_path):
     write_cifar10(tmp_path)
-    before = load_data("cifar10", root=tmp_path).identity
-    assert before == load_data("cifar10", root=tmp_path).identity
+    before = load_data("cifar10", root=tmp_path, verify_checksums=False).identity
+    assert before == load_data("cifar10", root=tmp_path, verify_checksums=False).identity
     path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
     with open(path, "rb") as f:
         entry = pickle.load(f, encoding="latin1")
     entry["data"][0, 0] ^= 1
     _pickle(path, entry)
-    assert load_data("cifar10", root=tmp_path).identity != before
+    assert load_data("cifar10", root=tmp_path, verify_checksums=False).identity != before
 
 
 def test_val_size_as_count_and_zero():

@@ -622,3 +622,45 @@ def test_reproduce_retrains_a_packed_seed_in_a_pack_of_its_size(plan, digits) ->
         mlp, pack_of_the_run({"pack_size": "3"}, mlp, 1, [1, 5, 6]), digits, device=CPU
     )[0]
     assert again.final == original.final and _same(again.state_dict, original.state_dict)
+
+
+def test_a_pack_interrupted_between_its_seeds_checkpoint_writes_resumes_bit_identical(
+    digits, tmp_path, monkeypatch
+) -> None:
+    """The pack writes its seeds' checkpoints one after another. Stopped after seed 0 had
+    written epoch 2 and before seeds 1 and 2 had, the pack used to resume as two packs
+    (seed 0 alone from epoch 2, seeds 1-2 from epoch 1), which grouped convolutions round
+    otherwise than the pack of three. Epoch 2 counts only once every seed has written it:
+    all three resume from epoch 1, together, and end bit for bit as the uninterrupted pack."""
+    from tests.conftest import TINY_PROTOCOL
+
+    text = TINY_PROTOCOL.replace(
+        'arch = "mlp"\nkwargs = { hidden = [32] }',
+        'arch = "small_cnn"\nkwargs = { channels = [4, 8], hidden = 8 }',
+    ).replace("epochs = 2", "epochs = 3")
+    role = expand(parse_protocol(text)).role("teacher")
+    seeds = [0, 1, 2]
+    whole = train_pack(role, seeds, digits, device=CPU)
+    real_save = CheckpointSlot.save
+    written: list[int] = []
+
+    def save_then_stop(self, state, **kwargs):
+        digest = real_save(self, state, **kwargs)
+        written.append(int(state["epoch"]))
+        if written.count(2) == 1 and written[-1] == 2:  # seed 0's epoch 2, before seed 1's
+            raise _Stop
+        return digest
+
+    monkeypatch.setattr(CheckpointSlot, "save", save_then_stop)
+    slots = _slots(tmp_path, seeds)
+    with pytest.raises(_Stop):
+        train_pack(role, seeds, digits, device=CPU, checkpoints=slots)
+    monkeypatch.setattr(CheckpointSlot, "save", real_save)
+    assert slots[0]._path(2).exists() and not slots[1]._path(2).exists()
+    again = _slots(tmp_path, seeds)
+    resumed = train_pack(role, seeds, digits, device=CPU, checkpoints=again)
+    assert [r.resumed_from for r in resumed] == [1, 1, 1]
+    assert "stopped before all its seeds saved the epoch" in again[0].notes[0]
+    for a, b in zip(whole, resumed, strict=True):
+        assert a.final == b.final and a.history == b.history
+        assert all(torch.equal(a.state_dict[n], b.state_dict[n]) for n in a.state_dict)

@@ -292,7 +292,8 @@ def test_a_claim_of_a_process_gone_from_this_machine_is_not_waited_for() -> None
     import subprocess
     import sys
 
-    from study.execute import _dead_here, _process_space
+    from study.claims import dead_here as _dead_here
+    from study.claims import process_space as _process_space
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
@@ -301,3 +302,49 @@ def test_a_claim_of_a_process_gone_from_this_machine_is_not_waited_for() -> None
     assert not _dead_here(f"{here}:{os.getpid()}:abcd1234")  # alive
     assert not _dead_here(f"other-host/{here.split('/', 1)[1]}:{gone.stdout.strip()}:x")
     assert not _dead_here(f"{here}:not-a-pid:x") and not _dead_here("old-style-worker")
+
+
+CONV_PACK = (
+    PROTOCOL.replace("seeds = 2", "seeds = 3")
+    .replace(
+        'arch = "mlp"\nkwargs = { hidden = [32], dropout = 0.2 }',
+        'arch = "small_cnn"\nkwargs = { channels = [4, 8], hidden = 8 }',
+    )  # fmt: skip
+    .replace("pack = 1 ", "pack = 3 ")
+    .replace('name = "resume"', 'name = "packed"')
+)
+
+
+def test_a_study_killed_between_a_packs_checkpoint_writes_resumes_bit_identical(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL in epoch 3 of the teacher pack, after seed 0's checkpoint was written and
+    before seeds 1 and 2's: the rerun resumes all three from epoch 2, as one pack of three,
+    and every run ends bit for bit as in an uninterrupted study (grouped convolutions round
+    otherwise in a pack of another size, so a pack split by epochs would not)."""
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    for cwd in (clean, killed):
+        cwd.mkdir()
+        (cwd / "p.toml").write_text(CONV_PACK)
+    assert study(clean, "run", "p.toml", "--no-report").returncode == 0
+    env = {**os.environ, "STUDY_TEST_SIGNAL_BETWEEN_PACK_WRITES": "3:KILL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.cli", "run", "p.toml", "--no-report"],
+        cwd=killed, env={k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    slots = [d for d in (killed / "checkpoints").iterdir() if d.name != "_packs"]
+    assert sorted(len(list(d.glob("epoch-00003.pt"))) for d in slots) == [0, 0, 1]
+    proc = study(killed, "run", "p.toml", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("resumed after epoch 2") == 3
+    client = MlflowClient(tracking_uri=f"sqlite:///{killed / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("packed")
+    runs = client.search_runs([exp.experiment_id], "tags.fingerprint != ''", max_results=100)
+    resumed = {(r.data.tags["role"], r.data.tags["seed"]): dict(r.data.metrics) for r in runs}
+    client = MlflowClient(tracking_uri=f"sqlite:///{clean / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("packed")
+    runs = client.search_runs([exp.experiment_id], "tags.fingerprint != ''", max_results=100)
+    assert resumed == {(r.data.tags["role"], r.data.tags["seed"]): dict(r.data.metrics)
+                       for r in runs}  # fmt: skip

@@ -21,7 +21,7 @@ from study import __version__
 from study.analysis import figures
 from study.analysis.across import Across, Contrast
 from study.analysis.collect import Collected
-from study.analysis.report import template_environment
+from study.analysis.report import template_environment, write_files
 from study.analysis.report_data import FigureImage
 from study.analysis.stats import CORRECTION_NAMES, ci_reading
 from study.analysis.table import Table, latex_text, md_text
@@ -545,25 +545,15 @@ def render(rep: Across, figs: list[FigureImage], template: str) -> str:
 
 def write_across(rep: Across, out_dir: Path) -> list[Path]:
     """reports/<study>/: report.md (+ figures/*.png), report.html, table.md, table.tex."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     figs = across_figures(rep)
-    fig_dir = out_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    for old in fig_dir.glob("*.png"):
-        if old.stem not in {f.name for f in figs}:
-            old.unlink()
-    md, html = out_dir / "report.md", out_dir / "report.html"
-    md.write_text(render(rep, figs, "across.md.j2"))
-    html.write_text(render(rep, figs, "across.html.j2"))
     table = condition_table(rep)
-    written = [md, html]
-    for name, text in (("table.md", table.markdown()), ("table.tex", table.latex())):
-        (out_dir / name).write_text(text)
-        written.append(out_dir / name)
-    for f in figs:
-        (fig_dir / f"{f.name}.png").write_bytes(f.png)
-        written.append(fig_dir / f"{f.name}.png")
-    return written
+    documents = {
+        "report.md": render(rep, figs, "across.md.j2"),
+        "report.html": render(rep, figs, "across.html.j2"),
+        "table.md": table.markdown(),
+        "table.tex": table.latex(),
+    }
+    return write_files(out_dir, documents, figs)
 
 
 def write_conditions_table(collected: list[tuple[Protocol, Collected]], out_dir: Path) -> Path:

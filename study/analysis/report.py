@@ -44,6 +44,7 @@ from study.analysis.stats import (
 )
 from study.analysis.table import md_code, md_text
 from study.analysis.units import NOT_AVAILABLE, UNITS, Units, fmt_num, format_p, missing
+from study.paths import within
 from study.plan import TEACHER, Plan, expand
 from study.protocol import AnalysisSection, Protocol
 from study.repro import environment
@@ -452,27 +453,43 @@ def render_html(rep: Report, figs: list[FigureImage] | None = None) -> str:
     return template_environment().get_template("report.html.j2").render(**_context(rep, figs))
 
 
+REPORT_FILES = ".report-files"
+"""The manifest of the figures a report wrote into its folder: the next report deletes those
+it no longer has, and nothing else (a user's own files there stay)."""
+
+
 def write_report(rep: Report, out_dir: Path) -> list[Path]:
     """Write report.md (+ figures/*.png), report.html and the paper table (table.md,
     table.tex) into out_dir; returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     figs = report_figures(rep)
-    fig_dir = out_dir / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    for old in fig_dir.glob("*.png"):  # a figure this report no longer has must not linger
-        if old.stem not in {f.name for f in figs}:
-            old.unlink()
-    written = []
-    md = out_dir / "report.md"
-    md.write_text(render_markdown(rep, figs))
-    html = out_dir / "report.html"
-    html.write_text(render_html(rep, figs))
     table = paper.paper_table(rep)
-    for name, text in (("table.md", table.markdown()), ("table.tex", table.latex())):
-        (out_dir / name).write_text(text)
-        written.append(out_dir / name)
-    for f in figs:
-        path = fig_dir / f"{f.name}.png"
-        path.write_bytes(f.png)
-        written.append(path)
-    return [md, html, *written]
+    documents = {
+        "report.md": render_markdown(rep, figs),
+        "report.html": render_html(rep, figs),
+        "table.md": table.markdown(),
+        "table.tex": table.latex(),
+    }
+    return write_files(out_dir, documents, figs)
+
+
+def write_files(out_dir: Path, documents: dict[str, str], figs: list[FigureImage]) -> list[Path]:
+    """Write a report's documents and its figures (figures/<name>.png) into out_dir, every
+    path checked to stay inside it; a figure that the last report there wrote (its
+    manifest, REPORT_FILES) and this one does not is deleted, nothing else."""
+    names = [f"figures/{f.name}.png" for f in figs]
+    paths = {name: within(out_dir, name) for name in [*documents, *names]}
+    manifest = within(out_dir, REPORT_FILES)
+    try:
+        before = set(manifest.read_text().split())
+    except OSError:
+        before = set()
+    for stale in sorted(before - set(names)):  # a figure this report no longer has
+        if re.fullmatch(r"figures/[A-Za-z0-9_]+\.png", stale):
+            within(out_dir, stale).unlink(missing_ok=True)
+    within(out_dir, "figures").mkdir(parents=True, exist_ok=True)
+    for name, text in documents.items():
+        paths[name].write_text(text)
+    for f, name in zip(figs, names, strict=True):
+        paths[name].write_bytes(f.png)
+    manifest.write_text("".join(f"{name}\n" for name in names))
+    return list(paths.values())

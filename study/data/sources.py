@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor
+from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms import v2
 
 from study.data.augment import AUGMENTATIONS
+from study.data.pickles import read_pickled_batch
 from study.data.splits import (
     DataSplits,
     channel_stats,
@@ -60,6 +62,7 @@ class SourceRequest:
     download: bool
     image_size: int | None
     options: Mapping[str, Any] = field(default_factory=dict)
+    verify_checksums: bool = True  # pickled files must be the published ones (CIFAR)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ def load_data(
     augmentation: str = "default",
     image_size: int | None = None,
     synthetic: dict | None = None,
+    verify_checksums: bool = True,
 ) -> DataSplits:
     """Read dataset ``name`` into memory and split it into train / validation / test.
 
@@ -138,6 +142,8 @@ def load_data(
     stratified by class, with a draw seeded by ``data_seed``. ``image_size`` resizes the
     images (antialiased) at load time; for ``imagefolder`` it defaults to 32. ``synthetic``
     holds the options of the ``synthetic`` dataset and must be empty for the others.
+    ``verify_checksums`` refuses pickled data files (CIFAR's) that are not the published
+    ones before they are read; off, such files are read as data only, with a warning.
     ``augmentation='default'`` resolves to the dataset's default kind.
     """
     info = dataset_info(name)
@@ -161,7 +167,9 @@ def load_data(
             field="synthetic",
         )
 
-    request = SourceRequest(Path(root).expanduser(), bool(download), image_size, synthetic or {})
+    request = SourceRequest(
+        Path(root).expanduser(), bool(download), image_size, synthetic or {}, verify_checksums
+    )
     source = loader(request)
     train_x, test_x = source.train_x, source.test_x
     if image_size is not None and train_x.shape[-1] != image_size:
@@ -298,52 +306,66 @@ def _hwc_to_chw(images: np.ndarray) -> Tensor:
 # ---------------------------------------------------------------------------------------
 
 
-def _existence_only(cls: type) -> type:
-    """A subclass of a torchvision CIFAR class whose integrity check is 'the files exist'.
-
-    torchvision verifies md5 sums before parsing, which would reject any subset or test
-    fixture; parsing stays torchvision's. The published md5s are kept in ``published_md5``
-    and compared afterwards, with a warning (``_warn_unless_published``).
-    """
-    published = {f: md5 for f, md5 in cls.train_list + cls.test_list}
-    published[cls.meta["filename"]] = cls.meta["md5"]
-    return type(
-        f"{cls.__name__}Files",
-        (cls,),
-        {
-            "train_list": [[f, None] for f, _ in cls.train_list],
-            "test_list": [[f, None] for f, _ in cls.test_list],
-            "meta": {**cls.meta, "md5": None},
-            "published_md5": published,
-            "__doc__": f"torchvision's {cls.__name__} reader; files checked for existence only.",
-        },
-    )
-
-
-_CIFAR10Files = _existence_only(torchvision.datasets.CIFAR10)
-_CIFAR100Files = _existence_only(torchvision.datasets.CIFAR100)
-
-
 def _load_cifar(name: str, reader: type, request: SourceRequest) -> SourceData:
+    """CIFAR's python version, laid out as torchvision's ``reader`` knows it (folder, file
+    names, published md5s, label keys) and parsed as it parses it: the batches' rows
+    stacked, each row 3 x 32 x 32 (channel-major), labels under ``labels`` (CIFAR-10) or
+    ``fine_labels`` (CIFAR-100), class names under the meta file's key. Unpickled here, data
+    only, after the checksum check (see ``pickles.read_pickled_batch``); ``download = true`` fetches
+    and checks the archive with torchvision."""
     where = request.root / reader.base_folder
-    files = [f for f, _ in reader.train_list + reader.test_list] + [reader.meta["filename"]]
-    expected = ", ".join(files)
+    meta = reader.meta
+    listed = [*reader.train_list, *reader.test_list, [meta["filename"], meta["md5"]]]
+    expected = ", ".join(f for f, _ in listed)
+    if request.download and not all((where / f).is_file() for f, _ in listed):
+        try:
+            download_and_extract_archive(
+                reader.url, str(request.root), filename=reader.filename, md5=reader.tgz_md5
+            )
+        except (OSError, RuntimeError) as err:
+            raise _download_failed(name, where, expected, err) from err
+    if not all((where / f).is_file() for f, _ in listed):
+        raise _not_found(name, where, expected)
+    entries, differing = {}, []
+    for filename, md5 in listed:
+        entry, published = read_pickled_batch(name, where / filename, md5, request.verify_checksums)
+        entries[filename] = entry
+        if not published:
+            differing.append(filename)
+    if differing:
+        warnings.warn(
+            f"dataset {name!r}: {', '.join(differing)} in {where} differ from the published "
+            "release (md5 mismatch); results are for these files, not the published benchmark",
+            UserWarning,
+            stacklevel=4,  # here <- load_cifar10/100 <- load_data <- the caller
+        )
 
-    def read() -> tuple[Any, Any]:
-        train = reader(str(request.root), train=True, download=request.download)
-        test = reader(str(request.root), train=False, download=False)
-        return train, test
+    def split(files: list[list[str]]) -> tuple[Tensor, Tensor]:
+        try:
+            images = np.vstack([entries[f]["data"] for f, _ in files]).reshape(-1, 3, 32, 32)
+            labels = [y for f, _ in files for y in _labels(entries[f])]
+        except (KeyError, ValueError, TypeError) as err:
+            raise UserInputError(
+                f"dataset {name!r}: the files in {where} are not CIFAR batches ({err!r})",
+                field="root",
+            ) from None
+        return torch.from_numpy(np.ascontiguousarray(images)), torch.as_tensor(labels)
 
-    train, test = _read_with_torchvision(name, where, expected, request.download, read)
-    # stack: here <- load_cifar10/100 <- load_data <- the caller, whom the warning names
-    _warn_unless_published(name, where, reader.published_md5, stacklevel=4)
-    return SourceData(
-        train_x=_hwc_to_chw(train.data),
-        train_y=torch.as_tensor(train.targets, dtype=torch.int64),
-        test_x=_hwc_to_chw(test.data),
-        test_y=torch.as_tensor(test.targets, dtype=torch.int64),
-        classes=tuple(train.classes),
-    )
+    train_x, train_y = split(reader.train_list)
+    test_x, test_y = split(reader.test_list)
+    try:
+        classes = tuple(str(c) for c in entries[meta["filename"]][meta["key"]])
+    except (KeyError, TypeError) as err:
+        raise UserInputError(
+            f"dataset {name!r}: {where / meta['filename']} lacks the class names ({err!r})",
+            field="root",
+        ) from None
+    return SourceData(train_x, train_y.to(torch.int64), test_x, test_y.to(torch.int64), classes)
+
+
+def _labels(entry: dict[str, Any]) -> list[int]:
+    """A batch's labels: ``labels`` in CIFAR-10, ``fine_labels`` in CIFAR-100 (torchvision)."""
+    return list(entry["labels"] if "labels" in entry else entry["fine_labels"])
 
 
 @register_dataset(
@@ -356,7 +378,7 @@ def _load_cifar(name: str, reader: type, request: SourceRequest) -> SourceData:
 )
 def load_cifar10(request: SourceRequest) -> SourceData:
     """CIFAR-10 through torchvision's reader."""
-    return _load_cifar("cifar10", _CIFAR10Files, request)
+    return _load_cifar("cifar10", torchvision.datasets.CIFAR10, request)
 
 
 @register_dataset(
@@ -369,7 +391,7 @@ def load_cifar10(request: SourceRequest) -> SourceData:
 )
 def load_cifar100(request: SourceRequest) -> SourceData:
     """CIFAR-100 with its 100 fine labels, through torchvision's reader."""
-    return _load_cifar("cifar100", _CIFAR100Files, request)
+    return _load_cifar("cifar100", torchvision.datasets.CIFAR100, request)
 
 
 # ---------------------------------------------------------------------------------------
@@ -429,7 +451,9 @@ def load_fashion_mnist(request: SourceRequest) -> SourceData:
 
 
 class _SVHNFiles(torchvision.datasets.SVHN):
-    """torchvision's SVHN reader; files checked for existence only (see ``_existence_only``)."""
+    """torchvision's SVHN reader, files checked for existence only: any file in the format
+    loads (subsets, test fixtures), with a warning when it is not the published one. The
+    .mat files are parsed (scipy.io.loadmat), not unpickled: nothing in them is run."""
 
     def _check_integrity(self) -> bool:
         return (Path(self.root) / self.filename).is_file()
