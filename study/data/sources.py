@@ -8,6 +8,7 @@ asked, carves the validation split, computes the normalisation statistics and th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -16,15 +17,13 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor
-from torchvision.datasets.utils import download_and_extract_archive
-from torchvision.transforms import v2
 
 from study.data.augment import AUGMENTATIONS
 from study.data.pickles import read_pickled_batch
@@ -36,6 +35,22 @@ from study.data.splits import (
     stratified_split,
 )
 from study.errors import DataNotFoundError, UserInputError
+
+
+def _torchvision() -> ModuleType:
+    """torchvision, imported when files are read: importing it costs about a second (its
+    ``ops`` import ``torch._dynamo``), and commands that never read a dataset (``study
+    report``, ``study export``, ``study --help``) should not pay for it."""
+    import torchvision  # noqa: PLC0415 - deferred for start-up time, see docstring
+
+    return torchvision
+
+
+def _v2() -> Any:
+    """torchvision's ``transforms.v2``, imported on first use (see ``_torchvision``)."""
+    from torchvision.transforms import v2  # noqa: PLC0415 - deferred for start-up time
+
+    return v2
 
 
 @dataclass(frozen=True)
@@ -219,7 +234,7 @@ def load_data(
 
 def _resize(x: Tensor, size: int) -> Tensor:
     """Square images resized to ``size`` x ``size`` with antialiasing, still uint8."""
-    return v2.functional.resize(x, [size, size], antialias=True)
+    return _v2().functional.resize(x, [size, size], antialias=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -319,7 +334,7 @@ def _load_cifar(name: str, reader: type, request: SourceRequest) -> SourceData:
     expected = ", ".join(f for f, _ in listed)
     if request.download and not all((where / f).is_file() for f, _ in listed):
         try:
-            download_and_extract_archive(
+            _torchvision().datasets.utils.download_and_extract_archive(
                 reader.url, str(request.root), filename=reader.filename, md5=reader.tgz_md5
             )
         except (OSError, RuntimeError) as err:
@@ -378,7 +393,7 @@ def _labels(entry: dict[str, Any]) -> list[int]:
 )
 def load_cifar10(request: SourceRequest) -> SourceData:
     """CIFAR-10 through torchvision's reader."""
-    return _load_cifar("cifar10", torchvision.datasets.CIFAR10, request)
+    return _load_cifar("cifar10", _torchvision().datasets.CIFAR10, request)
 
 
 @register_dataset(
@@ -391,7 +406,7 @@ def load_cifar10(request: SourceRequest) -> SourceData:
 )
 def load_cifar100(request: SourceRequest) -> SourceData:
     """CIFAR-100 with its 100 fine labels, through torchvision's reader."""
-    return _load_cifar("cifar100", torchvision.datasets.CIFAR100, request)
+    return _load_cifar("cifar100", _torchvision().datasets.CIFAR100, request)
 
 
 # ---------------------------------------------------------------------------------------
@@ -429,7 +444,7 @@ def _load_idx(name: str, reader: type, request: SourceRequest) -> SourceData:
 )
 def load_mnist(request: SourceRequest) -> SourceData:
     """MNIST through torchvision's reader."""
-    return _load_idx("mnist", torchvision.datasets.MNIST, request)
+    return _load_idx("mnist", _torchvision().datasets.MNIST, request)
 
 
 @register_dataset(
@@ -442,7 +457,7 @@ def load_mnist(request: SourceRequest) -> SourceData:
 )
 def load_fashion_mnist(request: SourceRequest) -> SourceData:
     """Fashion-MNIST through torchvision's reader."""
-    return _load_idx("fashion_mnist", torchvision.datasets.FashionMNIST, request)
+    return _load_idx("fashion_mnist", _torchvision().datasets.FashionMNIST, request)
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,13 +465,18 @@ def load_fashion_mnist(request: SourceRequest) -> SourceData:
 # ---------------------------------------------------------------------------------------
 
 
-class _SVHNFiles(torchvision.datasets.SVHN):
+@functools.cache
+def _svhn_files() -> type:
     """torchvision's SVHN reader, files checked for existence only: any file in the format
     loads (subsets, test fixtures), with a warning when it is not the published one. The
-    .mat files are parsed (scipy.io.loadmat), not unpickled: nothing in them is run."""
+    .mat files are parsed (scipy.io.loadmat), not unpickled: nothing in them is run. (A
+    class made on first use, as torchvision is imported then.)"""
 
-    def _check_integrity(self) -> bool:
-        return (Path(self.root) / self.filename).is_file()
+    class SVHNFiles(_torchvision().datasets.SVHN):
+        def _check_integrity(self) -> bool:
+            return (Path(self.root) / self.filename).is_file()
+
+    return SVHNFiles
 
 
 @register_dataset(
@@ -469,12 +489,12 @@ class _SVHNFiles(torchvision.datasets.SVHN):
 )
 def load_svhn(request: SourceRequest) -> SourceData:
     """SVHN (train and test, not extra) through torchvision's reader; label 10 becomes 0."""
-    split_list = torchvision.datasets.SVHN.split_list
+    split_list = _torchvision().datasets.SVHN.split_list
     expected = f"{split_list['train'][1]}, {split_list['test'][1]}"
 
     def read() -> tuple[Any, Any]:
-        train = _SVHNFiles(str(request.root), split="train", download=request.download)
-        test = _SVHNFiles(str(request.root), split="test", download=request.download)
+        train = _svhn_files()(str(request.root), split="train", download=request.download)
+        test = _svhn_files()(str(request.root), split="test", download=request.download)
         return train, test
 
     train, test = _read_with_torchvision("svhn", request.root, expected, request.download, read)
@@ -508,30 +528,34 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name in _IGNORED_NAMES
 
 
-class _ImageFolder(torchvision.datasets.ImageFolder):
+@functools.cache
+def _image_folder() -> type:
     """torchvision's ImageFolder without hidden folders (and ``__pycache__``) as classes.
 
     torchvision takes every sub-directory as a class: Jupyter's ``.ipynb_checkpoints``
     would become class 0, move every real label up by one and add its copies to the data.
     Files under a hidden folder inside a class folder, and hidden files, are skipped too.
     Empty class folders are kept here (``allow_empty``) and reported by ``load_imagefolder``
-    by name.
+    by name. (A class made on first use, as torchvision is imported then.)
     """
 
-    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
-        classes = sorted(
-            entry.name
-            for entry in Path(directory).iterdir()
-            if entry.is_dir() and not _ignored(entry.name)
-        )
-        if not classes:
-            raise FileNotFoundError(f"no class folder in {directory}")
-        return classes, {name: i for i, name in enumerate(classes)}
+    class ImageFolder(_torchvision().datasets.ImageFolder):
+        def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+            classes = sorted(
+                entry.name
+                for entry in Path(directory).iterdir()
+                if entry.is_dir() and not _ignored(entry.name)
+            )
+            if not classes:
+                raise FileNotFoundError(f"no class folder in {directory}")
+            return classes, {name: i for i, name in enumerate(classes)}
+
+    return ImageFolder
 
 
 def _image_file(root: Path) -> Callable[[str], bool]:
-    """``is_valid_file`` for ``_ImageFolder``: an image extension and no ignored part."""
-    extensions = torchvision.datasets.folder.IMG_EXTENSIONS
+    """``is_valid_file`` for ``_image_folder()``: an image extension and no ignored part."""
+    extensions = _torchvision().datasets.folder.IMG_EXTENSIONS
     skip = len(os.path.join(str(root), ""))  # torchvision joins str(root) and the parts
 
     def valid(path: str) -> bool:
@@ -628,11 +652,12 @@ def load_imagefolder(request: SourceRequest) -> SourceData:
     for d in (train_dir, test_dir):
         if not d.is_dir():
             raise _not_found("imagefolder", d, "one folder per class (or val/ for test/)", how)
+    v2 = _v2()
     transform = v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
 
-    def read(directory: Path) -> _ImageFolder:
+    def read(directory: Path) -> Any:
         try:
-            dataset = _ImageFolder(
+            dataset = _image_folder()(
                 str(directory),
                 transform=transform,
                 loader=_load_rgb,
@@ -645,7 +670,7 @@ def load_imagefolder(request: SourceRequest) -> SourceData:
             ) from err
         empty = sorted(set(dataset.classes) - {dataset.classes[t] for t in dataset.targets})
         if empty:
-            extensions = ", ".join(torchvision.datasets.folder.IMG_EXTENSIONS)
+            extensions = ", ".join(_torchvision().datasets.folder.IMG_EXTENSIONS)
             raise UserInputError(
                 f"dataset 'imagefolder': class folder{'s' if len(empty) > 1 else ''} "
                 f"{', '.join(str(directory / name) for name in empty)} "
@@ -663,7 +688,7 @@ def load_imagefolder(request: SourceRequest) -> SourceData:
             field="root",
         )
 
-    def stack(dataset: _ImageFolder) -> tuple[Tensor, Tensor]:
+    def stack(dataset: Any) -> tuple[Tensor, Tensor]:
         images = [dataset[i][0] for i in range(len(dataset))]
         return torch.stack(images), torch.as_tensor(dataset.targets, dtype=torch.int64)
 
