@@ -71,9 +71,9 @@ def test_without_a_terminal_each_finished_run_says_epochs_done_and_eta(
 ) -> None:
     """Under DVC, Slurm or CI the output is a log file: it still says how far and how long,
     at each finished run and on a clock (here every 50 ms instead of every minute)."""
-    import study.cli
+    import study.cli.progress
 
-    monkeypatch.setattr(study.cli, "PROGRESS_EVERY_S", 0.05)
+    monkeypatch.setattr(study.cli.progress, "PROGRESS_EVERY_S", 0.05)
     (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
     res = runner.invoke(app, ["run", "tiny.toml", "--no-report"], env={"COLUMNS": "300"})
     assert res.exit_code == 0, res.output
