@@ -61,18 +61,21 @@ def report_cmd(
 ) -> None:
     """Write reports/<study>/report.md from the tracker (or from the tidy export); for a
     protocol of several conditions, reports/<study>/<condition>/ for each and the report
-    across conditions in reports/<study>/."""
+    across conditions in reports/<study>/. A report from the tracker is also logged there,
+    as the artifacts of a run named 'report' in the study's experiment."""
     from study.analysis.collect import read_export
     from study.conditions import load_study
+    from study.track import Tracker
 
     study = load_study(protocol)
     if study.has_conditions:
         if from_export or export_dir is not None:
             root = export_dir or Path("results") / study.name
-            collected = _exported_conditions(study, root, protocol)
+            collected, tracker = _exported_conditions(study, root, protocol), None
         else:
             collected = _collect_conditions(study, protocol, tracking_uri)
-        _write_condition_reports(study, collected)
+            tracker = Tracker(tracking_uri)
+        _write_condition_reports(study, collected, tracker)
     elif from_export or export_dir is not None:
         p = study.protocols[0]
         where = export_dir or Path("results") / p.study.name
@@ -84,7 +87,8 @@ def report_cmd(
         collected = _export_for(p, read_export(where), where, protocol)
         write_report(p, collected)
     else:
-        write_report(*collect_study(protocol, tracking_uri))
+        p, collected = collect_study(protocol, tracking_uri)
+        write_report(p, collected, Tracker(tracking_uri))
 
 
 def _export_for(p, collected, where: Path, protocol: Path):
@@ -164,7 +168,9 @@ def collect_study(protocol: Path, tracking_uri: str | None):
     return p, collected
 
 
-def write_report(p, collected) -> None:
+def write_report(p, collected, tracker=None) -> None:
+    """The report in reports/<study>[/<condition>]; with the ``tracker`` it was collected
+    from, also as the artifacts of a ``report`` run in the study's experiment."""
     from study.analysis.report import build_report, write_report
     from study.conditions import study_dir
     from study.tune import TUNED_FILE
@@ -175,6 +181,32 @@ def write_report(p, collected) -> None:
     check_can_write(out, "the report")
     paths = write_report(build_report(p, collected), out)
     console.print("report: " + ", ".join(str(x) for x in paths))
+    if tracker is not None:
+        files: dict[str, Path | str] = {x.relative_to(out).as_posix(): x for x in paths}
+        files[ROLE_SUMMARY] = role_summary(collected.runs, p.analysis.metric).to_csv(index=False)
+        condition = {"condition": p.condition} if p.condition is not None else {}
+        name = "report" + (f" {p.condition}" if p.condition is not None else "")
+        run_id = tracker.log_report(p.study.name, files, tags=condition, name=name)
+        console.print(f"report logged to {tracker.uri}: run {run_id} ('{name}')", highlight=False)
+
+
+ROLE_SUMMARY = "role_summary.csv"
+"""The report run's table of the primary metric per role: role, n, mean, sd."""
+
+
+def role_summary(runs, metric: str):
+    """Per role, in the plan's order: the FINISHED seeds' count, mean and sd (n - 1) of
+    ``metric``."""
+    import pandas as pd
+
+    done = runs[runs["status"] == "FINISHED"]
+    values = pd.to_numeric(done[metric], errors="coerce")
+    grouped = values.groupby(done["role"].astype(str), sort=False)
+    table = pd.DataFrame(
+        {"n": grouped.count(), "mean": grouped.mean(), "sd": grouped.std(ddof=1)}
+    ).rename_axis("role")
+    table.insert(0, "metric", metric)
+    return table.reset_index()
 
 
 def _collect_conditions(study, protocol: Path, tracking_uri, identities=None):
@@ -230,16 +262,20 @@ def _with_results(collected, study, protocol: Path, nothing: str):
 def write_reports(study, tracker, identities) -> None:
     """After `study run`: the reports of every condition and the one across them."""
     collected = _collect_conditions(study, Path(study.source), tracker.uri, identities)
-    _write_condition_reports(study, collected)
+    _write_condition_reports(study, collected, tracker)
 
 
-def _write_condition_reports(study, collected) -> None:
+def _write_condition_reports(study, collected, tracker=None) -> None:
     from study.analysis.across import build_across
     from study.analysis.conditions_report import write_across
 
     for p, c in collected:
-        write_report(p, c)
+        write_report(p, c, tracker)
     out = within("reports", study.name)
     check_can_write(out, "the report")
     paths = write_across(build_across(study, collected), out)
     console.print("across conditions: " + ", ".join(str(x) for x in paths))
+    if tracker is not None:
+        files = {x.relative_to(out).as_posix(): x for x in paths if x.is_relative_to(out)}
+        run_id = tracker.log_report(study.name, files, name="report across conditions")
+        console.print(f"report logged to {tracker.uri}: run {run_id}", highlight=False)

@@ -59,6 +59,22 @@ def _read_table(path: Path, *, group_col: str = "group", seed_col: str = "seed")
     return table
 
 
+def _require_columns(frame, table: Path, columns: dict[str, str]) -> None:
+    """Every column the options name is in the table; if not, all the missing ones, each
+    with the option that names it (``--value-col``), and the columns the table has."""
+    absent = [(flag, col) for flag, col in columns.items() if col not in frame.columns]
+    if not absent:
+        return
+    what = "; ".join(f"'{col}' (set by {flag})" for flag, col in absent)
+    has = ", ".join(str(c) for c in frame.columns)
+    flags = ", ".join(flag for flag, _ in absent)
+    raise UserInputError(
+        f"missing column{'s' * (len(absent) > 1)} {what}; the table has columns {has}: "
+        f"name {'them' if len(absent) > 1 else 'it'} with {flags}",
+        source=str(table),
+    )
+
+
 def _pairs(text: str | None) -> list[tuple[str, str]] | None:
     if not text:
         return None
@@ -123,6 +139,12 @@ def compare(
 
     frame = _read_table(table, group_col=group_col, seed_col=seed_col)
     families = None
+    if protocol is None:
+        _require_columns(
+            frame,
+            table,
+            {"--value-col": value_col, "--group-col": group_col, "--seed-col": seed_col},
+        )
     if protocol is not None:
         frame, families, settings = _report_family(frame, protocol, group_col, value_col)
         pairs, value_col, group_col, seed_col = None, "value", "group", "seed"
@@ -349,6 +371,12 @@ def plan_seeds(
         "source": str(table),
     }
     rows = _read_table(table, group_col=group_col, seed_col=seed_col)
+    _require_columns(
+        rows,
+        table,
+        {"--value-col": value_col, "--group-col": group_col, "--seed-col": seed_col}
+        | ({"--condition-col": condition_col} if condition_col is not None else {}),
+    )
     if condition_col is not None:
         _plan_conditions(rows, condition_col=condition_col, as_json=as_json, **common)
         return

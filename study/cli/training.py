@@ -124,7 +124,7 @@ def run(
         if report:
             from study.analysis.collect import collect
 
-            write_report(p, collect(plan, tracker, data.identity))
+            write_report(p, collect(plan, tracker, data.identity), tracker)
         return
     try:
         with ProgressView() as view:
@@ -137,7 +137,7 @@ def run(
     if report:
         from study.analysis.collect import collect
 
-        write_report(p, collect(plan, tracker, data.identity))
+        write_report(p, collect(plan, tracker, data.identity), tracker)
     if summary.failed:
         raise typer.Exit(1)
 
