@@ -143,29 +143,11 @@ def _export_for(p, collected, where: Path, protocol: Path):
 
 
 def collect_study(protocol: Path, tracking_uri: str | None):
-    """The study's results from the tracker alone: no data files are read (the data
-    identity is the one its runs were tagged with)."""
-    from study.analysis.collect import collect
-    from study.plan import expand
-    from study.protocol import load_protocol
-    from study.track import Tracker, check_has_store, check_writable
-    from study.tune import tuned_values
+    """The study's results from the tracker alone (``study.api.collect_results``, the
+    notebook API's reader too)."""
+    from study.api import collect_results
 
-    p = load_protocol(protocol)
-    plan = expand(p, tuned=tuned_values(p))
-    plan.require_trainable()
-    check_has_store(tracking_uri)
-    check_writable(tracking_uri)
-    tracker = Tracker(tracking_uri)
-    collected = collect(plan, tracker)
-    if (collected.runs["status"] == "ABSENT").all():  # failed runs still make a report
-        raise UserInputError(
-            f"no run in {tracker.uri} matches this protocol's {plan.n_runs} (role, seed) "
-            f"fingerprints: run 'study run {protocol}' first (a changed protocol, tuning "
-            "result, [data] setting or package version gives new fingerprints)",
-            source=str(protocol),
-        )
-    return p, collected
+    return collect_results(protocol, tracking_uri)
 
 
 def write_report(p, collected, tracker=None) -> None:
