@@ -224,14 +224,14 @@ def _print_comparisons(data, title, metric, families, *, alpha, correction, test
     """The comparisons as a table and verdict lines, in the report's units where the value
     column is one of its metrics (accuracies in percent, differences in points)."""
     from study.analysis.report import verdict_words
-    from study.analysis.stats import format_p_value, format_seeds
+    from study.analysis.stats import format_p, format_seeds
     from study.analysis.units import RAW, units_of
 
     units = units_of(metric)
     shown = units if units is not RAW else None
 
     def p_text(p) -> str:  # never rounded onto or across alpha
-        return "-" if p is None else format_p_value(p, alpha=alpha, digits=3)
+        return "-" if p is None else format_p(p, alpha, digits=3, significant=True)
 
     against = (0.0,) if min_effect is None else (0.0, min_effect, -min_effect)
 

@@ -43,7 +43,9 @@ from study.analysis.stats.correction import CORRECTION_NAMES, CORRECTIONS, adjus
 from study.analysis.stats.family import check_test_and_correction, compare
 from study.analysis.stats.formatting import (
     CI_NAME,
+    NOT_AVAILABLE,
     ci_reading,
+    format_p,
     format_p_value,
     format_seeds,
     kept_off_alpha,
@@ -103,6 +105,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "CI_NAME",
+    "NOT_AVAILABLE",
     "CORRECTIONS",
     "CORRECTION_NAMES",
     "EXACT_PERMUTATION_LIMIT",
@@ -123,6 +126,7 @@ __all__ = [
     "check_test_and_correction",
     "ci_reading",
     "compare",
+    "format_p",
     "format_p_value",
     "format_seeds",
     "greenhouse_geisser_epsilon",
