@@ -224,7 +224,7 @@ def _print_comparisons(data, title, metric, families, *, alpha, correction, test
     """The comparisons as a table and verdict lines, in the report's units where the value
     column is one of its metrics (accuracies in percent, differences in points)."""
     from study.analysis.report import verdict_words
-    from study.analysis.stats import format_p, format_seeds
+    from study.analysis.stats import as_note, format_p, format_seeds
     from study.analysis.units import RAW, units_of
 
     units = units_of(metric)
@@ -273,10 +273,7 @@ def _print_comparisons(data, title, metric, families, *, alpha, correction, test
             )[1]
         console.print(f"- {verdict}", highlight=False, markup=False, soft_wrap=True)
         for note in c["notes"]:
-            other_test = (note.startswith("Wilcoxon") and test != "wilcoxon") or (
-                note.startswith("permutation") and test != "permutation"
-            )
-            if not other_test:
+            if not as_note(note).about_another_test(test):
                 notes.setdefault(note, []).append(f"{c['a']} vs {c['b']}")
     for note, where in notes.items():
         which = "all comparisons" if len(where) == len(data["comparisons"]) else "; ".join(where)

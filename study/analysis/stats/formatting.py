@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from study.analysis.stats.correction import CORRECTION_NAMES
-from study.analysis.stats.results import PAIRED, UNPAIRED, Comparison
+from study.analysis.stats.results import (
+    PAIRED,
+    UNPAIRED,
+    Comparison,
+    NoteKind,
+    as_note,
+    note_kind,
+)
 
 
 def verdict(
@@ -32,9 +39,8 @@ def verdict(
         about_test = [
             note
             for note in c.notes
-            if not (note.startswith("Wilcoxon") and not c.test.startswith("Wilcoxon"))
-            and not (note.startswith("permutation") and "permutation" not in c.test)
-            and not note.startswith("seeds of ")
+            if not as_note(note).about_another_test(c.test)
+            and note_kind(note) is not NoteKind.SEEDS_LEFT_OUT
         ]
         return (
             f"no test possible between {c.a} and {c.b}: {c.test} gives no p-value because "
