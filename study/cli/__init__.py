@@ -41,4 +41,4 @@ COMMANDS: dict[str, Callable] = {
 for name, command in COMMANDS.items():
     app.command(name, cls=Command, short_help=summary(command))(command)
 
-__all__ = ["app", "check_can_write", "process_settings", "user_errors"]
+__all__ = ["COMMANDS", "app", "check_can_write", "process_settings", "summary", "user_errors"]
