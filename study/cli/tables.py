@@ -384,6 +384,19 @@ def plan_seeds(
             record.update({key: frame.attrs[key][i] for key in ("sd_planned", "pilot_warning")})
         print(json.dumps(records, indent=2))
         return
+    _print_seed_plan(
+        frame,
+        effect=effect,
+        alpha=alpha,
+        power=power,
+        test=test,
+        correction=correction,
+        sd_confidence=sd_confidence,
+    )
+
+
+def _print_seed_plan(frame, *, effect, alpha, power, test, correction, sd_confidence) -> None:
+    """`study plan-seeds`' table, the line that says how to read it, and its warnings."""
     family = frame.attrs.get("family") or "one comparison, no correction needed"
     if correction == "none" and frame.attrs.get("comparisons", 1) > 1:
         family = f"{frame.attrs['comparisons']} comparisons, no correction"
