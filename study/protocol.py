@@ -437,14 +437,36 @@ def _field_path(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
 def _from_validation_error(
     err: ValidationError, data: dict[str, Any], source: str, root: type[BaseModel] | None = None
 ) -> UserInputError:
+    """Every problem pydantic found, the first in the error's field, the others after it
+    ("also: field '...': ...") so that one run of `study validate` shows them all."""
     # An unknown key often explains the errors after it (a misspelt required field): first.
     errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
-    loc = _clean_loc(first["loc"])
-    # A union's members each fail at the same place ("an integer", "a list", "'auto'"):
-    # one problem, said as its alternatives.
-    alternatives = [e for e in errors if _clean_loc(e["loc"]) == loc]
-    field = _field_path(loc, data)
+    problems: list[tuple[str, str]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for e in errors:
+        loc = _clean_loc(e["loc"])
+        if loc in seen:
+            continue
+        seen.add(loc)
+        # A union's members each fail at the same place ("an integer", "a list", "'auto'"):
+        # one problem, said as its alternatives.
+        alternatives = [x for x in errors if _clean_loc(x["loc"]) == loc]
+        problems.append((_field_path(loc, data), _reason(e, alternatives, loc, root)))
+    field, reason = problems[0]
+    for other_field, other_reason in problems[1:]:
+        where = f"field '{other_field}': " if other_field else ""
+        reason += f"; also: {where}{other_reason}"
+    return UserInputError(reason, source=source, field=field or None)
+
+
+def _reason(
+    first: dict[str, Any],
+    alternatives: list[dict[str, Any]],
+    loc: tuple[Any, ...],
+    root: type[BaseModel] | None,
+) -> str:
+    """One problem in words: an unknown key with the allowed ones, a missing field, or
+    what the value should be (and what it was)."""
     kind = first["type"]
     if kind == "extra_forbidden":
         reason = f"unknown key '{loc[-1]}'"
@@ -452,23 +474,18 @@ def _from_validation_error(
         if model is not None:
             keys = [k for k, f in model.model_fields.items() if not f.exclude]
             reason += f"; allowed keys: {', '.join(keys)}"
-    elif kind == "missing":
-        reason = "required field is missing"
+        return reason
+    if kind == "missing":
+        return "required field is missing"
+    messages = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in alternatives))
+    lead = "Input should be "
+    if len(messages) > 1 and all(m.startswith(lead) for m in messages):
+        reason = lead + " or ".join(m.removeprefix(lead) for m in messages)
     else:
-        messages = list(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in alternatives))
-        lead = "Input should be "
-        if len(messages) > 1 and all(m.startswith(lead) for m in messages):
-            reason = lead + " or ".join(m.removeprefix(lead) for m in messages)
-        else:
-            reason = "; or: ".join(messages)
-        if "input" in first and kind not in ("value_error",):
-            reason += f" (got {first['input']!r})"
-    more = len(err.errors()) - (
-        len(alternatives) if kind not in ("extra_forbidden", "missing") else 1
-    )
-    if more:
-        reason += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return UserInputError(reason, source=source, field=field or None)
+        reason = "; or: ".join(messages)
+    if "input" in first and kind not in ("value_error",):
+        reason += f" (got {first['input']!r})"
+    return reason
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -1,12 +1,15 @@
 """Everything MLflow: the single store of results.
 
-Conventions: one experiment per study (named after it); one parent run per ``study run``
-invocation; one run per (role, seed) with tags ``study``, ``arm``, ``generation``, ``role``,
-``seed``, ``fingerprint``, ``protocol_sha``, ``teacher_run_id``; the resolved role config
-as parameters; per-epoch metrics logged with their ``step`` in one batch per epoch (each
-MLflow call is a database transaction); final metrics; artifacts: the ``state_dict``
-checkpoint, the protocol, the environment snapshot. The rest of the package talks to this
-module with plain data (dicts, DataFrames, state dicts) and never imports mlflow.
+Conventions: one experiment per study (named after it, tagged ``mlflow.experimentKind =
+custom_model_development`` so that MLflow's UI opens it on its runs); one parent run per
+``study run`` invocation; one run per ``study report`` (tag ``kind = report``) that holds
+the report's files as artifacts; one run per (role, seed) with tags ``study``, ``arm``,
+``generation``, ``role``, ``seed``, ``fingerprint``, ``protocol_sha``, ``teacher_run_id``;
+the resolved role config as parameters; per-epoch metrics logged with their ``step`` in
+one batch per epoch (each MLflow call is a database transaction); final metrics;
+artifacts: the ``state_dict`` checkpoint, the protocol, the environment snapshot. The
+rest of the package talks to this module with plain data (dicts, DataFrames, state dicts)
+and never imports mlflow.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ from study.paths import within  # noqa: E402
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 CHECKPOINT = "checkpoint/model.pt"
+EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+"""The experiment tag MLflow 3's UI reads to choose an experiment's first page: with this
+value it opens on the runs (the training view), not on the GenAI overview of traces."""
 TAG_KEYS = (
     "study",
     "arm",
@@ -274,6 +281,8 @@ class Tracker:
         unique in the store, so one creation wins and the others use the winner's."""
         exp = self.client.get_experiment_by_name(study)
         if exp is not None:
+            if create and EXPERIMENT_KIND not in exp.tags:  # made before the kind was set
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
             return exp.experiment_id
         if not create:
             return None
@@ -281,7 +290,9 @@ class Tracker:
 
         try:
             return self.client.create_experiment(
-                study, artifact_location=self._artifact_root(study)
+                study,
+                artifact_location=self._artifact_root(study),
+                tags={EXPERIMENT_KIND: TRAINING_KIND},
             )
         except MlflowException as e:
             if not _already_exists(e):
@@ -434,6 +445,39 @@ class Tracker:
             tags={"study": study, "kind": "invocation", **_str(tags)},
         )
         return run.info.run_id
+
+    def log_report(
+        self,
+        study: str,
+        files: dict[str, Path | bytes | str],
+        *,
+        tags: dict[str, Any] | None = None,
+        name: str = "report",
+    ) -> str:
+        """A finished run of its own in the study's experiment (tag ``kind = report``) that
+        holds a written report as artifacts ({artifact path: a file, or the content}),
+        where the MLflow UI
+        shows them: in the run's Artifacts tab, beside the runs they report on."""
+        exp_id = self.experiment_id(study)
+        run = self.client.create_run(
+            exp_id, run_name=name, tags={"study": study, "kind": "report", **_str(tags or {})}
+        )
+        run_id = run.info.run_id
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                for rel, path in files.items():
+                    staged = within(Path(tmp), rel)
+                    staged.parent.mkdir(parents=True, exist_ok=True)
+                    if isinstance(path, Path):
+                        staged.write_bytes(path.read_bytes())
+                    else:
+                        staged.write_bytes(path.encode() if isinstance(path, str) else path)
+                self.client.log_artifacts(run_id, tmp)
+        except BaseException:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
 
     def start_run(
         self,

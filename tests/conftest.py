@@ -93,3 +93,22 @@ def digits():
     from study.data import load_data
 
     return load_data("digits", root="data", val_size=0.15, data_seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny study (TINY_PROTOCOL as tiny.toml, 15 runs) with its report, run
+    once per session in a directory of its own; its store is sqlite:///<dir>/mlflow.db.
+    Tests that read it must not change it."""
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
+    work = tmp_path_factory.mktemp("tiny_study")
+    (work / "tiny.toml").write_text(textwrap.dedent(TINY_PROTOCOL))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        res = CliRunner().invoke(app, ["run", "tiny.toml"], env={"COLUMNS": "300"})
+        assert res.exit_code == 0, res.output
+    return work

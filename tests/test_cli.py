@@ -120,3 +120,39 @@ def test_plan_seeds_warns_when_the_test_cannot_reach_alpha(tmp_path: Path) -> No
     )
     assert res.exit_code == 0, res.output
     assert "0.0625" in res.output
+
+
+def test_compare_names_the_flags_of_every_missing_column(tmp_path: Path) -> None:
+    """The export's columns (role, test_acc) with the defaults (group, value): both are
+    named, each with the option that sets it."""
+    table = tmp_path / "runs.csv"
+    table.write_text("role,seed,test_acc\nteacher,0,0.9\nteacher,1,0.91\nkd,0,0.92\nkd,1,0.93\n")
+    res = runner.invoke(app, ["compare", str(table), "--baseline", "teacher"])
+    assert res.exit_code == 2
+    message = " ".join(res.output.split())
+    assert "'value' (set by --value-col)" in message
+    assert "'group' (set by --group-col)" in message
+    assert "role, seed, test_acc" in message and "value_col" not in message
+    res = runner.invoke(app, ["plan-seeds", str(table), "--effect", "0.01", "--group-col", "role"])
+    assert res.exit_code == 2 and "--value-col" in res.output and "--group-col" not in res.output
+
+
+@pytest.mark.parametrize(
+    "x,digits,text",
+    [
+        (2.8e200, 4, "2.800e+200"),
+        (2.8e-310, 4, "2.800e-310"),
+        (-3.5e-7, 4, "-3.500e-07"),
+        (123456789.0, 2, "1.2e+08"),
+        (0.5, 4, "0.5000"),
+        (0.0, 4, "0.0000"),
+        (-12.25, 2, "-12.25"),
+        (float("nan"), 4, "-"),
+        (None, 4, "-"),
+        (float("inf"), 4, "inf"),
+    ],
+)
+def test_numbers_stay_readable_at_any_magnitude(x, digits, text) -> None:
+    from study.cli.terminal import fmt_number
+
+    assert fmt_number(x, digits) == text

@@ -71,9 +71,9 @@ def test_without_a_terminal_each_finished_run_says_epochs_done_and_eta(
 ) -> None:
     """Under DVC, Slurm or CI the output is a log file: it still says how far and how long,
     at each finished run and on a clock (here every 50 ms instead of every minute)."""
-    import study.cli
+    import study.cli.progress
 
-    monkeypatch.setattr(study.cli, "PROGRESS_EVERY_S", 0.05)
+    monkeypatch.setattr(study.cli.progress, "PROGRESS_EVERY_S", 0.05)
     (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
     res = runner.invoke(app, ["run", "tiny.toml", "--no-report"], env={"COLUMNS": "300"})
     assert res.exit_code == 0, res.output
@@ -295,3 +295,45 @@ def test_a_table_printed_into_a_pipe_is_not_cut_to_80_columns(tmp_path: Path) ->
     table = proc.stdout[: proc.stdout.index("\n\n")] if "\n\n" in proc.stdout else proc.stdout
     assert "…" not in table and "distilled_student" in table and "baseline_teacher" in table
     assert "0.031" in table  # the exact Wilcoxon p of 6 seeds all one way, 2/64, in full
+
+
+def test_progress_lines_into_a_pipe_are_one_line_each(workdir: Path) -> None:
+    """`study run | tee log`: each progress line whole, not wrapped at 80 columns into
+    '... ETA' and '0:00:35)' (rich's width without a terminal)."""
+    import os
+    import subprocess
+    import sys
+
+    (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "MLFLOW_TRACKING_URI")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.cli", "run", "tiny.toml", "--no-report"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,  # pipes, not a terminal
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    done = [line for line in lines if line.startswith("[")]
+    assert len(done) == 15
+    assert all(line.endswith(")") and "ETA 0:" in line for line in done)
+    assert max(len(line) for line in done) > 80  # long enough that rich would have wrapped
+    summary = [line for line in lines if line.startswith("trained 15 runs")]
+    assert len(summary) == 1 and summary[0].rstrip().split()[-2:-1] == ["run"]
+    assert not any(line.startswith(("0:", "ETA")) for line in lines)  # no broken tails
+
+
+def test_help_names_arguments_plainly_and_summarises_commands_in_full() -> None:
+    from study.cli import COMMANDS, summary
+
+    res = runner.invoke(app, ["--help"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0
+    listing = " ".join(res.output.split("Commands:")[1].split())
+    assert "..." not in listing.replace("test_nll, ...)", "")  # the one "..." of the text
+    for name, command in COMMANDS.items():
+        assert f"{name} {summary(command)}" in listing
+    for command, metavar in (("compare", "TABLE"), ("run", "PROTOCOL"), ("reproduce", "RUN_ID")):
+        text = runner.invoke(app, [command, "--help"], prog_name="study").output
+        assert f"Usage: study {command} [OPTIONS] {metavar}\n" in text and "{" not in text

@@ -337,3 +337,21 @@ def test_synthetic_loader_refuses_options_below_their_minimum(option, value) -> 
     with pytest.raises(UserInputError) as info:
         load_data("synthetic", root="data", synthetic={option: value})
     assert info.value.field == f"synthetic.{option}" and str(value) in info.value.message
+
+
+def test_validate_lists_every_problem_of_a_protocol(tmp_path: Path) -> None:
+    """A misspelt section and a bad value: both said in one run, none left as "1 more"."""
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
+    text = (Path(__file__).resolve().parent.parent / "protocols" / "ban_digits.toml").read_text()
+    text = text.replace("[teacher]", "[teachr]").replace("batch_size = 64", 'batch_size = "big"')
+    (tmp_path / "p.toml").write_text(text)
+    res = CliRunner().invoke(app, ["validate", str(tmp_path / "p.toml")])
+    assert res.exit_code == 2
+    message = " ".join(res.output.split())
+    assert "more problem" not in message
+    assert "field 'teachr': unknown key 'teachr'" in message
+    assert "field 'train.batch_size': Input should be a valid integer (got 'big')" in message
+    assert "field 'teacher': required field is missing" in message

@@ -131,7 +131,7 @@ def test_a_changed_data_setting_is_not_reported_from_runs_of_the_old_one(in_stud
 
 def test_compare_with_the_protocol_gives_the_reports_adjusted_p_values(in_study: Path) -> None:
     from study.analysis.report import build_report
-    from study.cli import _collect
+    from study.cli.reporting import collect_study as _collect
 
     assert runner.invoke(app, ["export", "p.toml"]).exit_code == 0
     rep = build_report(*_collect(Path("p.toml"), None))

@@ -1017,3 +1017,43 @@ def test_the_retired_tie_constant_says_what_replaced_it():
     # an import of it must fail and say what took its place, not hand back the old rule.
     with pytest.raises(ImportError, match="TIE_ULPS"):
         from study.analysis.stats import FLOAT_TIE_RESOLUTION  # noqa: F401
+
+
+def test_notes_carry_their_kind_from_where_they_are_made():
+    """Readers pick notes by kind (the report's split, the verdict, `study compare`), not by
+    words: the zero dropped is a Wilcoxon note, seed 4 of b is a seed left out."""
+    import json
+
+    import pandas as pd
+
+    from study.analysis.report_tables import split_notes
+    from study.analysis.stats import Note, NoteKind, compare
+
+    table = pd.DataFrame(
+        {
+            "group": ["a"] * 4 + ["b"] * 5,
+            "seed": [0, 1, 2, 3, 0, 1, 2, 3, 4],
+            "value": [1.0, 2.0, 3.0, 4.0, 1.5, 2.0, 3.5, 4.5, 9.0],
+        }
+    )
+    report = compare(table, n_resamples=200)
+    kinds = {note.kind for note in report.comparisons[0].notes}
+    assert {NoteKind.WILCOXON, NoteKind.SEEDS_LEFT_OUT} <= kinds
+    data = report.to_dict()["comparisons"][0]
+    assert all(isinstance(n, Note) for n in data["notes"])  # the kind survives to_dict
+    assert json.loads(json.dumps(data["notes"])) == [str(n) for n in data["notes"]]
+    primary, other = split_notes(data, "t")
+    assert all(n.kind is NoteKind.WILCOXON for n in other) and other
+    assert not any(n.kind is NoteKind.WILCOXON for n in primary)
+    assert split_notes(data, "wilcoxon")[1] == []
+    # a note that names a test without being about it stays with the primary test
+    assert not Note("the Wilcoxon-like wording of a general note").about_another_test("t")
+
+
+def test_the_project_has_one_p_value_formatter():
+    from study.analysis import report, units
+    from study.analysis.stats import format_p, format_p_value
+
+    assert units.format_p is format_p and report.format_p is format_p
+    for p in (0.0497, 0.0123, 3e-5, 0.5):
+        assert format_p_value(p, alpha=0.05) == format_p(p, 0.05, digits=2, significant=True)

@@ -37,6 +37,7 @@ from study.analysis.stats import (
     CI_NAME,
     CORRECTION_NAMES,
     PAIRED,
+    NoteKind,
     ci_reading,
     compare,
     format_seeds,
@@ -365,7 +366,7 @@ def verdict_words(
         return "not testable", f"{a} vs {b}: not testable: {c['reason']}."
     correction = CORRECTION_NAMES[correction]
     if missing(c["p_adj"]):
-        reasons = [n for n in split_notes(c, test)[0] if not n.startswith("seeds of ")]
+        reasons = [n for n in split_notes(c, test)[0] if n.kind is not NoteKind.SEEDS_LEFT_OUT]
         why = "; ".join(reasons) or "the data are degenerate"
         return "no test possible", (
             f"{a} vs {b}: no test possible: the {c['test']} gives no p-value because {why}; "

@@ -14,7 +14,7 @@ import pandas as pd
 
 from study.analysis.report_data import Report
 from study.analysis.report_setup import architecture_of
-from study.analysis.stats import PAIRED
+from study.analysis.stats import PAIRED, as_note
 from study.analysis.table import Table
 from study.analysis.units import NOT_AVAILABLE, UNITS, fmt_num, format_p, missing
 
@@ -23,9 +23,9 @@ POWER = 0.8
 
 def split_notes(c: dict[str, Any], test: str) -> tuple[list[str], list[str]]:
     """A comparison's notes on its primary test and pairing, and those on the other tests."""
-    others = [w for t, w in (("wilcoxon", "Wilcoxon"), ("permutation", "permutation")) if t != test]
-    secondary = [n for n in c["notes"] if any(w in n for w in others)]
-    primary = [n for n in c["notes"] if n not in secondary]
+    notes = [as_note(n) for n in c["notes"]]
+    secondary = [n for n in notes if n.about_another_test(test)]
+    primary = [n for n in notes if not n.about_another_test(test)]
     # Seeds present in one group only are in the notes already ("seeds of X without a
     # pair, left out: ..."), written by stats.compare.
     return primary, secondary

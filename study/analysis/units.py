@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from study.analysis.stats import kept_off_alpha
+from study.analysis.stats import NOT_AVAILABLE, format_p
 
-NOT_AVAILABLE = "–"
+__all__ = ["NOT_AVAILABLE", "UNITS", "Units", "fmt_num", "format_p", "missing"]
 MAX_DIGITS = 12
 
 
@@ -28,19 +28,6 @@ def missing(x: Any) -> bool:
 
 def fmt_num(x: Any, digits: int = 2) -> str:
     return NOT_AVAILABLE if missing(x) else f"{float(x):.{digits}f}"
-
-
-def format_p(p: Any, alpha: float | None = None) -> str:
-    """A p-value as the report prints it: 4 decimals, scientific below 0.001. With
-    ``alpha``, never rounded onto or across alpha: more decimals where 4 would print alpha
-    itself or a value on the other side of it (0.04996 is '0.04996', not '0.0500')."""
-    if missing(p):
-        return NOT_AVAILABLE
-    if p == 0:
-        return "0"
-    if p < 1e-3:
-        return f"{p:.2e}"
-    return kept_off_alpha(p, alpha, lambda k: f"{p:.{k}f}", 4)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,9 @@ from study.analysis.stats.correction import CORRECTION_NAMES, CORRECTIONS, adjus
 from study.analysis.stats.family import check_test_and_correction, compare
 from study.analysis.stats.formatting import (
     CI_NAME,
+    NOT_AVAILABLE,
     ci_reading,
+    format_p,
     format_p_value,
     format_seeds,
     kept_off_alpha,
@@ -77,8 +79,12 @@ from study.analysis.stats.results import (
     UNPAIRED,
     Comparison,
     ComparisonReport,
+    Note,
+    NoteKind,
     Omnibus,
     PairedSample,
+    as_note,
+    note_kind,
 )
 from study.analysis.stats.table import pair_groups, tidy_results
 
@@ -103,6 +109,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "CI_NAME",
+    "NOT_AVAILABLE",
     "CORRECTIONS",
     "CORRECTION_NAMES",
     "EXACT_PERMUTATION_LIMIT",
@@ -113,16 +120,20 @@ __all__ = [
     "UNPAIRED",
     "Comparison",
     "ComparisonReport",
+    "Note",
+    "NoteKind",
     "Omnibus",
     "PairedSample",
     "PairedTests",
     "Permutation",
     "SeedLike",
     "adjust_p_values",
+    "as_note",
     "aso_epsilon_min",
     "check_test_and_correction",
     "ci_reading",
     "compare",
+    "format_p",
     "format_p_value",
     "format_seeds",
     "greenhouse_geisser_epsilon",
@@ -130,6 +141,7 @@ __all__ = [
     "independent_permutation_test",
     "kept_off_alpha",
     "nemenyi_critical_difference",
+    "note_kind",
     "omnibus",
     "pair_groups",
     "paired_permutation",

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from study.analysis.stats.correction import CORRECTION_NAMES
-from study.analysis.stats.results import PAIRED, UNPAIRED, Comparison
+from study.analysis.stats.results import (
+    PAIRED,
+    UNPAIRED,
+    Comparison,
+    NoteKind,
+    as_note,
+    note_kind,
+)
 
 
 def verdict(
@@ -32,9 +39,8 @@ def verdict(
         about_test = [
             note
             for note in c.notes
-            if not (note.startswith("Wilcoxon") and not c.test.startswith("Wilcoxon"))
-            and not (note.startswith("permutation") and "permutation" not in c.test)
-            and not note.startswith("seeds of ")
+            if not as_note(note).about_another_test(c.test)
+            and note_kind(note) is not NoteKind.SEEDS_LEFT_OUT
         ]
         return (
             f"no test possible between {c.a} and {c.b}: {c.test} gives no p-value because "
@@ -102,15 +108,42 @@ def three_digits(x: float) -> str:
     return f"{x:.3g}"
 
 
+def format_p(
+    p: Any, alpha: float | None = None, *, digits: int = 4, significant: bool = False
+) -> str:
+    """The project's one p-value formatter; '–' for a missing p. Never rounded onto or
+    across ``alpha``: where the rounded value would equal alpha or fall on the other side
+    of it, more digits are printed (p = 0.04996 at alpha 0.05 is '0.04996', not '0.0500';
+    p = 0.0497 is '0.0497', not '0.05').
+
+    Two forms, one for each place a p is read:
+
+    - a table's column (the default; the report, the paper table): ``digits`` decimals,
+      scientific with 3 significant digits below 0.001, '0' for 0;
+    - a sentence (``significant``; verdicts, `study compare`): ``digits`` significant
+      digits, scientific with 2 below 1e-4.
+    """
+    if p is None or not isinstance(p, int | float | np.number) or not np.isfinite(p):
+        return NOT_AVAILABLE
+    if significant:
+        if p < 1e-4:
+            return f"{p:.1e}"
+        return kept_off_alpha(p, alpha, lambda k: f"{p:.{k}g}", digits)
+    if p == 0:
+        return "0"
+    if p < 1e-3:
+        return f"{p:.2e}"
+    return kept_off_alpha(p, alpha, lambda k: f"{p:.{k}f}", digits)
+
+
 def format_p_value(p: float, *, alpha: float | None = None, digits: int = 2) -> str:
-    """p with ``digits`` significant digits (scientific below 1e-4); never rounded onto or
-    across ``alpha``: where the rounded value would equal alpha or fall on the other side of
-    it, more digits are printed (p = 0.0497 at alpha 0.05 is '0.0497', not '0.05')."""
-    if p is None or not np.isfinite(p):
-        return "–"
-    if p < 1e-4:
-        return f"{p:.1e}"
-    return kept_off_alpha(p, alpha, lambda k: f"{p:.{k}g}", digits)
+    """``format_p``'s sentence form: ``digits`` significant digits (scientific below
+    1e-4), never rounded onto or across ``alpha``."""
+    return format_p(p, alpha, digits=digits, significant=True)
+
+
+NOT_AVAILABLE = "–"
+"""What a table or a sentence prints for a number that is missing (None, NaN, infinite)."""
 
 
 def kept_off_alpha(

@@ -32,7 +32,14 @@ from study.analysis.stats.precision import (
 )
 from study.analysis.stats.rank import EXACT_RANK_TEST_MAX_N, wilcoxon_signed_rank
 from study.analysis.stats.resampling import Permutation, SeedLike, bca_interval, paired_permutation
-from study.analysis.stats.results import TEST_NAMES, Comparison, PairedSample
+from study.analysis.stats.results import (
+    TEST_NAMES,
+    Comparison,
+    Note,
+    NoteKind,
+    PairedSample,
+    monte_carlo_note,
+)
 from study.errors import UserInputError
 
 
@@ -181,40 +188,43 @@ def _refuse_overflow(s: PairedSample, source: str | None) -> None:
         )
 
 
-def _notes(s: PairedSample, tests: PairedTests, sd_diff: float, n_resamples: int) -> list[str]:
-    """What is unusual about a paired comparison, in words (each test's notes start with
-    its name, so that a reader of another primary test can skip them)."""
-    notes: list[str] = []
+def _notes(s: PairedSample, tests: PairedTests, sd_diff: float, n_resamples: int) -> list[Note]:
+    """What is unusual about a paired comparison, in words, each note of its kind (a
+    reader of another primary test skips the notes on the Wilcoxon and permutation tests)."""
+    notes: list[Note] = []
     a, b, d = s.values_a, s.values_b, tests.differences
     raw = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if not np.array_equal(raw, d) and np.max(np.abs(raw - d)) > 1e-12 * max(
         1.0, float(np.max(np.abs(np.concatenate([a, b]))))
     ):
         notes.append(
-            f"the values are {_precision_words(a, b)}: differences equal up to float rounding "
-            f"(within {TIE_ULPS} ulps of the seed's values, float32 ulps where one of them is a "
-            "float32 value) are treated as equal"
+            Note(
+                f"the values are {_precision_words(a, b)}: differences equal up to float "
+                f"rounding (within {TIE_ULPS} ulps of the seed's values, float32 ulps where one "
+                "of them is a float32 value) are treated as equal"
+            )
         )
     notes += _wilcoxon_notes(d, tests.wilcoxon[2])
     mean_diff = tests.t.mean
     if not sd_diff > 0:
         if mean_diff != 0:
             notes.append(
-                f"every seed gives the same difference A - B = {three_digits(mean_diff)}: the "
-                "paired differences have zero variance, so t, its CI and d_z are undefined"
+                Note(
+                    f"every seed gives the same difference A - B = {three_digits(mean_diff)}: "
+                    "the paired differences have zero variance, so t, its CI and d_z are "
+                    "undefined"
+                )
             )
         else:
-            notes.append("the paired differences have zero variance: t and d_z are undefined")
+            notes.append(Note("the paired differences have zero variance: t and d_z are undefined"))
     elif len(d) < 3:
-        notes.append("g_z is undefined with 2 paired seeds (Hedges' correction needs 3)")
+        notes.append(Note("g_z is undefined with 2 paired seeds (Hedges' correction needs 3)"))
     for group, seeds in ((s.a, s.unpaired_a), (s.b, s.unpaired_b)):
         if seeds:
-            notes.append(f"seeds of {group} without a pair, left out: {format_seeds(seeds)}")
+            left_out = f"seeds of {group} without a pair, left out: {format_seeds(seeds)}"
+            notes.append(Note(left_out, NoteKind.SEEDS_LEFT_OUT))
     if tests.permutation.method == "monte carlo":
-        notes.append(
-            f"permutation p from {n_resamples} random permutations (Monte Carlo standard "
-            f"error of p: {tests.permutation.mc_se:.2g})"
-        )
+        notes.append(monte_carlo_note(n_resamples, tests.permutation.mc_se))
     return notes
 
 
@@ -227,25 +237,35 @@ def _precision_words(a: np.ndarray, b: np.ndarray) -> str:
     return "float64 values" if not np.any(single) else "float32 values and float64 values"
 
 
-def _wilcoxon_notes(d: np.ndarray, method: str) -> list[str]:
+def _wilcoxon_notes(d: np.ndarray, method: str) -> list[Note]:
     """Zeros dropped, normal approximation, ties: how the Wilcoxon p was reached."""
     if method == "none":
-        return ["all paired differences are zero: no Wilcoxon test"]
+        return [Note("all paired differences are zero: no Wilcoxon test", NoteKind.WILCOXON)]
     notes = []
     n_zero = int(np.sum(d == 0))
     nonzero_abs = np.abs(d[d != 0])
     if n_zero:
         notes.append(
-            f"Wilcoxon: {n_zero} zero difference(s) dropped before ranking (Wilcoxon's convention)"
+            Note(
+                f"Wilcoxon: {n_zero} zero difference(s) dropped before ranking (Wilcoxon's "
+                "convention)",
+                NoteKind.WILCOXON,
+            )
         )
     if method == "approx":
         notes.append(
-            f"Wilcoxon: normal approximation ({len(nonzero_abs)} non-zero differences, "
-            f"more than {EXACT_RANK_TEST_MAX_N}), tie-corrected, continuity-corrected"
+            Note(
+                f"Wilcoxon: normal approximation ({len(nonzero_abs)} non-zero differences, "
+                f"more than {EXACT_RANK_TEST_MAX_N}), tie-corrected, continuity-corrected",
+                NoteKind.WILCOXON,
+            )
         )
     elif len(np.unique(nonzero_abs)) < len(nonzero_abs):
         notes.append(
-            "Wilcoxon: tied |differences| get midranks; the p-value is exact, "
-            "conditional on the ties"
+            Note(
+                "Wilcoxon: tied |differences| get midranks; the p-value is exact, "
+                "conditional on the ties",
+                NoteKind.WILCOXON,
+            )
         )
     return notes

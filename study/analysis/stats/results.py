@@ -10,6 +10,7 @@ None) is written once.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +35,61 @@ TEST_NAMES = {
         "permutation": "permutation (independent samples)",
     },
 }
+
+
+class NoteKind(enum.Enum):
+    """What a comparison's note is about, set where the note is made: a reader (the
+    report, `study compare`, a verdict) picks notes by kind, never by their words."""
+
+    GENERAL = "general"  # the comparison as a whole: values, variance, effect size, pairing
+    SEEDS_LEFT_OUT = "seeds left out"  # seeds of one group without a pair, not compared
+    WILCOXON = "wilcoxon"  # how the rank test's p was reached (Wilcoxon signed-rank)
+    PERMUTATION = "permutation"  # how the permutation test's p was reached
+
+
+class Note(str):
+    """A note on a comparison: its text (a ``str``: printed, compared and written to JSON
+    as the text alone) and its ``kind``."""
+
+    kind: NoteKind
+
+    def __new__(cls, text: str, kind: NoteKind = NoteKind.GENERAL) -> Note:
+        note = super().__new__(cls, text)
+        note.kind = kind
+        return note
+
+    def __reduce__(self) -> tuple:  # copies and pickles keep the kind
+        return (Note, (str(self), self.kind))
+
+    def about_another_test(self, test: str) -> bool:
+        """Whether the note is on a test other than the primary ``test`` (a protocol's
+        't', 'wilcoxon' or 'permutation', or a result's test name such as 'Wilcoxon
+        signed-rank'): a reader of the primary test's results can leave it out."""
+        if self.kind is NoteKind.WILCOXON:
+            return not test.lower().startswith("wilcoxon")
+        if self.kind is NoteKind.PERMUTATION:
+            return "permutation" not in test.lower()
+        return False
+
+
+def monte_carlo_note(n_resamples: int, mc_se: float) -> Note:
+    """The note of a permutation p estimated from random permutations."""
+    return Note(
+        f"permutation p from {n_resamples} random permutations (Monte Carlo standard "
+        f"error of p: {mc_se:.2g})",
+        NoteKind.PERMUTATION,
+    )
+
+
+def as_note(note: str) -> Note:
+    """A note as a ``Note``: a plain string (written by hand, read back from JSON) is
+    GENERAL."""
+    return note if isinstance(note, Note) else Note(note)
+
+
+def note_kind(note: str) -> NoteKind:
+    """A note's kind (``as_note``'s)."""
+    return as_note(note).kind
 
 
 @dataclass(frozen=True)
@@ -137,7 +193,7 @@ class Comparison:
     verdict: str = ""
     aso_epsilon_min: float | None = None
     aso_violation_ratio: float | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     permutation_mc_se: float | None = None
     permutation_resolution: str = ""
     ci95_bca_coverage: float | None = None

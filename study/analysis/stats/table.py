@@ -37,14 +37,16 @@ def tidy_results(
         raise UserInputError(
             f"expected a table (pandas DataFrame), got {type(table).__name__}", source=source
         )
-    for option, col in (("value_col", value_col), ("group_col", group_col), ("seed_col", seed_col)):
-        if col not in table.columns:
-            raise UserInputError(
-                f"column '{col}' ({option}) is missing; the table has columns "
-                f"{[str(c) for c in table.columns]}",
-                source=source,
-                field=col,
-            )
+    named = (("value_col", value_col), ("group_col", group_col), ("seed_col", seed_col))
+    absent = [(option, col) for option, col in named if col not in table.columns]
+    if absent:  # every missing column at once, not the first alone
+        what = ", ".join(f"'{col}' ({option})" for option, col in absent)
+        raise UserInputError(
+            f"column{'s' * (len(absent) > 1)} {what} {'are' if len(absent) > 1 else 'is'} "
+            f"missing; the table has columns {[str(c) for c in table.columns]}",
+            source=source,
+            field=absent[0][1],
+        )
     if len(table) == 0:
         raise UserInputError("the table has no rows", source=source)
 

@@ -16,7 +16,13 @@ from study.analysis.stats.parametric import hedges_correction, mean, pooled_sd, 
 from study.analysis.stats.precision import require_finite, tie_keys
 from study.analysis.stats.rank import mann_whitney
 from study.analysis.stats.resampling import bca_interval, mean_difference, two_sample_permutation
-from study.analysis.stats.results import TEST_NAMES, Comparison, PairedSample
+from study.analysis.stats.results import (
+    TEST_NAMES,
+    Comparison,
+    Note,
+    PairedSample,
+    monte_carlo_note,
+)
 from study.errors import UserInputError
 
 
@@ -39,22 +45,19 @@ def compare_unpaired(
     a, b = s.values_a, s.values_b
     n_a, n_b = len(a), len(b)
     _refuse_overflow(s, source)
-    notes: list[str] = []
+    notes: list[Note] = []
     welch = welch_t(a, b)
     if not (np.ptp(a) > 0 or np.ptp(b) > 0):
-        notes.append("both groups have zero variance: Welch t and g are undefined")
+        notes.append(Note("both groups have zero variance: Welch t and g are undefined"))
     u, p_u, u_method = mann_whitney(a, b)
     perm = two_sample_permutation(a, b, n_resamples=n_resamples, seed=perm_seed)
     sd_pooled = pooled_sd(a, b)
     g = hedges_correction(n_a + n_b - 2) * welch.mean / sd_pooled if sd_pooled > 0 else np.nan
     # Unpaired: each group is resampled on its own (there are no pairs to keep together).
     bca, bca_reason = bca_interval((a, b), mean_difference, n_resamples, boot_seed)
-    notes.append("the groups share no seed: compared as independent samples")
+    notes.append(Note("the groups share no seed: compared as independent samples"))
     if perm.method == "monte carlo":
-        notes.append(
-            f"permutation p from {n_resamples} random permutations (Monte Carlo standard "
-            f"error of p: {perm.mc_se:.2g})"
-        )
+        notes.append(monte_carlo_note(n_resamples, perm.mc_se))
     aso_eps = aso_ratio = None
     if aso:
         aso_eps, aso_ratio = aso_epsilon_min(
