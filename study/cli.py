@@ -187,8 +187,7 @@ def validate(protocol: ProtocolArg) -> None:
 
 
 def _print_plan(p) -> None:
-    from study.plan import expand
-    from study.tune import tuned_values
+    from study.plan import expand, tuned_values
 
     plan = expand(p, tuned=tuned_values(p))
     title = f"study '{p.study.name}'" + (f", condition '{p.condition}'" if p.condition else "")
@@ -243,8 +242,7 @@ def run(
         return
     p = study.protocols[0]
     from study.execute import load_study_data
-    from study.plan import expand
-    from study.tune import tuned_values
+    from study.plan import expand, tuned_values
 
     plan = expand(p, tuned=tuned_values(p))
     plan.require_trainable()
@@ -428,9 +426,8 @@ def status(protocol: ProtocolArg, tracking_uri: TrackingUri = None) -> None:
 
 def _print_status(p, tracking_uri: str | None) -> None:
     from study.execute import load_study_data, study_status
-    from study.plan import expand
+    from study.plan import expand, tuned_values
     from study.track import Tracker
-    from study.tune import tuned_values
 
     plan = expand(p, tuned=tuned_values(p))
     data = load_study_data(p)
@@ -654,8 +651,7 @@ def _export_for(p, collected, where: Path, protocol: Path):
     not plan (an export of 5 seeds, a protocol of 3) are left out, with a note, as the
     tracker's collect leaves them out."""
     from study.analysis.stats import format_seeds
-    from study.plan import expand
-    from study.tune import tuned_values
+    from study.plan import expand, tuned_values
 
     identity = collected.meta.get("data_identity")
     if not identity:
@@ -702,10 +698,9 @@ def _collect(protocol: Path, tracking_uri: str | None):
     """The study's results from the tracker alone: no data files are read (the data
     identity is the one its runs were tagged with)."""
     from study.analysis.collect import collect
-    from study.plan import expand
+    from study.plan import expand, tuned_values
     from study.protocol import load_protocol
     from study.track import Tracker, check_has_store, check_writable
-    from study.tune import tuned_values
 
     p = load_protocol(protocol)
     plan = expand(p, tuned=tuned_values(p))
@@ -727,7 +722,7 @@ def _collect(protocol: Path, tracking_uri: str | None):
 def _write_report(p, collected) -> None:
     from study.analysis.report import build_report, write_report
     from study.conditions import study_dir
-    from study.tune import TUNED_FILE
+    from study.tuned import TUNED_FILE
 
     if collected.meta.get("tuned"):
         collected.meta.setdefault("tuned_file", str(Path("results") / p.study.name / TUNED_FILE))

@@ -30,7 +30,7 @@ from study.data import DataSplits, load_data
 from study.errors import NO_SPACE, DiskFull, TrackerUnavailable, UserInputError
 from study.pack import auto_pack_size
 from study.paths import within
-from study.plan import Plan, Role, expand
+from study.plan import Plan, Role, expand, tuned_values
 from study.protocol import Protocol
 from study.repro import deterministic_mode, environment, pip_freeze, resolve_deterministic
 from study.track import Tracker
@@ -682,7 +682,6 @@ def run_worker(
     """One scheduled job: a worker that trains the chains of some seeds (all their roles)
     of the protocol (of its ``condition``, for a protocol of several)."""
     from study.conditions import load_condition
-    from study.tune import tuned_values
 
     os.chdir(cwd)
     protocol = load_condition(protocol_path, condition)

@@ -67,11 +67,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -87,12 +85,20 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from study import __version__
+from study.claims import dead_here, process_space
 from study.data import DataSplits
 from study.errors import UserInputError
 from study.execute import Progress, load_study_data, run_study
 from study.losses import TUNED
-from study.plan import TEACHER, Plan, Role, derive_seed, expand
+from study.plan import (
+    Plan,
+    Role,
+    derive_seed,
+    tune_section,
+    tuned_roles,
+    tuning_config,
+    tuning_hash,
+)
 from study.protocol import Protocol, SearchRange, TrainSection, TuneSection
 from study.track import Tracker, check_writable, resolve_uri
 from study.train import (
@@ -102,6 +108,7 @@ from study.train import (
     resolve_device,
     train_role,
 )
+from study.tuned import SEARCHABLE, TUNED_FILE, digest, write_tuned
 
 try:
     import fcntl
@@ -109,10 +116,8 @@ except ImportError:  # pragma: no cover - not POSIX: workers on one machine are 
     fcntl = None
 
 JOURNAL_FILE = "optuna-journal.log"
-TUNED_FILE = "tuned.json"
-SEARCHABLE = ("temperature", "alpha", "lr")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+WORKER = f"{process_space()}:{os.getpid()}"  # see claims.dead_here
 PARENT_ATTR = "mlflow_parent_run_id"
 CONFIG_ATTR = "config_hash"
 DATA_ATTR = "data_identity"
@@ -224,79 +229,9 @@ def optuna_study_name(protocol: Protocol) -> str:
     """``<study>-tune-<arm>-gen<g>-<hash>``: the hash of ``tuning_config``, so that a
     changed search (ranges, seeds, epochs, metric, sampler, pruner, the student's recipe,
     its teachers or the data) is a new Optuna study, and an unchanged one resumes."""
-    spec = _spec(protocol)
+    spec = tune_section(protocol)
     key = tuning_hash(protocol)[:12]
     return f"{protocol.study.name}-tune-{spec.arm}-gen{spec.generation}-{key}"
-
-
-def tuning_config(protocol: Protocol) -> dict[str, Any]:
-    """Everything that determines a trial of the protocol's tuning study, given its values.
-
-    The search (ranges, metric, tuning seeds, epochs per seed, sampler seed, pruner), the
-    tuned role's config as the protocol gives it ("tuned" where a trial fills in its
-    value) and, per tuning seed, the fingerprint of the model it distils from (teacher
-    and earlier generations: their recipes, architectures, seeds and the package version).
-    The data enters through the protocol's [data] settings (the data's content hash is
-    only known once the data is loaded: ``tune`` checks it against the one the study
-    was started with). Not included: names, the device, [execution], and the budget
-    (``trials``): raising it tops the same study up.
-    """
-    spec = _spec(protocol)
-    student, chain = _tuned_roles(protocol)
-    seeds = spec.seed_list
-    data = protocol.data.model_dump(exclude={"root", "download"})
-    data_key = "protocol-data:" + _digest(data)
-    teachers = Plan(protocol=protocol, roles=tuple(chain), seeds=tuple(seeds))
-    fingerprints = teachers.fingerprints(data_key)
-    space = {k: getattr(spec, k).model_dump() for k in SEARCHABLE if getattr(spec, k)}
-    return {
-        "space": space,
-        "metric": spec.metric,
-        "direction": spec.direction,
-        "seeds": seeds,
-        "epochs": spec.epochs or student.train.epochs,
-        "sampler": "tpe",
-        "sampler_seed": spec.sampler_seed,
-        "pruner": spec.pruner,
-        "student": student.config(),
-        "teachers": {str(s): fingerprints[(chain[-1].key, s)] for s in seeds},
-        "data": data,
-        "version": __version__,
-    }
-
-
-def tuning_hash(protocol: Protocol) -> str:
-    """The hash of ``tuning_config(protocol)`` (sha256, 32 hex digits)."""
-    return _digest(tuning_config(protocol))
-
-
-def _digest(payload: Any) -> str:
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
-
-
-def _tuned_roles(protocol: Protocol) -> tuple[Role, list[Role]]:
-    """The tuned role and the chain it distils from (teacher, generations 1..g-1), as the
-    protocol gives them: no tuned values, which would make the study depend on its own
-    result."""
-    spec = _spec(protocol)
-    plan = expand(protocol)
-    student = plan.role(f"{spec.arm}/gen{spec.generation}")
-    chain = [plan.role(TEACHER)] + [
-        plan.role(f"{spec.arm}/gen{k}") for k in range(1, spec.generation)
-    ]
-    return student, chain
-
-
-def _spec(protocol: Protocol) -> TuneSection:
-    if protocol.tune is None:
-        raise UserInputError(
-            "the protocol has no [tune] section: add one naming the arm and the ranges to "
-            "search (see README, 'Tuning')",
-            source=protocol.source,
-            field="tune",
-        )
-    return protocol.tune
 
 
 def plan_tuning(
@@ -308,13 +243,13 @@ def plan_tuning(
     results_dir: Path = Path("results"),
 ) -> TuningPlan:
     """Resolve and check a tuning study; raises UserInputError before anything is created."""
-    spec = _spec(protocol)
+    spec = tune_section(protocol)
     n_trials = spec.trials if trials is None else trials
     if n_trials < 1:
         raise UserInputError(f"must be >= 1, got {n_trials}", field="--trials")
     uri = resolve_uri(tracking_uri)
     where = resolve_storage(storage, uri)
-    student, chain = _tuned_roles(protocol)
+    student, chain = tuned_roles(protocol)
     for name, value in student.loss_params.items():
         if value == TUNED and getattr(spec, name, None) is None:
             raise UserInputError(
@@ -342,7 +277,7 @@ def plan_tuning(
         epochs=spec.epochs or student.train.epochs,
         results_dir=results_dir,
         config=config,
-        config_hash=_digest(config),
+        config_hash=digest(config),
     )
 
 
@@ -916,15 +851,14 @@ def _settle_trial_runs(
     FINISHED, pruned or failed KILLED. A trial Optuna still counts as running is left to
     ``fail_orphaned_trials``. Returns the run ids ended."""
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-    host, ended = socket.gethostname(), []
+    ended = []
     where = (
         "attributes.status = 'RUNNING' and tags.kind = 'trial' and "
         f"tags.optuna_study = '{tuning.study_name}'"
     )
     for run in tracker._search(exp_id, where):
         tags = run.data.tags
-        name, _, pid = str(tags.get("worker", "")).rpartition(":")
-        if name != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not dead_here(str(tags.get("worker", ""))):
             continue
         number = tags.get("trial_number", "")
         state = states.get(int(number)) if number.isdigit() else None
@@ -947,26 +881,18 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     """Mark FAIL the RUNNING trials whose worker, on this machine, is dead (a kill -9).
 
     Without this a killed worker's trial would count as running for ever, and the study
-    would never reach its total. Returns the numbers of the trials marked.
+    would never reach its total. "This machine" is the worker's process space (host, boot
+    id, PID namespace: ``claims.dead_here``), not its host name alone: containers sharing a
+    host name must not fail each other's live trials. Returns the numbers of the trials
+    marked.
     """
-    host, marked = socket.gethostname(), []
+    marked = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        name, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if name != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not dead_here(str(t.user_attrs.get("worker", ""))):
             continue
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         marked.append(t.number)
     return marked
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _best(study: optuna.Study) -> FrozenTrial | None:
@@ -1048,45 +974,3 @@ def _importances(study: optuna.Study, seed: int) -> dict[str, float]:
     except (ValueError, RuntimeError):  # e.g. a single distinct value per parameter
         return {}
     return {k: float(v) for k, v in found.items()}
-
-
-def write_tuned(result: dict[str, Any], path: Path) -> Path:
-    """Write tuned.json atomically (a reader, or a second worker, never sees half of it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def load_tuned(protocol: Protocol, results_dir: Path = Path("results")) -> dict | None:
-    """The protocol's tuning result (results/<study>/tuned.json), None if there is none.
-
-    A file written for another tuning config than the protocol's counts as none: another
-    arm or generation, other ranges, seeds, epochs, metric, sampler seed or pruner, or
-    another recipe, teacher or data for the tuned role (``tuning_hash``); so does any file
-    when the protocol has no [tune] section, since nothing ties it to the protocol.
-    """
-    if protocol.tune is None:
-        return None
-    path = results_dir / protocol.study.name / TUNED_FILE
-    if not path.exists():
-        return None
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserInputError(f"cannot read the tuning result: {e}", source=str(path)) from None
-    if not isinstance(result, dict) or result.get("config_hash") != tuning_hash(protocol):
-        return None
-    return result
-
-
-def tuned_values(
-    protocol: Protocol, results_dir: Path = Path("results")
-) -> dict[str, float] | None:
-    """The best values found by `study tune`, for ``plan.expand(protocol, tuned=...)``;
-    None when there is no result for the protocol's current tuning config, or no trial of
-    it completed."""
-    result = load_tuned(protocol, results_dir)
-    best = result.get("best_params") if result else None
-    return dict(best) if best else None
