@@ -53,7 +53,7 @@ ProtocolArg = Annotated[Path, typer.Argument(help="The study's protocol file (TO
 @app.callback()
 def process_settings() -> None:
     """Before any command touches CUDA: cuBLAS reads its workspace setting once, at the
-    first GEMM (``repro.configure_cuda_process``, which resolving a training device also
+    first GEMM (``determinism.configure_cuda_process``, which resolving a training device also
     calls, sets the rest; importing torch here would slow every command by a second)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # A scheduler's timeout or preemption (Slurm), `kill`, a CI runner: the same clean stop
@@ -84,20 +84,6 @@ def _terminated(signum: int, frame: object) -> None:
 
 def _interrupted_status(e: KeyboardInterrupt) -> int:
     return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
-
-
-def _check_device(spec: str | None, p=None) -> None:
-    """The training device (``--device``, else the protocol's) exists on this machine:
-    refused before the tracker is touched."""
-    from study.train import resolve_device
-
-    if spec is None and p is None:
-        return
-    try:
-        resolve_device(spec or p.train.device)
-    except UserInputError as e:
-        where = ("command line", "--device") if spec else (p.source, "train.device")
-        raise e.located(source=where[0], field=where[1]) from None
 
 
 _REFUSED_BY_THE_SYSTEM = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
@@ -248,7 +234,9 @@ def run(
     plan.require_trainable()
     executor = _executor(executor, p)
     if executor == "local":  # a job's device is the node's, checked there
-        _check_device(device, p)
+        from study.device import check_device
+
+        check_device(device, p)
     data = load_study_data(p)
     check_models(plan, data)
     index = within("results", p.study.name, "run.json")
@@ -342,7 +330,9 @@ def _run_conditions(study, protocol: Path, tracking_uri, device, report: bool, e
     for plan in plans:
         plan.require_trainable()
         if executor == "local":
-            _check_device(device, plan.protocol)
+            from study.device import check_device
+
+            check_device(device, plan.protocol)
     data, loaded = {}, {}  # each distinct [data] loaded once
     for p in study.protocols:
         key = p.data.model_dump_json()
@@ -500,6 +490,7 @@ def tune(
     ] = None,
 ) -> None:
     """Search the [tune] ranges on the validation split; write results/<study>/tuned.json."""
+    from study.device import check_device
     from study.execute import check_models, load_study_data
     from study.plan import expand
     from study.protocol import load_protocol
@@ -507,7 +498,7 @@ def tune(
     from study.tune import tune as run_tuning
 
     p = load_protocol(protocol)
-    _check_device(device, p)
+    check_device(device, p)
     data = load_study_data(p)
     check_models(expand(p), data)
     tuning = plan_tuning(p, trials=trials, storage=storage, tracking_uri=tracking_uri)
@@ -1272,10 +1263,11 @@ def reproduce(
     device: Annotated[str | None, typer.Option(help="Override the run's device.")] = None,
 ) -> None:
     """Re-train a run from its logged config and teacher; compare final metrics."""
+    from study.device import check_device
     from study.reproduce import reproduce_run
     from study.track import Tracker, check_writable
 
-    _check_device(device)
+    check_device(device)
     check_writable(tracking_uri)
     result = reproduce_run(run_id, Tracker(tracking_uri), device=device)
     out = Table(title=f"{result.role} seed {result.seed}: run {run_id} vs {result.new_run_id}")
@@ -1298,7 +1290,7 @@ def reproduce(
 @app.command()
 def env(as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False) -> None:
     """The environment snapshot every run records, for this machine."""
-    from study.repro import environment, pip_freeze
+    from study.determinism import environment, pip_freeze
 
     snapshot = {**environment(), "pip_freeze": pip_freeze()}
     if as_json:

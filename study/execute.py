@@ -27,22 +27,16 @@ from torch import nn
 from study.checkpoint import CheckpointSlot, CheckpointStore, signals_held
 from study.claims import ClaimBoard, dead_here, process_space
 from study.data import DataSplits, load_data
+from study.determinism import deterministic_mode, environment, pip_freeze, resolve_deterministic
+from study.device import job_device, resolve_device
+from study.engine import SeedResult, build_model, channels_last, evaluate_ensemble, load_model
 from study.errors import NO_SPACE, DiskFull, TrackerUnavailable, UserInputError
 from study.pack import auto_pack_size
 from study.paths import within
 from study.plan import Plan, Role, expand, tuned_values
 from study.protocol import Protocol
-from study.repro import deterministic_mode, environment, pip_freeze, resolve_deterministic
 from study.track import Tracker
-from study.train import (
-    SeedResult,
-    build_model,
-    channels_last,
-    evaluate_ensemble,
-    load_model,
-    resolve_device,
-    train_role,
-)
+from study.train import train_role
 
 STOPS = (KeyboardInterrupt, UserInputError, TrackerUnavailable)
 """What stops a whole invocation rather than failing one pack: Ctrl-C or SIGTERM, a full disk
@@ -695,18 +689,6 @@ def run_worker(
         "skipped": summary.skipped,
         "job_id": job_id(),
     }
-
-
-def job_device(protocol: Protocol, device: str | None, *, local: bool) -> torch.device:
-    """The device the submitted jobs will train on, as far as the submitting host can tell.
-
-    "auto" resolves on the machine that runs the job, not on this one: a Slurm login node
-    without a GPU must still plan GPU-sized packs for jobs that ask for GPUs.
-    """
-    spec = device or protocol.train.device
-    if spec != "auto" or local:
-        return resolve_device(spec)
-    return torch.device("cuda" if protocol.execution.slurm.gpus_per_job > 0 else "cpu")
 
 
 def submit_study(

@@ -16,19 +16,16 @@ from typing import Any
 import torch
 
 from study.analysis.stats import format_seeds
+from study.determinism import environment, resolve_deterministic
+from study.device import resolve_device
+from study.engine import channels_last, evaluate_ensemble
 from study.errors import UserInputError
 from study.execute import load_study_data, model_of_run
 from study.pack import packable
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
-from study.repro import environment, resolve_deterministic
 from study.track import FINAL_METRICS, Tracker
-from study.train import (
-    channels_last,
-    evaluate_ensemble,
-    resolve_device,
-    train_role,
-)
+from study.train import train_role
 
 
 @dataclass

@@ -87,6 +87,8 @@ from torch import nn
 
 from study.claims import dead_here, process_space
 from study.data import DataSplits
+from study.device import resolve_device
+from study.engine import TrainingDiverged, channels_last, load_model
 from study.errors import UserInputError
 from study.execute import Progress, load_study_data, run_study
 from study.losses import TUNED
@@ -101,13 +103,7 @@ from study.plan import (
 )
 from study.protocol import Protocol, SearchRange, TrainSection, TuneSection
 from study.track import Tracker, check_writable, resolve_uri
-from study.train import (
-    TrainingDiverged,
-    channels_last,
-    load_model,
-    resolve_device,
-    train_role,
-)
+from study.train import train_role
 from study.tuned import SEARCHABLE, TUNED_FILE, digest, write_tuned
 
 try:
