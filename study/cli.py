@@ -381,7 +381,7 @@ def _cadence(every_s: float) -> str:
 
 def _run_jobs(p, tracker, executor: str, device: str | None, *, stop: bool = True) -> bool:
     """Submit the protocol's jobs; whether one failed (with ``stop``: exit 1 then)."""
-    from study.execute import submit_study
+    from study.submit import submit_study
 
     console.print(f"submitting '{p.study.name}' through submitit ({executor})")
     results = submit_study(p, tracker.uri, local=executor == "slurm-local", device=device)

@@ -238,7 +238,12 @@ def train_pack(
 
 
 class _PackRun:
-    """One pack of seeds that start (or resume) at the same epoch."""
+    """One pack of seeds that start (or resume) at the same epoch.
+
+    Beside ``train._SeedRun`` method for method (set up, run, one epoch, evaluate, save,
+    finish), so that the two read side by side; what they share is in ``engine.py``. About
+    250 lines because a pack's step, save and finish each handle K seeds and the seeds
+    that diverged; each method is short."""
 
     def __init__(
         self,

@@ -55,7 +55,11 @@ def _plan_of(run: dict[str, Any], protocol: Protocol) -> Plan:
 
 
 def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -> Reproduction:
-    """Re-train (or re-evaluate, for an ensemble) one run and compare its final metrics."""
+    """Re-train (or re-evaluate, for an ensemble) one run and compare its final metrics.
+
+    About 100 lines read top to bottom: check the run, rebuild its plan and data, find its
+    teacher or members, retrain in a pack of the run's size, compare. Each step needs what
+    the ones before it resolved; split up, the pieces would take most of it as arguments."""
     run = tracker.run_record(run_id)
     tags = run["tags"]
     if "fingerprint" not in tags or "role" not in tags:

@@ -102,7 +102,10 @@ def train_role(
 
 
 class _SeedRun:
-    """One seed of a role trained alone: the plain model, and its step."""
+    """One seed of a role trained alone: the plain model, and its step.
+
+    Method for method beside ``pack._PackRun`` (set up, run, resume, epochs, one epoch,
+    evaluate); what they share is in ``engine.py``."""
 
     def __init__(
         self,

@@ -1,6 +1,7 @@
 """The package's imports run one way: no cycle among study's modules, counting the imports
 inside functions too (an import moved into a function to dodge a circle is still a circle),
-and no private (underscore) name imported from another file."""
+and no private (underscore) name imported from another file or reached through another
+module (``densenet._Bottleneck``). See docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -46,6 +47,35 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str,
     return [(m, n) for m, n in out if m == "study" or m.startswith("study.")]
 
 
+def _private_attributes(name: str, path: Path, modules: dict[str, Path]) -> list[str]:
+    """``module._name`` where ``module`` is a name bound to another of the package's modules
+    (``from study.models import densenet`` then ``densenet._Bottleneck``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bound: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                target = f"{node.module}.{alias.name}"
+                if target in modules:
+                    bound[alias.asname or alias.name] = target
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name in modules:
+                    bound[alias.asname] = alias.name
+    found = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and bound[node.value.id] != name
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.append(f"{name} uses {bound[node.value.id]}.{node.attr}")
+    return found
+
+
 def _graph() -> tuple[dict[str, set[str]], list[str]]:
     """The import graph among the package's modules, and the private names imported."""
     modules = _modules()
@@ -62,6 +92,7 @@ def _graph() -> tuple[dict[str, set[str]], list[str]]:
             if imported is not None and imported.startswith("_") and target != name:
                 if not imported.startswith("__"):  # __version__ and the like are public
                     private.append(f"{name} imports {target}.{imported}")
+        private += _private_attributes(name, path, modules)
     return graph, private
 
 
@@ -98,7 +129,7 @@ def test_the_package_imports_have_no_cycle() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-def test_no_private_name_is_imported_from_another_file() -> None:
+def test_no_private_name_is_imported_or_used_from_another_file() -> None:
     _, private = _graph()
     assert private == []
 
@@ -122,6 +153,11 @@ def test_the_walk_sees_imports_inside_functions_and_relative_ones(tmp_path) -> N
         "study.plan": source,
         "study.sub.other": source,
     }
+    hidden = tmp_path / "study" / "user.py"
+    hidden.write_text("from study.sub import other\nx = other._hidden\n")
+    assert _private_attributes("study.user", hidden, modules) == [
+        "study.user uses study.sub.other._hidden"
+    ]
     assert _imports("study.sub.mod", source, modules) == [
         ("study.train", None),
         ("study.plan", "expand"),

@@ -27,14 +27,9 @@ from study.execute import load_study_data
 from study.plan import expand, load_tuned, tuned_values, tuning_hash
 from study.protocol import parse_protocol
 from study.track import Tracker
-from study.tune import (
-    _settle_trial_runs,
-    fail_orphaned_trials,
-    optuna_study_name,
-    plan_tuning,
-    resolve_storage,
-    trial_role,
-)
+from study.trials import fail_orphaned_trials, resolve_storage
+from study.trials import settle_trial_runs as _settle_trial_runs
+from study.tune import optuna_study_name, plan_tuning, trial_role
 from tests.conftest import interruptible
 
 STUDY = "tiny"
