@@ -280,14 +280,14 @@ def _work(session, board, plan, mine, size, summary, refresh, given_up, poll_s) 
             ]
             step = size or auto_pack_size(role, len(ready), session.device, session.data)
             for i in range(0, len(ready), step):
-                won = board.claim(
+                won, took_over = board.claim(
                     [(s, fingerprints[(role.key, s)]) for s in ready[i : i + step]], claims
                 )
                 if not won:
                     continue
                 # A claim is released only after its run is FINISHED: a claim won over a
                 # released one may be for a run that finished since our last look.
-                if board.took_over:
+                if took_over:
                     refresh()
                     done = [s for s in won if (role.key, s) in run_ids]
                     board.release(won.pop(s) for s in done)

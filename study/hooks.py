@@ -17,8 +17,9 @@ after_step: list[Callable[[], None]] = []
 """Called after every optimizer step: of one seed in the loop, of every seed in a pack."""
 
 seed_losses: list[Callable[[list[int], Tensor], Tensor]] = []
-"""Called with a step's seeds and their losses (a scalar in the loop, one per seed in a
-pack, in the seeds' order) before the backward pass; returns the losses to train on."""
+"""Called with a step's seeds and their losses (a scalar in the loop; in a pack one per
+seed still training, in that order) before the backward pass; returns the losses to train
+on."""
 
 between_pack_writes: list[Callable[[int], None]] = []
 """Called with the epoch in a seed pack's checkpoint commit, after its first seed's state

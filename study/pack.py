@@ -366,10 +366,8 @@ class _PackRun:
         correct = torch.zeros(k, device=device)
         # Diverged seeds leave the computation: their losses would turn the sum into NaN
         # and their generators must not draw. Indexed once per step, and only when one died.
-        live = (
-            None if all(alive) else torch.tensor([j for j in range(k) if alive[j]], device=device)
-        )
         live_seeds = [j for j in range(k) if alive[j]]
+        live = None if all(alive) else torch.tensor(live_seeds, device=device)
         generators = [self.streams[j].loss for j in live_seeds]
         seed_rows = torch.arange(k, device=device)[:, None]
         for start, stop in self.batches:
