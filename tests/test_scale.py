@@ -215,7 +215,7 @@ def test_auto_packs_are_sized_for_the_jobs_device_not_the_submitting_host(
     tiny_protocol_text,
 ) -> None:
     """A Slurm login node without a GPU plans GPU packs for jobs that ask for GPUs."""
-    from study.execute import job_device
+    from study.device import job_device
     from study.protocol import parse_protocol
 
     text = tiny_protocol_text.replace('device = "cpu"', 'device = "auto"')
