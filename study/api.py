@@ -37,7 +37,7 @@ def collect_results(
     from study.plan import expand
     from study.protocol import load_protocol
     from study.track import Tracker, check_has_store, check_writable
-    from study.tune import tuned_values
+    from study.plan import tuned_values
 
     p = load_protocol(Path(protocol))
     plan = expand(p, tuned=tuned_values(p))

@@ -37,21 +37,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from study.data import DataSplits, normalize
+from study.determinism import cpu_model, resolve_deterministic
+from study.device import resolve_device
+from study.engine import channels_last, has_convolutions, init_model, teacher_cache, to_device
 from study.errors import UserInputError
 from study.models import create_model, resolve_model_kwargs
 from study.pack import packable
 from study.plan import Role
 from study.protocol import TrainSection
-from study.repro import resolve_deterministic
-from study.train import (
-    channels_last,
-    has_convolutions,
-    init_model,
-    resolve_device,
-    teacher_cache,
-    to_device,
-    train_role,
-)
+from study.train import train_role
 
 SHAPES: dict[str, tuple[int, int, int, str]] = {
     # name: (channels, image size, classes, augmentation)
@@ -487,8 +481,6 @@ def _sync(device: torch.device) -> None:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from study.repro import cpu_model
-
     return cpu_model()
 
 

@@ -94,10 +94,13 @@ class ClaimBoard:
             and not dead_here(claim.worker)
         )
 
-    def claim(self, items: list[tuple[int, str]], claims: dict[str, Claim]) -> dict[int, str]:
-        """Claim (seed, fingerprint) items nobody alive holds; {seed: claim id} of those won."""
+    def claim(
+        self, items: list[tuple[int, str]], claims: dict[str, Claim]
+    ) -> tuple[dict[int, str], bool]:
+        """Claim (seed, fingerprint) items nobody alive holds: {seed: claim id} of those won,
+        and whether one of them follows an earlier claim (taken over from a dead worker)."""
         won: dict[int, str] = {}
-        self.took_over = False  # whether one of the won claims follows an earlier one
+        took_over = False
         for seed, fp in items:
             current = claims.get(fp)
             if self._fresh(current):
@@ -106,10 +109,10 @@ class ClaimBoard:
             claim_id = self.tracker.try_claim(self.study, fp, attempt, self.worker)
             if claim_id is not None:
                 won[seed] = claim_id
-                self.took_over |= attempt > 1
+                took_over |= attempt > 1
                 with self._lock:
                     self.held[claim_id] = fp
-        return won
+        return won, took_over
 
     def release(self, claim_ids) -> None:
         for claim_id in list(claim_ids):

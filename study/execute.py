@@ -27,22 +27,15 @@ from torch import nn
 from study.checkpoint import CheckpointSlot, CheckpointStore, signals_held
 from study.claims import ClaimBoard, dead_here, process_space
 from study.data import DataSplits, load_data
+from study.determinism import deterministic_mode, environment, pip_freeze, resolve_deterministic
+from study.device import resolve_device
+from study.engine import SeedResult, build_model, channels_last, evaluate_ensemble, load_model
 from study.errors import NO_SPACE, DiskFull, TrackerUnavailable, UserInputError
 from study.pack import auto_pack_size
-from study.paths import within
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
-from study.repro import deterministic_mode, environment, pip_freeze, resolve_deterministic
 from study.track import Tracker
-from study.train import (
-    SeedResult,
-    build_model,
-    channels_last,
-    evaluate_ensemble,
-    load_model,
-    resolve_device,
-    train_role,
-)
+from study.train import train_role
 
 STOPS = (KeyboardInterrupt, UserInputError, TrackerUnavailable)
 """What stops a whole invocation rather than failing one pack: Ctrl-C or SIGTERM, a full disk
@@ -182,8 +175,16 @@ def run_study(
     refresh()
     todo = [k for k in mine if k not in run_ids]
     summary = RunSummary(study, exp_id, None, reused=len(mine) - len(todo))
-
-    def index_runs() -> None:
+    epochs_todo = sum(plan.role(r).train.epochs for r, _ in todo if plan.role(r).train)
+    emit(Progress("start", total_runs=len(todo), total_epochs=epochs_todo))
+    try:
+        if todo:
+            _invocation(
+                protocol, tracker, plan, data, mine, fingerprints, run_ids, summary, refresh,
+                emit, pack_size=pack_size, device=device, poll_s=poll_s,
+            )  # fmt: skip
+    finally:
+        summary.seconds = time.time() - start
         summary.runs = {
             f"{role}@{seed}": {
                 "run_id": run_ids[(role, seed)],
@@ -192,14 +193,30 @@ def run_study(
             for (role, seed) in mine
             if (role, seed) in run_ids
         }
+    return summary
 
-    epochs_todo = sum(plan.role(r).train.epochs for r, _ in todo if plan.role(r).train)
-    emit(Progress("start", total_runs=len(todo), total_epochs=epochs_todo))
-    if not todo:
-        summary.seconds = time.time() - start
-        index_runs()
-        return summary
 
+def _invocation(
+    protocol: Protocol,
+    tracker: Tracker,
+    plan: Plan,
+    data: DataSplits,
+    mine: list[tuple[str, int]],
+    fingerprints: dict[tuple[str, int], str],
+    run_ids: dict[tuple[str, int], str],
+    summary: RunSummary,
+    refresh: Callable[[], None],
+    emit: ProgressCallback,
+    *,
+    pack_size: int | None,
+    device: str | None,
+    poll_s: float,
+) -> None:
+    """The invocation's parent run around the training of what is left (``_work``): the
+    parent and every run it creates carry this worker's tag, and whatever stops it (an
+    interrupt between two calls, an error) the runs left RUNNING are found by that tag and
+    ended KILLED, the parent FAILED or KILLED (``_end_runs``)."""
+    study, exp_id = summary.study, summary.experiment_id
     execution = protocol.execution
     size = pack_size or (execution.pack if isinstance(execution.pack, int) else None)
     resolved = resolve_device(device or protocol.train.device)  # before the parent exists
@@ -209,9 +226,6 @@ def run_study(
     status = "FINISHED"
     given_up: set[tuple[str, int]] = set()  # failed or blocked in this invocation
     try:
-        # Every run this invocation creates or resumes carries its worker tag: whatever
-        # stops it (an interrupt between two calls, an error), the runs it left RUNNING are
-        # found by that tag and ended KILLED (``_end_runs``).
         parent = tracker.start_parent(
             exp_id,
             study,
@@ -240,13 +254,10 @@ def run_study(
     finally:
         with signals_held():
             _end_runs(tracker, exp_id, worker, parent, board, status)
-        summary.seconds = time.time() - start
-        index_runs()
         if status == "KILLED" and tracker.lost is not None:
             # The heartbeat found the tracker gone and interrupted the training, or it went
             # while an interrupt was handled: the runs could not be ended KILLED; say that.
             raise TrackerUnavailable(tracker.lost.uri, tracker.lost.reason)
-    return summary
 
 
 def _work(session, board, plan, mine, size, summary, refresh, given_up, poll_s) -> None:
@@ -269,14 +280,14 @@ def _work(session, board, plan, mine, size, summary, refresh, given_up, poll_s) 
             ]
             step = size or auto_pack_size(role, len(ready), session.device, session.data)
             for i in range(0, len(ready), step):
-                won = board.claim(
+                won, took_over = board.claim(
                     [(s, fingerprints[(role.key, s)]) for s in ready[i : i + step]], claims
                 )
                 if not won:
                     continue
                 # A claim is released only after its run is FINISHED: a claim won over a
                 # released one may be for a run that finished since our last look.
-                if board.took_over:
+                if took_over:
                     refresh()
                     done = [s for s in won if (role.key, s) in run_ids]
                     board.release(won.pop(s) for s in done)
@@ -332,7 +343,11 @@ def _end_runs_of_dead_workers(tracker: Tracker, exp_id: str) -> None:
 
 
 class _Session:
-    """State of one invocation: trained models in memory, run ids, what failed."""
+    """State of one invocation: trained models in memory, run ids, what failed.
+
+    One class of about 240 lines because starting, resuming, training, logging and failing
+    a run all read and write the same invocation state (the run ids, the models kept for
+    their students, the interrupted runs to resume); each method is short."""
 
     def __init__(self, plan, data, tracker, exp_id, parent, fingerprints, run_ids, env, emit):
         self.plan: Plan = plan
@@ -669,106 +684,6 @@ class _MetricsBuffer:
 def job_id() -> str | None:
     """The scheduler's id of the job this worker runs in (Slurm, or submitit's local one)."""
     return os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
-
-
-def run_worker(
-    protocol_path: str,
-    tracking_uri: str,
-    seeds: list[int],
-    cwd: str,
-    device: str | None = None,
-    condition: str | None = None,
-) -> dict[str, Any]:
-    """One scheduled job: a worker that trains the chains of some seeds (all their roles)
-    of the protocol (of its ``condition``, for a protocol of several)."""
-    from study.conditions import load_condition
-    from study.tune import tuned_values
-
-    os.chdir(cwd)
-    protocol = load_condition(protocol_path, condition)
-    plan = expand(protocol, tuned=tuned_values(protocol))
-    summary = run_study(protocol, Tracker(tracking_uri), seeds=seeds, device=device, plan=plan)
-    return {
-        "seeds": seeds,
-        "trained": summary.trained,
-        "reused": summary.reused,
-        "failed": summary.failed,
-        "skipped": summary.skipped,
-        "job_id": job_id(),
-    }
-
-
-def job_device(protocol: Protocol, device: str | None, *, local: bool) -> torch.device:
-    """The device the submitted jobs will train on, as far as the submitting host can tell.
-
-    "auto" resolves on the machine that runs the job, not on this one: a Slurm login node
-    without a GPU must still plan GPU-sized packs for jobs that ask for GPUs.
-    """
-    spec = device or protocol.train.device
-    if spec != "auto" or local:
-        return resolve_device(spec)
-    return torch.device("cuda" if protocol.execution.slurm.gpus_per_job > 0 else "cpu")
-
-
-def submit_study(
-    protocol: Protocol,
-    tracking_uri: str,
-    *,
-    local: bool = False,
-    device: str | None = None,
-    wait: bool = True,
-) -> list[dict[str, Any]]:
-    """Submit the plan through submitit: one job per independent chain of a seed pack.
-
-    Each job is an ordinary worker restricted to its seeds (teacher -> generations ->
-    ensembles of those seeds), so claims, resume and failure handling are the same as in
-    a local run. ``local`` uses submitit's local executor (real subprocesses on this
-    machine, the same code path as Slurm) for tests and for trying a setup out.
-    """
-    import submitit
-
-    execution = protocol.execution
-    slurm = execution.slurm
-    folder = within(slurm.folder, protocol.study.name)
-    if local:
-        executor = submitit.LocalExecutor(folder=str(folder))
-        executor.update_parameters(timeout_min=slurm.time_min)
-    else:
-        executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-        params: dict[str, Any] = {
-            "timeout_min": slurm.time_min,
-            "gpus_per_node": slurm.gpus_per_job,
-            "cpus_per_task": slurm.cpus_per_job,
-            "mem_gb": slurm.mem_gb,
-            "name": f"study-{protocol.study.name}",
-        }
-        if slurm.partition:
-            params["slurm_partition"] = slurm.partition
-        if slurm.account:
-            params["slurm_account"] = slurm.account
-        executor.update_parameters(**params)
-    seeds = protocol.seeds
-    size = execution.pack
-    if not isinstance(size, int):  # "auto": what the teacher's role packs to on its device
-        teacher = expand(protocol).role("teacher")
-        size = auto_pack_size(teacher, len(seeds), job_device(protocol, device, local=local))
-    chunks = [seeds[i : i + size] for i in range(0, len(seeds), size)]
-    cwd = str(Path.cwd())
-    jobs = [
-        executor.submit(
-            run_worker,
-            str(Path(protocol.source).resolve()),
-            tracking_uri,
-            c,
-            cwd,
-            device,
-            protocol.condition,
-        )
-        for c in chunks
-    ]
-    if not wait:
-        return [{"seeds": c, "job_id": j.job_id} for c, j in zip(chunks, jobs, strict=True)]
-    return [j.result() for j in jobs]
 
 
 def study_status(

@@ -3,61 +3,32 @@
 A small network (an MLP on digits, WRN-28-1 on CIFAR) leaves the hardware mostly idle: each
 step is a few small kernels, and the time goes to issuing them (Python, the dispatcher, a
 GPU's launch latency). K seeds of the same role are the same computation on different
-numbers, so a pack runs them as **one network K times as wide whose layers are
-block-diagonal**:
-
-- a convolution becomes one grouped convolution with ``groups = K`` (seed k's channels are
-  group k), on activations laid out ``[B, K*C, H, W]`` (the "channels" layout);
-- a linear layer becomes ``BlockLinear``: K independent matrices in one batched matrix
-  multiply (``baddbmm``); networks without convolutions (MLPs) use the "batch" layout, in
-  which seed k's examples are block k of the first dimension (``[K*B, F]`` into the first
-  linear layer, ``[K, B, F]`` out of every linear layer) and nothing is ever transposed;
-- a BatchNorm over ``C`` channels becomes a BatchNorm over ``K*C`` channels, so every seed
-  keeps its own batch statistics and its own running estimates;
-- dropout becomes ``SeedDropout``: seed k's mask comes from seed k's own generator;
-- element-wise layers, pooling and flattening work unchanged on either layout.
+numbers, so a pack runs them as one network K times as wide whose layers are
+block-diagonal (``study/models/packed.py``: ``SeedPack``).
 
 Nothing couples the seeds: no layer mixes blocks, each seed's loss is the registry's loss
 function on its own slice (one call on the ``[K, B, classes]`` logits returns all K, each
 bit for bit what its slice alone gives), and the pack minimises the **sum** of the seeds'
 losses, whose gradient with respect to seed k's weights is the gradient of seed k's loss.
 SGD (momentum, Nesterov, weight decay), Adam and AdamW are element-wise, so one optimizer
-over the packed parameters is K independent optimizers (but see below for what Adam
-makes of a grouped convolution's rounding). Each seed keeps its own initialisation (built
-by ``init_model`` exactly as the loop builds it, then stacked), data order, augmentation,
-dropout and loss streams. A seed whose loss becomes NaN or infinite fails alone: it
-leaves the summed loss and the others go on. An MLP seed trains bit for bit the same in
-every pack of two or more, whichever seeds share it, with SGD, Adam or AdamW (grouped
-convolutions round differently for different K: equal to float tolerance under SGD). A
-pack of one and ``train.py``'s loop agree with it to float rounding; bit for bit only
-where the BLAS rounds a batched product of one matrix as one of several (MKL on an Intel
-Xeon: yes; on an AMD EPYC: no, 1e-7 apart after a few epochs), which is why ``study
-reproduce`` re-trains a packed seed in a pack of the run's size.
+over the packed parameters is K independent optimizers. Each seed keeps its own
+initialisation, random streams, checkpoint and final metrics, built by the engine
+(``study/engine.py``) exactly as the loop builds them: a seed's checkpoint resumes in the
+loop or in a pack. A seed whose loss becomes NaN or infinite fails alone: it leaves the
+summed loss and the others go on.
 
-Adam and AdamW keep a convolutional seed near the loop's, not at float tolerance. They
-divide each weight's step by its gradient's running magnitude, so a weight whose gradient
-is near zero still steps by up to about ``lr``, in the direction of that gradient's sign;
-where the grouped convolution rounds such a gradient to the other sign than the plain
-convolution, the weight steps the other way, and the weights downstream follow. Seen on
-digits (small_cnn, lr 0.01, 3 epochs, packs of 2-3): most seeds within 1e-6 of the loop,
-one at 3.5e-3 (Adam) and one at 1.9e-2 (AdamW with crop_flip, 445 weights off by more
-than 1e-4), a few ``lr`` per weight; the final accuracies were the loop's in every case.
-Under SGD a rounding difference stays small (2.6e-6 at most on the Intel Xeon; on an AMD
-EPYC, where even a pack of one rounds otherwise, BatchNorm convnets drifted to 5e-3 per
-weight in an epoch with the same accuracy).
+How closely a pack agrees with the loop: an MLP seed trains bit for bit the same in every
+pack of two or more; a pack of one and the loop agree to float rounding, bit for bit only
+where the BLAS rounds a batched product of one matrix as one of several, which is why
+``study reproduce`` re-trains a packed seed in a pack of the run's size. Grouped
+convolutions round differently for different K, and Adam and AdamW can amplify a rounding
+difference on a near-zero gradient into a step of about ``lr``; the measured figures, and
+why the pack is block-diagonal modules rather than ``torch.func.vmap``, are in
+docs/benchmarks.md ("Seed packs against the loop: what agrees, and how closely").
 
-Every packed parameter and buffer is its K per-seed tensors concatenated along the first
-dimension (``BlockLinear`` stores ``[K*out, in]``) under the plain model's name, so a seed's
-plain ``state_dict`` is a slice (``SeedPack.seed_state``): checkpoints and results are in
-the plain model's format, load into ``build_model``, and either the pack or the loop
-resumes them.
-
-Why not ``torch.func.vmap`` over stacked parameters: for the digits MLP on the CPU it was
-no faster (5% slower: docs/benchmarks.md), its dropout draws every seed's mask from one
-global stream, and training-mode BatchNorm needs patching. Which architectures pack:
-``PACKABLE_ARCHS``; the others, and fp16 (one GradScaler would skip every seed's step when
-one seed overflows), train seed by seed in ``train.py``'s loop. ``auto_pack_size`` says how
-many seeds to pack.
+Which architectures pack: ``PACKABLE_ARCHS``; the others, and fp16 (one GradScaler would
+skip every seed's step when one seed overflows), train seed by seed in ``train.py``'s loop.
+``auto_pack_size`` says how many seeds to pack.
 """
 
 from __future__ import annotations
@@ -68,47 +39,39 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from study import train as _train
-from study.checkpoint import (
-    CheckpointSlot,
-    commit_pack,
-    pack_key,
-    signals_held,
-    training_state,
-)
+from study import hooks
+from study.checkpoint import CheckpointSlot, commit_pack, pack_key, signals_held
 from study.data import AugmentDraw, DataSplits, apply_augmentation, draw_augmentation, normalize
-from study.losses import TUNED, get_loss, resolve_loss_params
-from study.models import cnn, densenet, mlp, resnet_cifar, wrn
-from study.models.dropout import SeedDropout
-from study.plan import Role, derive_seed
-from study.repro import deterministic_mode
-from study.train import (
+from study.determinism import deterministic_mode
+from study.device import resolve_device
+from study.engine import (
     EpochCallback,
     ResumeCallback,
     SeedResult,
+    SeedStreams,
     TeacherCache,
     TrainingDiverged,
-    _autocast,
-    _optimizer,
-    _scheduler,
-    agreement_metrics,
+    autocast,
     build_model,
-    evaluate_probs,
-    final_metrics,
+    checkpoint_state,
     init_model,
+    make_optimizer,
+    make_scheduler,
     record_teacher_outputs,
-    resolve_device,
-    saved_dropout_rng,
+    restore_streams,
+    teacher_outputs,
     to_device,
     train_batches,
-    training_device_rng,
 )
+from study.losses import TUNED, get_loss, resolve_loss_params
+from study.metrics import evaluate_probs, final_scores
+from study.models.packed import SeedPack, concat_seeds, frozen_pack, seed_slice
+from study.plan import Role
 
 PACKABLE_ARCHS = frozenset({"mlp", "small_cnn", "wrn", "resnet_cifar", "densenet_bc"})
 """Architectures whose seeds train as one fused network (the others train in a loop)."""
@@ -118,10 +81,6 @@ MAX_PACK_GPU = 32  # not yet measured on a GPU: see docs/benchmarks.md
 CPU_PACK_MAX_MACS = 5_000_000
 """On the CPU, pack only roles whose forward step costs at most this many multiply-adds per
 seed (see ``auto_pack_size``)."""
-
-
-class NotPackable(ValueError):
-    """A model contains a layer the pack does not know how to make block-diagonal."""
 
 
 def packable(role: Role) -> bool:
@@ -134,271 +93,6 @@ def packable(role: Role) -> bool:
     )
 
 
-# --- packed layers ----------------------------------------------------------------------
-
-
-Layout = Literal["channels", "batch"]
-"""How a pack lays out its activations: ``"channels"`` (``[B, K*C, ...]``: seed k's channels
-are block k; what grouped convolutions need) or ``"batch"`` (``[K*B, ...]`` or
-``[K, B, ...]``: seed k's examples are block k of the first dimension; networks without
-convolutions, where it saves every transpose)."""
-
-
-class BlockLinear(nn.Module):
-    """K independent ``Linear(in_features, out_features)`` in one batched matrix multiply.
-
-    ``weight`` is ``[K*out, in]`` (seed k's matrix is rows ``k*out .. (k+1)*out``) and
-    ``bias`` is ``[K*out]``: the same names as ``nn.Linear`` and the K plain tensors stacked.
-    Maps ``[B, K*in]`` to ``[B, K*out]`` in the channels layout, ``[K*B, in]`` (or
-    ``[K, B, in]``) to ``[K, B, out]`` in the batch layout: the batched multiply's own
-    output, not a view of it, because an MLP's in-place ReLU follows, and an in-place op on
-    a view costs autograd a copy of the whole activation in the backward pass (0.2 ms of a
-    3.3 ms step for the digits MLP in a pack of 20).
-    """
-
-    def __init__(
-        self,
-        k: int,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        *,
-        layout: Layout = "channels",
-    ):
-        super().__init__()
-        self.k, self.in_features, self.out_features = k, in_features, out_features
-        self.layout = layout
-        self.weight = nn.Parameter(torch.empty(k * out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(k * out_features)) if bias else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        k, n_in, n_out = self.k, self.in_features, self.out_features
-        if self.layout == "batch":
-            seeds = x.reshape(k, -1, n_in)  # [K, B, in]
-        else:
-            seeds = x.reshape(x.shape[0], k, n_in).transpose(0, 1)  # [K, B, in], a view
-        weight = self.weight.view(k, n_out, n_in).transpose(1, 2)
-        if self.bias is None:
-            out = torch.bmm(seeds, weight)
-        else:
-            out = torch.baddbmm(self.bias.view(k, 1, n_out), seeds, weight)
-        if self.layout == "batch":
-            return out
-        return out.transpose(0, 1).reshape(x.shape[0], k * n_out)
-
-    def extra_repr(self) -> str:
-        return (
-            f"k={self.k}, in_features={self.in_features}, out_features={self.out_features}, "
-            f"layout={self.layout}"
-        )
-
-
-class _PackedDenseLayer(nn.Module):
-    """DenseNet-BC's bottleneck on the packed layout: the concatenation is per seed."""
-
-    def __init__(self, layer: densenet._Bottleneck, k: int):
-        super().__init__()
-        self.k = k
-        self.bn1, self.conv1, self.bn2 = layer.bn1, layer.conv1, layer.bn2
-        self.conv2, self.dropout = layer.conv2, layer.dropout
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.dropout(self.conv1(F.relu(self.bn1(x))))
-        out = self.dropout(self.conv2(F.relu(self.bn2(out))))
-        b, _, h, w = x.shape
-        if x.is_contiguous(memory_format=torch.channels_last):
-            # Concatenate in NHWC memory, so that the result stays channels-last as the
-            # plain layer's does: the next BatchNorm and convolution then sum in its order.
-            seeds = (
-                x.permute(0, 2, 3, 1).reshape(b, h, w, self.k, -1),
-                out.permute(0, 2, 3, 1).reshape(b, h, w, self.k, -1),
-            )
-            return torch.cat(seeds, dim=4).view(b, h, w, -1).permute(0, 3, 1, 2)
-        seeds = (x.view(b, self.k, -1, h, w), out.view(b, self.k, -1, h, w))
-        return torch.cat(seeds, dim=2).view(b, -1, h, w)
-
-
-# Modules without parameters of their own whose forward is correct on the packed layout
-# (element-wise, per channel, or flattening [B, K*C, H, W] into seed-major blocks).
-_LAYOUT_SAFE: tuple[type[nn.Module], ...] = (
-    nn.Sequential,
-    nn.Identity,
-    nn.ReLU,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    mlp.MLP,
-    cnn.SmallCNN,
-    wrn.WideResNet,
-    wrn._PreActBlock,
-    resnet_cifar.CifarResNet,
-    resnet_cifar._BasicBlock,
-    densenet.DenseNetBC,
-    densenet._Transition,
-)
-
-
-def _cat(tensors: Sequence[Tensor]) -> Tensor:
-    return torch.cat([t.detach() for t in tensors], dim=0)
-
-
-def _packed_leaf(name: str, modules: list[nn.Module], k: int, layout: Layout) -> nn.Module | None:
-    """The packed replacement of the K modules found at ``name`` (None: keep as is)."""
-    first = modules[0]
-    if type(first) is nn.Conv2d:
-        conv = nn.Conv2d(
-            k * first.in_channels,
-            k * first.out_channels,
-            first.kernel_size,  # type: ignore[arg-type]
-            first.stride,  # type: ignore[arg-type]
-            first.padding,  # type: ignore[arg-type]
-            first.dilation,  # type: ignore[arg-type]
-            groups=k * first.groups,
-            bias=first.bias is not None,
-            padding_mode=first.padding_mode,
-            device=first.weight.device,
-            dtype=first.weight.dtype,
-        )
-        _load_stacked(conv, modules)
-        return conv
-    if type(first) is nn.BatchNorm2d:
-        bn = nn.BatchNorm2d(
-            k * first.num_features,
-            eps=first.eps,
-            momentum=first.momentum,
-            affine=first.affine,
-            track_running_stats=first.track_running_stats,
-            device=first.weight.device if first.affine else None,
-        )
-        _load_stacked(bn, modules)
-        return bn
-    if type(first) is nn.Linear:
-        bias = first.bias is not None
-        linear = BlockLinear(k, first.in_features, first.out_features, bias, layout=layout)
-        linear.to(device=first.weight.device, dtype=first.weight.dtype)
-        _load_stacked(linear, modules)
-        return linear
-    if type(first) is nn.Dropout:
-        return SeedDropout(first.p, k, layout=layout)
-    if type(first) is densenet._Bottleneck:
-        return None  # its children are packed; the layer itself is wrapped afterwards
-    if isinstance(first, _LAYOUT_SAFE):
-        if any(True for _ in first.parameters(recurse=False)) or list(first.buffers(False)):
-            raise NotPackable(f"module {name or 'model'} ({type(first).__name__}) holds tensors")
-        return None
-    raise NotPackable(f"module {name or 'model'} ({type(first).__name__}) cannot be packed")
-
-
-def _load_stacked(packed: nn.Module, modules: list[nn.Module]) -> None:
-    """Give ``packed`` the K modules' parameters and buffers, stacked along dimension 0."""
-    plain = [dict(m.state_dict()) for m in modules]
-    state = {
-        key: _cat([p[key] for p in plain]) if value.dim() else value.detach().clone()
-        for key, value in plain[0].items()
-    }
-    packed.load_state_dict(state)
-
-
-def _layout(model: nn.Module) -> Layout:
-    """The batch layout for networks without convolutions or batch norms, else channels."""
-    spatial = (nn.Conv2d, nn.BatchNorm2d, densenet._Bottleneck)
-    return "channels" if any(isinstance(m, spatial) for m in model.modules()) else "batch"
-
-
-def _pack_network(models: Sequence[nn.Module], layout: Layout) -> nn.Module:
-    """One block-diagonal network computing the K models (same architecture) side by side."""
-    k = len(models)
-    names = [n for n, _ in models[0].named_modules()]
-    for m in models[1:]:
-        if [n for n, _ in m.named_modules()] != names:
-            raise NotPackable("the models of a pack must have the same architecture")
-    net = copy.deepcopy(models[0])
-    dense_layers = []
-    for name in names:
-        group = [m.get_submodule(name) for m in models]
-        replacement = _packed_leaf(name, group, k, layout)
-        if type(group[0]) is densenet._Bottleneck:
-            dense_layers.append(name)
-        if replacement is not None:
-            _replace(net, name, replacement)
-    for name in dense_layers:  # after their children were packed
-        _replace(net, name, _PackedDenseLayer(net.get_submodule(name), k))  # type: ignore[arg-type]
-    return net
-
-
-def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent_name), child, module)
-
-
-class SeedPack(nn.Module):
-    """K models of one architecture as one block-diagonal network.
-
-    ``forward`` takes each seed's batch, ``[K, B, C, H, W]``, and returns each seed's logits
-    ``[K, B, classes]``; ``forward_shared`` gives all seeds the same batch ``[B, C, H, W]``
-    (evaluation). ``seed_state(k)`` is seed k's ``state_dict`` in the plain model's format.
-    """
-
-    def __init__(self, models: Sequence[nn.Module]):
-        super().__init__()
-        if not models:
-            raise ValueError("a seed pack needs at least one model")
-        self.k = len(models)
-        self.layout = _layout(models[0])
-        self.net = _pack_network(models, self.layout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        k, b = x.shape[:2]
-        if k != self.k:
-            raise ValueError(f"a pack of {self.k} seeds got batches for {k}")
-        if self.layout == "batch":
-            return self.net(x.flatten(0, 1)).view(k, b, -1)
-        packed = x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
-        return self.net(packed).view(b, k, -1).transpose(0, 1)
-
-    def forward_shared(self, x: Tensor) -> Tensor:
-        b, ones = x.shape[0], [1] * (x.dim() - 1)
-        if self.layout == "batch":
-            return self.net(x.repeat(self.k, *ones)).view(self.k, b, -1)
-        packed = x.repeat(1, self.k, *ones[1:])
-        return self.net(packed).view(b, self.k, -1).transpose(0, 1)
-
-    def seed_state(self, k: int) -> dict[str, Tensor]:
-        """Seed k's weights and buffers as the plain model's ``state_dict`` (copies)."""
-        return {
-            key: _slice(value.detach(), k, self.k).clone()
-            for key, value in self.net.state_dict().items()
-        }
-
-    def set_dropout_generators(self, generators: Sequence[torch.Generator | None]) -> None:
-        """Seed k's dropout masks come from ``generators[k]`` (None: torch's global one)."""
-        for module in self.net.modules():
-            if isinstance(module, SeedDropout):
-                module.generators = list(generators)
-
-
-def _slice(value: Tensor, k: int, size: int) -> Tensor:
-    """Seed k's part of a packed tensor; 0-d tensors (BN's batch counter) are shared."""
-    if value.dim() == 0:
-        return value
-    return value.view(size, value.shape[0] // size, *value.shape[1:])[k]
-
-
-class _SeedLoop(nn.Module):
-    """The ``SeedPack`` interface over models that cannot be packed (a teacher's, say)."""
-
-    def __init__(self, models: Sequence[nn.Module]):
-        super().__init__()
-        self.k = len(models)
-        self.models = nn.ModuleList(models)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.stack([m(xk) for m, xk in zip(self.models, x, strict=True)])
-
-    def forward_shared(self, x: Tensor) -> Tensor:
-        return torch.stack([m(x) for m in self.models])
-
-
 # --- optimizer state ----------------------------------------------------------------------
 
 
@@ -406,7 +100,7 @@ def seed_optimizer_state(state: dict[str, Any], k: int, size: int) -> dict[str, 
     """Seed k's part of a packed optimizer's ``state_dict`` (element-wise state sliced)."""
     per_param = {
         index: {
-            key: _slice(v, k, size).clone() if isinstance(v, Tensor) else v
+            key: seed_slice(v, k, size).clone() if isinstance(v, Tensor) else v
             for key, v in entries.items()
         }
         for index, entries in state["state"].items()
@@ -420,7 +114,7 @@ def packed_optimizer_state(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     per_param = {}
     for index, entries in first["state"].items():
         per_param[index] = {
-            key: _cat([s["state"][index][key] for s in states])
+            key: concat_seeds([s["state"][index][key] for s in states])
             if isinstance(v, Tensor) and v.dim()
             else v
             for key, v in entries.items()
@@ -473,7 +167,7 @@ def predict_pack_probs(
     out = []
     for i in range(0, len(x), batch_size):
         xb = normalize(x[i : i + batch_size].to(device), data.mean, data.std)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = pack.forward_shared(xb)
         out.append(torch.softmax(logits.float(), dim=-1))
     pack.train(was_training)
@@ -544,7 +238,12 @@ def train_pack(
 
 
 class _PackRun:
-    """One pack of seeds that start (or resume) at the same epoch."""
+    """One pack of seeds that start (or resume) at the same epoch.
+
+    Beside ``train._SeedRun`` method for method (set up, run, one epoch, evaluate, save,
+    finish), so that the two read side by side; what they share is in ``engine.py``. About
+    250 lines because a pack's step, save and finish each handle K seeds and the seeds
+    that diverged; each method is short."""
 
     def __init__(
         self,
@@ -576,9 +275,10 @@ class _PackRun:
         self.pack = to_device(SeedPack(models), device)
         self.teacher: nn.Module | None = None
         if teachers is not None and role.teacher:  # also for the agreement metrics
-            self.teacher = _frozen_pack([teachers[s] for s in seeds], device)
+            frozen = frozen_pack([teachers[s] for s in seeds])
+            self.teacher = to_device(frozen, device).eval().requires_grad_(False)
         # Without augmentation a step's teacher outputs are rows of one table per seed,
-        # filled by one shared pass over the training set (see train.TeacherCache).
+        # filled by one shared pass over the training set (see engine.TeacherCache).
         self.teacher_cache: TeacherCache | None = None
         if self.teacher is not None and self.loss.needs_teacher:
             with deterministic_mode(self.cfg.deterministic, device):  # as the loop's
@@ -591,17 +291,11 @@ class _PackRun:
                     table_forward=self.teacher.forward_shared,
                     batch_dim=1,
                 )
-        self.opt = _optimizer(self.pack, self.cfg)
-        self.sched = _scheduler(self.opt, self.cfg)
+        self.opt = make_optimizer(self.pack, self.cfg)
+        self.sched = make_scheduler(self.opt, self.cfg)
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)  # fp16 never packs
 
-        def stream(s: int, name: str, where: torch.device | str = device) -> torch.Generator:
-            return torch.Generator(device=where).manual_seed(derive_seed(s, role.generation, name))
-
-        self.order = [stream(s, "order", "cpu") for s in seeds]
-        self.augment = [stream(s, "augment") for s in seeds]
-        self.loss_rng = [stream(s, "loss") for s in seeds]
-        self.dropout = [stream(s, "dropout") for s in seeds]
+        self.streams = [SeedStreams.of(s, role.generation, device) for s in seeds]
         self.results = [SeedResult(seed=s, state_dict={}) for s in seeds]
         self.batches = train_batches(role, data)  # the loop's, remainder folded alike
         self.start = 0
@@ -611,17 +305,10 @@ class _PackRun:
             self.opt.load_state_dict(packed_optimizer_state([st["optimizer"] for st in states]))
             self.sched.load_state_dict(states[0]["scheduler"])
             for j, st in enumerate(states):
-                for name, g in self._generators(j).items():
-                    g.set_state(st["generators"][name])
-                dropout_state = saved_dropout_rng(st, self.device)
-                if dropout_state is not None:
-                    self.dropout[j].set_state(dropout_state)
+                restore_streams(st, self.streams[j], self.device)
                 self.results[j].history = list(st["history"])
                 self.results[j].resumed_from = self.start
-        self.pack.set_dropout_generators(self.dropout)
-
-    def _generators(self, j: int) -> dict[str, torch.Generator]:
-        return {"order": self.order[j], "augment": self.augment[j], "loss": self.loss_rng[j]}
+        self.pack.set_dropout_generators([st.dropout for st in self.streams])
 
     def run(self, on_epoch: EpochCallback | None) -> list[SeedResult]:
         # Deterministic mode (where on) covers the teachers' predictions and the final
@@ -673,29 +360,27 @@ class _PackRun:
         """One epoch of every seed; each seed's mean training loss and accuracy."""
         cfg, device, data, k = self.cfg, self.device, self.data, self.k
         self.pack.train()
-        perms = torch.stack([torch.randperm(n, generator=g) for g in self.order]).to(device)
+        perms = torch.stack([torch.randperm(n, generator=st.order) for st in self.streams])
+        perms = perms.to(device)
         loss_sum = torch.zeros(k, device=device)
         correct = torch.zeros(k, device=device)
         # Diverged seeds leave the computation: their losses would turn the sum into NaN
         # and their generators must not draw. Indexed once per step, and only when one died.
-        live = (
-            None if all(alive) else torch.tensor([j for j in range(k) if alive[j]], device=device)
-        )
-        generators = self.loss_rng if live is None else [self.loss_rng[j] for j in live.tolist()]
+        live_seeds = [j for j in range(k) if alive[j]]
+        live = None if all(alive) else torch.tensor(live_seeds, device=device)
+        generators = [self.streams[j].loss for j in live_seeds]
         seed_rows = torch.arange(k, device=device)[:, None]
         for start, stop in self.batches:
             idx = perms[:, start:stop]  # [K, b]: each seed its own examples
-            xb = augment_pack(train_x[idx], data.augmentation, self.augment)
+            xb = augment_pack(train_x[idx], data.augmentation, [st.augment for st in self.streams])
             xb = normalize(xb.flatten(0, 1), data.mean, data.std).view(xb.shape)
             yb = train_y[idx]
             t_logits = None
-            if self.teacher_cache is not None:
-                t_logits = self.teacher_cache.lookup((seed_rows, idx), xb)
-            if self.teacher is not None and self.loss.needs_teacher and t_logits is None:
-                with torch.inference_mode(), _autocast(device, cfg.precision):
-                    t_logits = self.teacher(xb)
-                t_logits = t_logits.float().clone()  # leave inference mode for autograd
-            with _autocast(device, cfg.precision):
+            if self.teacher is not None and self.loss.needs_teacher:
+                t_logits = teacher_outputs(
+                    self.teacher_cache, (seed_rows, idx), xb, self.teacher, device, cfg.precision
+                )
+            with autocast(device, cfg.precision):
                 logits = self.pack(xb)
             student, targets, teacher = logits, yb, t_logits
             if live is not None:
@@ -706,37 +391,22 @@ class _PackRun:
             seed_losses = self.loss.fn(
                 student, targets, teacher, generator=generators, **self.loss_params
             )
+            if hooks.seed_losses:
+                seed_losses = hooks.losses_of([self.seeds[j] for j in live_seeds], seed_losses)
             # The sum's gradient for seed j's weights is the gradient of seed j's loss alone.
             self.opt.zero_grad(set_to_none=True)
             seed_losses.sum().backward()
-            self._step()
+            self.opt.step()
             batch_loss = seed_losses.detach() * idx.shape[1]
             if live is None:
                 loss_sum += batch_loss
             else:
                 loss_sum.index_add_(0, live, batch_loss)
             correct += (logits.detach().argmax(-1) == yb).sum(1)
-            if _train._FAULT:
-                _train._maybe_fault()
+            if hooks.after_step:
+                hooks.step_taken()
         sums = loss_sum.tolist()
         return [s / n for s in sums], [c / n for c in correct.tolist()]
-
-    def _step(self) -> None:
-        """The optimizer's step; seeds named in train.py's divergence fault injection take
-        it with their learning rate x 1e12, as the plain loop does."""
-        faulty = getattr(_train, "_DIVERGE", None)
-        diverge = [j for j, s in enumerate(self.seeds) if s in faulty] if faulty else []
-        if not diverge:
-            self.opt.step()
-            return
-        params = [p for p in self.pack.parameters() if p.grad is not None]
-        before = [p.detach().clone() for p in params]
-        self.opt.step()
-        with torch.no_grad():
-            for p, old in zip(params, before, strict=True):
-                for j in diverge:
-                    new, prev = _slice(p, j, self.k), _slice(old, j, self.k)
-                    new.copy_(prev + (new - prev) * 1e12)
 
     def _predict(self, model: nn.Module, x: Tensor) -> Tensor:
         return predict_pack_probs(
@@ -754,7 +424,7 @@ class _PackRun:
                 continue
             probs = self._predict(self.pack, x)
             for j in range(self.k):
-                out[j].update(_train.evaluate_probs(probs[j], y, prefix, ece=False))
+                out[j].update(evaluate_probs(probs[j], y, prefix, ece=False))
         return out
 
     def _save(self, epoch: int, alive: list[bool]) -> None:
@@ -769,7 +439,6 @@ class _PackRun:
         if not any(slot.due() for slot in live_slots if slot is not None):
             return
         optimizer = self.opt.state_dict()
-        device_rng = training_device_rng(self.device)
         key = pack_key(s for s in self.slots.values() if s is not None)
         written: list[CheckpointSlot] = []
         stop: KeyboardInterrupt | None = None
@@ -778,17 +447,15 @@ class _PackRun:
                 slot = self.slots.get(seed)
                 if slot is None or not alive[j]:
                     continue
-                state = training_state(
-                    epoch=epoch,
-                    device=self.device,
-                    history=self.results[j].history,
-                    model=self.pack.seed_state(j),
-                    optimizer=seed_optimizer_state(optimizer, j, self.k),
-                    scheduler=self.sched.state_dict(),
-                    scaler=self.scaler.state_dict(),
-                    generators=self._generators(j),
-                    dropout=self.dropout[j],
-                    device_rng=device_rng,
+                state = checkpoint_state(
+                    epoch,
+                    self.device,
+                    self.results[j].history,
+                    self.pack.seed_state(j),
+                    seed_optimizer_state(optimizer, j, self.k),
+                    self.sched,
+                    self.scaler,
+                    self.streams[j],
                     packed=self.k,
                     pack=key,
                 )
@@ -797,8 +464,8 @@ class _PackRun:
                     slot.save(state)
                 except KeyboardInterrupt as e:  # raised in the save: the commit goes first
                     stop = stop or e
-                if len(written) == 1:
-                    _train.fault_between_pack_writes(epoch)
+                if len(written) == 1 and hooks.between_pack_writes:
+                    hooks.pack_write_done(epoch)
             commit_pack(key, epoch, written)
         if stop is not None:
             raise stop
@@ -814,29 +481,18 @@ class _PackRun:
             if not alive[j]:
                 continue
             result = self.results[j]
-            if test is not None:
-                t_test = teacher_test[j] if teacher_test is not None else None
-                result.final = final_metrics(val[j], test[j], self.data, t_test)
-            else:
-                result.final = evaluate_probs(val[j], self.data.val_y, "val")
-            if teacher_val is not None and len(self.data.val_y):
-                result.final["val_teacher_agreement"] = agreement_metrics(val[j], teacher_val[j])[
-                    "teacher_agreement"
-                ]
+            result.final = final_scores(
+                val[j],
+                test[j] if test is not None else None,
+                self.data,
+                teacher_val[j] if teacher_val is not None else None,
+                teacher_test[j] if teacher_test is not None else None,
+            )
             result.state_dict = {
                 key: v.cpu().contiguous() for key, v in self.pack.seed_state(j).items()
             }
             if self.teacher is not None and self.loss.needs_teacher:
                 record_teacher_outputs(result, self.teacher_cache)
-
-
-def _frozen_pack(models: Sequence[nn.Module], device: torch.device) -> nn.Module:
-    """The teachers of a pack as one network in eval mode without gradients."""
-    try:
-        frozen: nn.Module = SeedPack(models)
-    except NotPackable:
-        frozen = _SeedLoop(models)
-    return to_device(frozen, device).eval().requires_grad_(False)
 
 
 # --- how many seeds per pack --------------------------------------------------------------

@@ -32,7 +32,8 @@ from study.data import dataset_info
 from study.errors import UserInputError
 from study.losses import TUNED, resolve_loss_params
 from study.models import resolve_model_kwargs
-from study.protocol import Protocol, TrainSection, resolved_arch
+from study.protocol import Protocol, TrainSection, TuneSection, resolved_arch
+from study.tuned import SEARCHABLE, answers_to, digest, read_tuned, tuned_path
 
 RoleKind = Literal["teacher", "student", "ensemble"]
 TEACHER = "teacher"
@@ -152,14 +153,12 @@ class Plan:
 def _tuned_file_hint(p: Protocol) -> str:
     """Why an existing results/<study>/tuned.json gave no value: another tuning config, or
     no trial of this one completed; empty when there is no file."""
-    from study.tune import TUNED_FILE, tuning_hash
-
-    path = Path("results") / p.study.name / TUNED_FILE
+    path = tuned_path(p.study.name)
     try:
         written = json.loads(path.read_text())
     except (OSError, ValueError):
         return ""
-    if not isinstance(written, dict) or written.get("config_hash") != tuning_hash(p):
+    if not answers_to(written, tuning_hash(p)):
         return (
             f" ({path} is for another tuning config: the [tune] section, or the tuned "
             "role's recipe, teacher or data, changed since it was written)"
@@ -195,7 +194,7 @@ def expand(protocol: Protocol, tuned: Mapping[str, float] | None = None) -> Plan
     """The protocol's roles in dependency order: teacher, then each arm's chain.
 
     A loss parameter given as "tuned" takes its number from ``tuned`` (the best values of
-    `study tune`: ``study.tune.tuned_values``), so that fingerprints hold the number trained
+    `study tune`: ``tuned_values``), so that fingerprints hold the number trained
     with. Without one it stays "tuned": the plan can be shown but not trained
     (``Plan.require_trainable`` says why).
     """
@@ -318,3 +317,98 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = v
     return out
+
+
+# -- the tuning study's fingerprint and its result ---------------------------------------
+
+
+def tune_section(protocol: Protocol) -> TuneSection:
+    """The protocol's [tune] section; UserInputError when it has none."""
+    if protocol.tune is None:
+        raise UserInputError(
+            "the protocol has no [tune] section: add one naming the arm and the ranges to "
+            "search (see README, 'Tuning')",
+            source=protocol.source,
+            field="tune",
+        )
+    return protocol.tune
+
+
+def tuned_roles(protocol: Protocol) -> tuple[Role, list[Role]]:
+    """The tuned role and the chain it distils from (teacher, generations 1..g-1), as the
+    protocol gives them: no tuned values, which would make the study depend on its own
+    result."""
+    spec = tune_section(protocol)
+    plan = expand(protocol)
+    student = plan.role(f"{spec.arm}/gen{spec.generation}")
+    chain = [plan.role(TEACHER)] + [
+        plan.role(f"{spec.arm}/gen{k}") for k in range(1, spec.generation)
+    ]
+    return student, chain
+
+
+def tuning_config(protocol: Protocol) -> dict[str, Any]:
+    """Everything that determines a trial of the protocol's tuning study, given its values.
+
+    The search (ranges, metric, tuning seeds, epochs per seed, sampler seed, pruner), the
+    tuned role's config as the protocol gives it ("tuned" where a trial fills in its
+    value) and, per tuning seed, the fingerprint of the model it distils from (teacher
+    and earlier generations: their recipes, architectures, seeds and the package version).
+    The data enters through the protocol's [data] settings (the data's content hash is
+    only known once the data is loaded: ``tune`` checks it against the one the study
+    was started with). Not included: names, the device, [execution], and the budget
+    (``trials``): raising it tops the same study up.
+    """
+    spec = tune_section(protocol)
+    student, chain = tuned_roles(protocol)
+    seeds = spec.seed_list
+    data = protocol.data.model_dump(exclude={"root", "download"})
+    data_key = "protocol-data:" + digest(data)
+    teachers = Plan(protocol=protocol, roles=tuple(chain), seeds=tuple(seeds))
+    fingerprints = teachers.fingerprints(data_key)
+    space = {k: getattr(spec, k).model_dump() for k in SEARCHABLE if getattr(spec, k)}
+    return {
+        "space": space,
+        "metric": spec.metric,
+        "direction": spec.direction,
+        "seeds": seeds,
+        "epochs": spec.epochs or student.train.epochs,
+        "sampler": "tpe",
+        "sampler_seed": spec.sampler_seed,
+        "pruner": spec.pruner,
+        "student": student.config(),
+        "teachers": {str(s): fingerprints[(chain[-1].key, s)] for s in seeds},
+        "data": data,
+        "version": __version__,
+    }
+
+
+def tuning_hash(protocol: Protocol) -> str:
+    """The hash of ``tuning_config(protocol)`` (sha256, 32 hex digits): the tuning study's
+    fingerprint, which its result file answers to (``tuned.answers_to``)."""
+    return digest(tuning_config(protocol))
+
+
+def load_tuned(protocol: Protocol, results_dir: Path = Path("results")) -> dict | None:
+    """The protocol's tuning result (results/<study>/tuned.json), None if there is none.
+
+    A file written for another tuning config than the protocol's counts as none: another
+    arm or generation, other ranges, seeds, epochs, metric, sampler seed or pruner, or
+    another recipe, teacher or data for the tuned role (``tuning_hash``); so does any file
+    when the protocol has no [tune] section, since nothing ties it to the protocol.
+    """
+    if protocol.tune is None:
+        return None
+    result = read_tuned(tuned_path(protocol.study.name, results_dir))
+    return result if answers_to(result, tuning_hash(protocol)) else None
+
+
+def tuned_values(
+    protocol: Protocol, results_dir: Path = Path("results")
+) -> dict[str, float] | None:
+    """The best values found by `study tune`, for ``expand(protocol, tuned=...)``; None
+    when there is no result for the protocol's current tuning config, or no trial of it
+    completed."""
+    result = load_tuned(protocol, results_dir)
+    best = result.get("best_params") if result else None
+    return dict(best) if best else None

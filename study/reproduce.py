@@ -16,19 +16,16 @@ from typing import Any
 import torch
 
 from study.analysis.stats import format_seeds
+from study.determinism import environment, resolve_deterministic
+from study.device import resolve_device
+from study.engine import channels_last, evaluate_ensemble
 from study.errors import UserInputError
 from study.execute import load_study_data, model_of_run
 from study.pack import packable
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
-from study.repro import environment, resolve_deterministic
 from study.track import FINAL_METRICS, Tracker
-from study.train import (
-    channels_last,
-    evaluate_ensemble,
-    resolve_device,
-    train_role,
-)
+from study.train import train_role
 
 
 @dataclass
@@ -58,7 +55,11 @@ def _plan_of(run: dict[str, Any], protocol: Protocol) -> Plan:
 
 
 def reproduce_run(run_id: str, tracker: Tracker, *, device: str | None = None) -> Reproduction:
-    """Re-train (or re-evaluate, for an ensemble) one run and compare its final metrics."""
+    """Re-train (or re-evaluate, for an ensemble) one run and compare its final metrics.
+
+    About 100 lines read top to bottom: check the run, rebuild its plan and data, find its
+    teacher or members, retrain in a pack of the run's size, compare. Each step needs what
+    the ones before it resolved; split up, the pieces would take most of it as arguments."""
     run = tracker.run_record(run_id)
     tags = run["tags"]
     if "fingerprint" not in tags or "role" not in tags:

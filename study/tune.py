@@ -48,7 +48,7 @@ seconds and at the trial's end), and every tracker or Optuna write holds Ctrl-C 
 it is done: an interrupt inside a sqlite write would leave its transaction open and lock
 the store for the cleanup. After Ctrl-C the trial is failed in Optuna, its run and the
 parent run end KILLED, and KeyboardInterrupt goes on (``study tune`` exits 130). A rerun
-ends the trial runs a dead worker of this machine left RUNNING (``_settle_trial_runs``).
+ends the trial runs a dead worker of this machine left RUNNING (``trials.settle_trial_runs``).
 
 What a study is. The Optuna study's name ends in a hash of ``tuning_config``: the ranges,
 metric, tuning seeds, epochs, sampler seed, pruner, the tuned role's config and the
@@ -67,236 +67,69 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import hashlib
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from study import __version__
+from study.claims import process_space
 from study.data import DataSplits
+from study.device import resolve_device
+from study.engine import TrainingDiverged, channels_last, load_model
 from study.errors import UserInputError
 from study.execute import Progress, load_study_data, run_study
 from study.losses import TUNED
-from study.plan import TEACHER, Plan, Role, derive_seed, expand
-from study.protocol import Protocol, SearchRange, TrainSection, TuneSection
-from study.track import Tracker, check_writable, resolve_uri
-from study.train import (
-    TrainingDiverged,
-    channels_last,
-    load_model,
-    resolve_device,
-    train_role,
+from study.plan import (
+    Plan,
+    Role,
+    derive_seed,
+    tune_section,
+    tuned_roles,
+    tuning_config,
+    tuning_hash,
 )
+from study.protocol import Protocol, TrainSection
+from study.track import Tracker, check_writable, resolve_uri
+from study.train import train_role
+from study.trials import (
+    DATA_ATTR,
+    FINISHED,
+    TuningPlan,
+    best_trial,
+    exclusive,
+    fail_orphaned_trials,
+    resolve_storage,
+    settle_trial_runs,
+    tuning_result,
+)
+from study.tuned import TUNED_FILE, digest, write_tuned
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: workers on one machine are not serialised
-    fcntl = None
-
-JOURNAL_FILE = "optuna-journal.log"
-TUNED_FILE = "tuned.json"
-SEARCHABLE = ("temperature", "alpha", "lr")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+WORKER = f"{process_space()}:{os.getpid()}"  # see claims.dead_here
 PARENT_ATTR = "mlflow_parent_run_id"
 CONFIG_ATTR = "config_hash"
-DATA_ATTR = "data_identity"
 
 
 class TuningError(RuntimeError):
     """Tuning cannot go on (a teacher failed to train): not the user's input, not a bug."""
 
 
-# -- where the Optuna study lives ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Storage:
-    """An Optuna storage: a journal file (safe for several processes) or a database URL."""
-
-    url: str  # the journal file's absolute path, or the database URL
-    journal: bool
-    lock: Path | None  # serialises the workers of one machine; None for a remote database
-
-    def open(self) -> optuna.storages.BaseStorage | str:
-        if self.journal:
-            Path(self.url).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(self.url))
-        return self.url
-
-
-def resolve_storage(spec: str | None, tracking_uri: str) -> Storage:
-    """``--storage`` as given, else a journal file next to the MLflow sqlite database."""
-    if spec is None:
-        if tracking_uri.startswith("sqlite:///"):
-            base = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent
-        else:
-            base = Path.cwd()
-        spec = str(base / JOURNAL_FILE)
-    if "://" in spec:
-        if spec.startswith("sqlite:///") and spec != "sqlite:///":
-            path = Path(spec.removeprefix("sqlite:///")).resolve()
-            return Storage(f"sqlite:///{path}", False, path.with_name(path.name + ".workers.lock"))
-        if spec.startswith("sqlite:"):
-            raise UserInputError(
-                f"'{spec}' is not a sqlite file URL; use sqlite:///path/optuna.db",
-                field="--storage",
-            )
-        return Storage(spec, False, None)
-    if spec.endswith(".log"):
-        path = Path(spec).expanduser().resolve()
-        return Storage(str(path), True, path.with_name(path.name + ".workers.lock"))
-    raise UserInputError(
-        f"'{spec}' is neither a database URL (sqlite:///optuna.db, postgresql://...) nor a "
-        "journal file path ending in .log",
-        field="--storage",
-    )
-
-
-@contextlib.contextmanager
-def _exclusive(lock: Path | None) -> Iterator[None]:
-    """Hold the workers' lock file (released by the kernel if this process dies)."""
-    if lock is None or fcntl is None:
-        yield
-        return
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# -- what is tuned ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TuningPlan:
-    """One tuning study, resolved and checked: nothing is created or trained yet."""
-
-    protocol: Protocol
-    spec: TuneSection
-    trials: int  # finished trials the study should hold in total
-    storage: Storage
-    tracking_uri: str
-    study_name: str  # the Optuna study's name
-    student: Role  # the tuned role as the protocol gives it; trial values go on top
-    teachers: Plan  # the roles the student distils from, for the tuning seeds
-    epochs: int  # per seed, per trial
-    results_dir: Path
-    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # see tuning_config
-    config_hash: str = ""
-
-    @property
-    def seeds(self) -> list[int]:
-        return list(self.teachers.seeds)
-
-    @property
-    def space(self) -> dict[str, SearchRange]:
-        return {k: getattr(self.spec, k) for k in SEARCHABLE if getattr(self.spec, k)}
-
-    @property
-    def steps(self) -> int:
-        return self.epochs * len(self.seeds)
-
-    @property
-    def result_path(self) -> Path:
-        return self.results_dir / self.protocol.study.name / TUNED_FILE
-
-
 def optuna_study_name(protocol: Protocol) -> str:
     """``<study>-tune-<arm>-gen<g>-<hash>``: the hash of ``tuning_config``, so that a
     changed search (ranges, seeds, epochs, metric, sampler, pruner, the student's recipe,
     its teachers or the data) is a new Optuna study, and an unchanged one resumes."""
-    spec = _spec(protocol)
+    spec = tune_section(protocol)
     key = tuning_hash(protocol)[:12]
     return f"{protocol.study.name}-tune-{spec.arm}-gen{spec.generation}-{key}"
-
-
-def tuning_config(protocol: Protocol) -> dict[str, Any]:
-    """Everything that determines a trial of the protocol's tuning study, given its values.
-
-    The search (ranges, metric, tuning seeds, epochs per seed, sampler seed, pruner), the
-    tuned role's config as the protocol gives it ("tuned" where a trial fills in its
-    value) and, per tuning seed, the fingerprint of the model it distils from (teacher
-    and earlier generations: their recipes, architectures, seeds and the package version).
-    The data enters through the protocol's [data] settings (the data's content hash is
-    only known once the data is loaded: ``tune`` checks it against the one the study
-    was started with). Not included: names, the device, [execution], and the budget
-    (``trials``): raising it tops the same study up.
-    """
-    spec = _spec(protocol)
-    student, chain = _tuned_roles(protocol)
-    seeds = spec.seed_list
-    data = protocol.data.model_dump(exclude={"root", "download"})
-    data_key = "protocol-data:" + _digest(data)
-    teachers = Plan(protocol=protocol, roles=tuple(chain), seeds=tuple(seeds))
-    fingerprints = teachers.fingerprints(data_key)
-    space = {k: getattr(spec, k).model_dump() for k in SEARCHABLE if getattr(spec, k)}
-    return {
-        "space": space,
-        "metric": spec.metric,
-        "direction": spec.direction,
-        "seeds": seeds,
-        "epochs": spec.epochs or student.train.epochs,
-        "sampler": "tpe",
-        "sampler_seed": spec.sampler_seed,
-        "pruner": spec.pruner,
-        "student": student.config(),
-        "teachers": {str(s): fingerprints[(chain[-1].key, s)] for s in seeds},
-        "data": data,
-        "version": __version__,
-    }
-
-
-def tuning_hash(protocol: Protocol) -> str:
-    """The hash of ``tuning_config(protocol)`` (sha256, 32 hex digits)."""
-    return _digest(tuning_config(protocol))
-
-
-def _digest(payload: Any) -> str:
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
-
-
-def _tuned_roles(protocol: Protocol) -> tuple[Role, list[Role]]:
-    """The tuned role and the chain it distils from (teacher, generations 1..g-1), as the
-    protocol gives them: no tuned values, which would make the study depend on its own
-    result."""
-    spec = _spec(protocol)
-    plan = expand(protocol)
-    student = plan.role(f"{spec.arm}/gen{spec.generation}")
-    chain = [plan.role(TEACHER)] + [
-        plan.role(f"{spec.arm}/gen{k}") for k in range(1, spec.generation)
-    ]
-    return student, chain
-
-
-def _spec(protocol: Protocol) -> TuneSection:
-    if protocol.tune is None:
-        raise UserInputError(
-            "the protocol has no [tune] section: add one naming the arm and the ranges to "
-            "search (see README, 'Tuning')",
-            source=protocol.source,
-            field="tune",
-        )
-    return protocol.tune
 
 
 def plan_tuning(
@@ -308,13 +141,13 @@ def plan_tuning(
     results_dir: Path = Path("results"),
 ) -> TuningPlan:
     """Resolve and check a tuning study; raises UserInputError before anything is created."""
-    spec = _spec(protocol)
+    spec = tune_section(protocol)
     n_trials = spec.trials if trials is None else trials
     if n_trials < 1:
         raise UserInputError(f"must be >= 1, got {n_trials}", field="--trials")
     uri = resolve_uri(tracking_uri)
     where = resolve_storage(storage, uri)
-    student, chain = _tuned_roles(protocol)
+    student, chain = tuned_roles(protocol)
     for name, value in student.loss_params.items():
         if value == TUNED and getattr(spec, name, None) is None:
             raise UserInputError(
@@ -342,7 +175,7 @@ def plan_tuning(
         epochs=spec.epochs or student.train.epochs,
         results_dir=results_dir,
         config=config,
-        config_hash=_digest(config),
+        config_hash=digest(config),
     )
 
 
@@ -423,14 +256,14 @@ def tune(
     try:
         with channels_last(tuning.protocol.execution.channels_last):
             # One worker at a time: creating the MLflow store, the teachers, the parent run.
-            with _exclusive(tuning.storage.lock):
+            with exclusive(tuning.storage.lock):
                 check_writable(tuning.tracking_uri)
                 tracker = _Shielded(Tracker(tuning.tracking_uri))
                 exp_id = tracker.experiment_id(tuning.protocol.study.name)
                 assert exp_id is not None
                 storage = tuning.storage.open()
                 study = _open_study(tuning, storage, data.identity)
-                _settle_trial_runs(tuning, tracker, exp_id, study)
+                settle_trial_runs(tuning, tracker, exp_id, study)
                 emit(TuneProgress("start", finished=_count(study), total=tuning.trials))
                 teachers = _teachers(tuning, tracker.raw, exp_id, data, dev, device, emit)
                 parent = _parent_run(tuning, tracker, exp_id, study)
@@ -615,7 +448,12 @@ def _parent_run(tuning: TuningPlan, tracker: Tracker, exp_id: str, study: optuna
 
 
 class _Worker:
-    """This process's share of the study: reserves trials and runs them."""
+    """This process's share of the study: reserves trials and runs them.
+
+    One class of about 200 lines because its methods share one trial's state (the Optuna
+    trial, its MLflow run, the metrics buffer, the teachers and data) across reserve, run,
+    report and abort; each method is short, and splitting the class would pass that state
+    around instead."""
 
     def __init__(self, tuning, storage, tracker, exp_id, parent, data, teachers, device, emit):
         self.tuning: TuningPlan = tuning
@@ -641,7 +479,7 @@ class _Worker:
 
     def reserve(self) -> optuna.Trial | None:
         """A new trial, or None when finished + running trials already make the total."""
-        with _exclusive(self.tuning.storage.lock):
+        with exclusive(self.tuning.storage.lock):
             study = self._view()
             for number in fail_orphaned_trials(study):
                 for run_id in self.tracker.find_runs(
@@ -726,7 +564,7 @@ class _Worker:
         status: str,
     ) -> None:
         """The trial fails: Optuna first, then its MLflow run (best effort: a run left
-        RUNNING is ended by the next `study tune`, see ``_settle_trial_runs``)."""
+        RUNNING is ended by the next `study tune`, see ``trials.settle_trial_runs``)."""
         with _no_interrupt():
             try:
                 trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -805,7 +643,7 @@ class _Worker:
 
     def _report(self, study: optuna.Study, frozen: FrozenTrial, state: str) -> None:
         finished = _count(study)
-        best = _best(study)
+        best = best_trial(study)
         if best is not None:
             self.tracker.log_metrics(
                 self.parent, {f"best_{self.tuning.spec.metric}": best.value}, step=finished
@@ -906,187 +744,3 @@ def _end_run_quietly(tracker: Any, run_id: str, status: str) -> None:
         tracker.end_run(run_id, status)
     except Exception as e:  # noqa: BLE001 - an interrupt or a failure is being reported
         _warn(f"could not end the MLflow parent run {run_id} as {status}: {e}")
-
-
-def _settle_trial_runs(
-    tuning: TuningPlan, tracker: Any, exp_id: str, study: optuna.Study
-) -> list[str]:
-    """End the trial runs left RUNNING by a worker of this machine that is gone (killed,
-    or interrupted before it could write), as Optuna recorded their trials: complete
-    FINISHED, pruned or failed KILLED. A trial Optuna still counts as running is left to
-    ``fail_orphaned_trials``. Returns the run ids ended."""
-    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-    host, ended = socket.gethostname(), []
-    where = (
-        "attributes.status = 'RUNNING' and tags.kind = 'trial' and "
-        f"tags.optuna_study = '{tuning.study_name}'"
-    )
-    for run in tracker._search(exp_id, where):
-        tags = run.data.tags
-        name, _, pid = str(tags.get("worker", "")).rpartition(":")
-        if name != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
-            continue
-        number = tags.get("trial_number", "")
-        state = states.get(int(number)) if number.isdigit() else None
-        if state is None or state == TrialState.RUNNING:
-            continue
-        if state == TrialState.COMPLETE:
-            status, update = "FINISHED", {"trial_state": "complete"}
-        elif state == TrialState.PRUNED:
-            status, update = "KILLED", {"trial_state": "pruned"}
-        else:
-            status, update = "KILLED", {"trial_state": "fail"}
-            update.setdefault("failure", tags.get("failure") or "interrupted (worker gone)")
-        tracker.set_tags(run.info.run_id, update)
-        tracker.end_run(run.info.run_id, status)
-        ended.append(run.info.run_id)
-    return ended
-
-
-def fail_orphaned_trials(study: optuna.Study) -> list[int]:
-    """Mark FAIL the RUNNING trials whose worker, on this machine, is dead (a kill -9).
-
-    Without this a killed worker's trial would count as running for ever, and the study
-    would never reach its total. Returns the numbers of the trials marked.
-    """
-    host, marked = socket.gethostname(), []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        name, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if name != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
-            continue
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        marked.append(t.number)
-    return marked
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _best(study: optuna.Study) -> FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:  # no complete trial yet
-        return None
-
-
-# -- the result ------------------------------------------------------------------------
-
-
-def tuning_result(
-    tuning: TuningPlan, study: optuna.Study, mlflow: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The content of tuned.json, from the Optuna study (every worker's trials)."""
-    trials = study.get_trials(deepcopy=False)
-    by_state = {s.name.lower(): 0 for s in TrialState}
-    for t in trials:
-        by_state[t.state.name.lower()] += 1
-    best = _best(study)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    spec = tuning.spec
-    return {
-        "study": tuning.protocol.study.name,
-        "protocol": tuning.protocol.source,
-        "arm": spec.arm,
-        "generation": spec.generation,
-        "metric": spec.metric,
-        "direction": spec.direction,
-        "split": "validation",
-        "best_params": dict(best.params) if best else {},
-        "best_value": best.value if best else None,
-        "best_trial": best.number if best else None,
-        "n_trials": len(trials),
-        "n_trials_by_state": by_state,
-        "storage": tuning.storage.url,
-        "optuna_study": tuning.study_name,
-        "sampler": "tpe",
-        "sampler_seed": spec.sampler_seed,
-        "pruner": spec.pruner,
-        "seeds": tuning.seeds,
-        "epochs": tuning.epochs,
-        "search_space": {k: r.model_dump() for k, r in tuning.space.items()},
-        "config_hash": tuning.config_hash,
-        "tuning_config": json.loads(json.dumps(tuning.config, default=str)),
-        "data_identity": study.user_attrs.get(DATA_ATTR),
-        "date": _last_finished(trials).isoformat(timespec="seconds"),
-        "history": [
-            {
-                "number": t.number,
-                "state": t.state.name.lower(),
-                "value": t.value,
-                "params": dict(t.params),
-                "last_step": t.last_step,
-                "duration_s": t.duration.total_seconds() if t.duration else None,
-            }
-            for t in sorted(trials, key=lambda t: t.number)
-        ],
-        "importances": _importances(study, spec.sampler_seed) if len(complete) >= 2 else {},
-        "mlflow": dict(mlflow or {}),
-    }
-
-
-def _last_finished(trials: list[FrozenTrial]) -> datetime:
-    """When the study's last trial ended (UTC): tuned.json of an unchanged study is the
-    same file on every rewrite, so DVC sees no new result where there is none."""
-    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
-    if not ends:
-        return datetime.now(timezone.utc)
-    return max(ends).astimezone(timezone.utc)
-
-
-def _importances(study: optuna.Study, seed: int) -> dict[str, float]:
-    """fANOVA importances over the complete trials; {} when they cannot be told apart."""
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
-    try:
-        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    except (ValueError, RuntimeError):  # e.g. a single distinct value per parameter
-        return {}
-    return {k: float(v) for k, v in found.items()}
-
-
-def write_tuned(result: dict[str, Any], path: Path) -> Path:
-    """Write tuned.json atomically (a reader, or a second worker, never sees half of it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def load_tuned(protocol: Protocol, results_dir: Path = Path("results")) -> dict | None:
-    """The protocol's tuning result (results/<study>/tuned.json), None if there is none.
-
-    A file written for another tuning config than the protocol's counts as none: another
-    arm or generation, other ranges, seeds, epochs, metric, sampler seed or pruner, or
-    another recipe, teacher or data for the tuned role (``tuning_hash``); so does any file
-    when the protocol has no [tune] section, since nothing ties it to the protocol.
-    """
-    if protocol.tune is None:
-        return None
-    path = results_dir / protocol.study.name / TUNED_FILE
-    if not path.exists():
-        return None
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserInputError(f"cannot read the tuning result: {e}", source=str(path)) from None
-    if not isinstance(result, dict) or result.get("config_hash") != tuning_hash(protocol):
-        return None
-    return result
-
-
-def tuned_values(
-    protocol: Protocol, results_dir: Path = Path("results")
-) -> dict[str, float] | None:
-    """The best values found by `study tune`, for ``plan.expand(protocol, tuned=...)``;
-    None when there is no result for the protocol's current tuning config, or no trial of
-    it completed."""
-    result = load_tuned(protocol, results_dir)
-    best = result.get("best_params") if result else None
-    return dict(best) if best else None

@@ -17,7 +17,7 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 def _process_settings() -> None:
     """Every test runs in the process settings a training makes (``train_role`` makes them
     on its first call): the same state whatever order the tests run in."""
-    from study.repro import configure_cuda_process
+    from study.determinism import configure_cuda_process
 
     configure_cuda_process()
 

@@ -50,7 +50,7 @@ def test_bench_measures_reference_harness_packs_and_kd_side_by_side() -> None:
 
 
 def test_kd_variants_use_the_teacher_cache_unless_told_not_to(monkeypatch) -> None:
-    from study import train
+    from study import engine, train
 
     forwards = []
     real_forward = train.TeacherCache.__init__
@@ -65,7 +65,7 @@ def test_kd_variants_use_the_teacher_cache_unless_told_not_to(monkeypatch) -> No
     forwards.clear()
     uncached = run_bench(BenchConfig(**{**TINY.__dict__, "packs": (1,), "teacher_cache": False}))
     assert uncached.teacher_outputs.startswith("a forward pass") and not forwards
-    assert train.teacher_cache.on  # switched back on after the bench
+    assert engine.teacher_cache.on  # switched back on after the bench
 
 
 def test_the_report_says_when_the_teacher_cache_switched_itself_off(monkeypatch) -> None:
@@ -145,13 +145,13 @@ def test_the_cli_prints_json() -> None:
 
 @pytest.mark.parametrize("flag", [True, False])
 def test_the_deterministic_option_reaches_the_harness_and_the_packs(flag, monkeypatch) -> None:
-    from study import pack, repro, train
+    from study import determinism, pack, train
 
     seen = []
 
     def recording(requested, device):
-        seen.append(repro.resolve_deterministic(requested, device))
-        return repro.deterministic_mode(requested, device)
+        seen.append(determinism.resolve_deterministic(requested, device))
+        return determinism.deterministic_mode(requested, device)
 
     for module in (train, pack):
         monkeypatch.setattr(module, "deterministic_mode", recording)
@@ -167,7 +167,7 @@ def test_the_deterministic_option_reaches_the_harness_and_the_packs(flag, monkey
 def test_the_channels_last_option_reaches_the_convnets_of_the_harness_and_packs(
     flag, monkeypatch
 ) -> None:
-    from study import pack, train
+    from study import engine, pack, train
 
     formats = []
     real_to_device = train.to_device
@@ -193,6 +193,6 @@ def test_the_channels_last_option_reaches_the_convnets_of_the_harness_and_packs(
     assert formats and set(formats) == {flag}  # the loop and the pack alike
     layout = "channels-last (NHWC)" if flag else "NCHW"
     assert f"memory format (harness and packs): {layout}; reference: NCHW" in format_report(report)
-    assert train.channels_last.on  # switched back on after the bench
+    assert engine.channels_last.on  # switched back on after the bench
     mlp = run_bench(BenchConfig(**{**TINY.__dict__, "kd": False, "packs": (1,)}))
     assert mlp.memory_format == "" and not any("memory format" in s for s in format_report(mlp))

@@ -203,9 +203,10 @@ def test_reproduce_trains_where_the_run_trained_and_tags_what_it_did(workdir: Pa
 
 def test_a_study_whose_runs_all_failed_still_gets_its_report(workdir: Path, monkeypatch) -> None:
     """The report of a diverged study is where the failure reasons are: not refused."""
-    import study.train
+    from study import hooks
+    from tests.faults import diverge_seeds
 
-    monkeypatch.setattr(study.train, "_DIVERGE", {0, 1, 2})  # STUDY_TEST_DIVERGE_SEEDS
+    monkeypatch.setattr(hooks, "seed_losses", [diverge_seeds([0, 1, 2])])
     (workdir / "tiny.toml").write_text(TINY_PROTOCOL)
     res = runner.invoke(app, ["run", "tiny.toml", "--no-report"])
     assert res.exit_code == 1, res.output  # every teacher failed, the rest skipped

@@ -156,7 +156,7 @@ def test_plan_seeds_over_conditions_reads_the_export(ran) -> None:
 def test_a_scheduled_job_trains_only_its_condition_and_seeds(tmp_path, monkeypatch) -> None:
     """`--executor slurm` submits each condition's jobs; a job's worker loads its own
     condition of the protocol (run_worker's condition argument)."""
-    from study.execute import run_worker
+    from study.submit import run_worker
 
     grid = tmp_path / "grid.toml"
     grid.write_text(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from study import engine as engine_module
 from study import pack as pack_module
 from study import train as train_module
 from study.checkpoint import CheckpointSlot, device_type_of
@@ -180,10 +181,10 @@ def test_the_saved_gpu_generator_is_the_training_devices_also_in_old_checkpoints
     assert train_module.saved_device_rng({"cuda_rng": states[:1]}, bare) is None  # fewer GPUs
     # the dropout stream: its own key; in older checkpoints, the global generator's place
     dropout = _cuda_state(12)
-    assert train_module.saved_dropout_rng({**new, "dropout_rng": dropout}, bare) is dropout
-    assert train_module.saved_dropout_rng(old, bare) is states[1]
+    assert engine_module.saved_dropout_rng({**new, "dropout_rng": dropout}, bare) is dropout
+    assert engine_module.saved_dropout_rng(old, bare) is states[1]
     cpu_state = torch.Generator().get_state()
-    assert train_module.saved_dropout_rng({"torch_rng": cpu_state}, CPU) is cpu_state
+    assert engine_module.saved_dropout_rng({"torch_rng": cpu_state}, CPU) is cpu_state
 
 
 def test_free_gpu_memory_counts_what_the_caching_allocator_holds_unused(monkeypatch) -> None:

@@ -15,14 +15,14 @@ import torch
 
 from study.data import augment
 from study.data.augment import normalize
-from study.errors import UserInputError
-from study.repro import (
+from study.determinism import (
     check_cublas_workspace,
     configure_cuda_process,
     deterministic_mode,
     environment,
     tf32_enabled,
 )
+from study.errors import UserInputError
 
 CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
 

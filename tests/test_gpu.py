@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from study.data import apply_augmentation, augment_batch, draw_augmentation
+from study.engine import load_model
 from study.pack import augment_pack, train_pack
 from study.plan import expand
 from study.protocol import parse_protocol
-from study.train import load_model, train_role
+from study.train import train_role
 from tests.test_data import _reference
 from tests.test_pack import _close
 

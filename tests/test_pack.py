@@ -8,14 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from study import engine as engine_module
 from study import pack as pack_module
-from study import train as train_module
 from study.checkpoint import CheckpointSlot
 from study.data import augment_batch
+from study.engine import build_model, load_model
 from study.models import create_model
+from study.models import packed as packed_module
+from study.models.packed import NotPackable, SeedPack
 from study.pack import (
-    NotPackable,
-    SeedPack,
     augment_pack,
     auto_pack_size,
     packable,
@@ -26,13 +27,12 @@ from study.pack import (
 from study.plan import expand
 from study.protocol import parse_protocol
 from study.train import (
-    build_model,
     init_model,
-    load_model,
     predict_probs,
     to_device,
     train_role,
 )
+from tests.faults import installed
 
 CPU = torch.device("cpu")
 DEVICES = [  # the fused layers' tests run on a GPU too, where there is one
@@ -83,7 +83,7 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _packed_grads(pack: SeedPack, k: int) -> dict[str, torch.Tensor]:
-    return {n: pack_module._slice(p.grad, k, pack.k) for n, p in pack.net.named_parameters()}
+    return {n: packed_module.seed_slice(p.grad, k, pack.k) for n, p in pack.net.named_parameters()}
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -99,7 +99,7 @@ def _close(a: dict, b: dict, atol: float) -> bool:
 @pytest.fixture
 def ieee_fp32():
     """On a GPU, fp32 arithmetic as the harness runs it (no TF32), for fp32 tolerances."""
-    from study.repro import configure_cuda_process
+    from study.determinism import configure_cuda_process
 
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     configure_cuda_process()
@@ -116,7 +116,7 @@ def test_each_packed_seed_computes_its_own_model(
 ) -> None:
     device = torch.device(device)
     models = _models(arch, k)
-    with train_module.channels_last(channels_last):
+    with engine_module.channels_last(channels_last):
         pack = to_device(SeedPack(models), device)
         models = [to_device(m, device) for m in models]
     if channels_last and arch != "mlp":  # the convolutions' weights, hence activations, NHWC
@@ -222,7 +222,7 @@ def test_a_pack_of_one_matches_the_loop_for_every_packable_arch(
     kwargs = {**ARCHS[arch], **({"dropout": 0.2} if arch != "resnet_cifar" else {})}
     role = dataclasses.replace(plan.role("teacher"), arch=arch, arch_kwargs=kwargs)
     role = dataclasses.replace(role, train=role.train.model_copy(update={"epochs": 1}))
-    with train_module.channels_last(channels_last):
+    with engine_module.channels_last(channels_last):
         [loop] = train_role(role, [0], digits, device=CPU)
         [packed] = train_pack(role, [0], digits, device=CPU)
     assert len(packed.history) == len(loop.history) == 1
@@ -244,7 +244,7 @@ def test_a_convnets_dropout_masks_are_the_loops_in_a_pack_in_either_memory_forma
     base = plan.role("teacher")
     role = dataclasses.replace(base, arch="wrn", arch_kwargs={"depth": 10, "dropout": 0.3})
     role = dataclasses.replace(role, train=role.train.model_copy(update={"epochs": 1}))
-    with train_module.channels_last(channels_last):
+    with engine_module.channels_last(channels_last):
         [loop] = train_role(role, [0], digits, device=CPU)
         [packed] = train_pack(role, [0], digits, device=CPU)
     assert _close(packed.state_dict, loop.state_dict, atol=1e-2)
@@ -496,8 +496,8 @@ def test_a_pack_saves_no_checkpoint_until_one_of_its_live_slots_is_due(
 
 
 def test_the_lr_fault_injection_diverges_only_its_seed(plan, digits, monkeypatch) -> None:
-    monkeypatch.setattr(train_module, "_DIVERGE", {2}, raising=False)
-    results = train_role(plan.role("teacher"), [0, 2], digits, device=CPU)
+    with installed(diverge_seeds=[2]):
+        results = train_role(plan.role("teacher"), [0, 2], digits, device=CPU)
     assert results[0].failure is None and results[1].failure is not None
 
 
@@ -590,7 +590,7 @@ def test_layers_the_pack_does_not_know_are_refused() -> None:
 
 def test_teachers_that_cannot_pack_run_one_by_one() -> None:
     models = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)) for _ in range(2)]
-    frozen = pack_module._frozen_pack(models, CPU)
+    frozen = packed_module.frozen_pack(models)
     x = torch.randn(2, 4, 3, 2, 2)
     out = frozen(x)
     assert not frozen.training

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from study.checkpoint import CheckpointSlot
 from tests.conftest import interruptible
+from tests.faults import command
 
 PROTOCOL = """
 [study]
@@ -51,11 +52,10 @@ STEPS_PER_EPOCH = 10
 def study(cwd: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "200"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("STUDY_TEST_SIGNAL_AFTER_STEPS", None)
-    if fault:
-        env["STUDY_TEST_SIGNAL_AFTER_STEPS"] = fault
     return subprocess.run(
-        [sys.executable, "-m", "study.cli", *args],
+        command(*args, signal_after_steps=fault)
+        if fault
+        else [sys.executable, "-m", "study.cli", *args],
         cwd=cwd,
         env=env,
         preexec_fn=interruptible,
@@ -327,10 +327,9 @@ def test_a_study_killed_between_a_packs_checkpoint_writes_resumes_bit_identical(
         cwd.mkdir()
         (cwd / "p.toml").write_text(CONV_PACK)
     assert study(clean, "run", "p.toml", "--no-report").returncode == 0
-    env = {**os.environ, "STUDY_TEST_SIGNAL_BETWEEN_PACK_WRITES": "3:KILL"}
     proc = subprocess.run(
-        [sys.executable, "-m", "study.cli", "run", "p.toml", "--no-report"],
-        cwd=killed, env={k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"},
+        command("run", "p.toml", "--no-report", signal_between_pack_writes="3:KILL"),
+        cwd=killed, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr

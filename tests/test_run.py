@@ -196,7 +196,7 @@ def test_export_then_report_from_the_export_alone(finished_study) -> None:
 def test_execution_channels_last_reaches_the_convnets_training(
     workdir: Path, tiny_protocol_text, layout, monkeypatch
 ) -> None:
-    from study import execute, pack, train
+    from study import engine, execute, pack, train
     from study.protocol import parse_protocol
     from study.track import Tracker
 
@@ -212,7 +212,7 @@ def test_execution_channels_last_reaches_the_convnets_training(
     real_to_device = train.to_device
 
     def spy(model, device):
-        seen.append(train.channels_last.on)
+        seen.append(engine.channels_last.on)
         return real_to_device(model, device)
 
     monkeypatch.setattr(train, "to_device", spy)
@@ -221,7 +221,7 @@ def test_execution_channels_last_reaches_the_convnets_training(
     summary = execute.run_study(protocol, tracker)
     assert not summary.failed and summary.trained == 10  # 2 seeds x (teacher, 2 gens, ens, kd)
     assert seen and set(seen) == {layout is None}
-    assert train.channels_last.on  # as it was before the study
+    assert engine.channels_last.on  # as it was before the study
     teacher_run = summary.runs["teacher@0"]["run_id"]
     state = tracker.load_checkpoint(teacher_run)
     assert all(v.is_contiguous() for v in state.values())  # logged in the plain format

@@ -15,6 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import TINY_PROTOCOL
+from tests.faults import command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,11 +26,12 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def study(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+def study(cwd: Path, *args: str, faults: dict | None = None) -> subprocess.CompletedProcess:
+    """`study *args` in a subprocess, with ``faults`` installed in it (tests/faults.py)."""
     return subprocess.run(
-        [sys.executable, "-m", "study.cli", *args],
+        command(*args, **faults) if faults else [sys.executable, "-m", "study.cli", *args],
         cwd=cwd,
-        env=_env(**env),
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=900,
@@ -150,7 +152,7 @@ def test_slurm_executor_through_submitits_local_executor(tmp_path: Path) -> None
 
 def test_a_diverging_seed_fails_alone_and_is_reported_missing(tmp_path: Path) -> None:
     (tmp_path / "tiny.toml").write_text(TINY_PROTOCOL)
-    proc = study(tmp_path, "run", "tiny.toml", STUDY_TEST_DIVERGE_SEEDS="1")
+    proc = study(tmp_path, "run", "tiny.toml", faults={"diverge_seeds": [1]})
     assert proc.returncode == 1
     assert "failed:" in proc.stderr and "seed 1" in proc.stderr
     runs = _seed_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny")
@@ -181,7 +183,7 @@ def test_a_dead_workers_claim_is_taken_over_and_resumed(tmp_path: Path) -> None:
     # digits at batch 128: 10 steps per epoch, 2 epochs per seed; step 35 is in epoch 2 of
     # the teacher's seed 1, whose epoch 1 is checkpointed: the worker dies holding its claim
     dead = study(
-        tmp_path, "run", "tiny.toml", "--no-report", STUDY_TEST_SIGNAL_AFTER_STEPS="35:KILL"
+        tmp_path, "run", "tiny.toml", "--no-report", faults={"signal_after_steps": "35:KILL"}
     )
     assert dead.returncode == -signal.SIGKILL
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -213,7 +215,7 @@ def test_auto_packs_are_sized_for_the_jobs_device_not_the_submitting_host(
     tiny_protocol_text,
 ) -> None:
     """A Slurm login node without a GPU plans GPU packs for jobs that ask for GPUs."""
-    from study.execute import job_device
+    from study.device import job_device
     from study.protocol import parse_protocol
 
     text = tiny_protocol_text.replace('device = "cpu"', 'device = "auto"')

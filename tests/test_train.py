@@ -7,16 +7,11 @@ import pytest
 import torch
 
 from study.data import normalize
+from study.engine import evaluate_ensemble, init_model, load_model, predict_probs
+from study.metrics import expected_calibration_error
 from study.plan import expand
 from study.protocol import parse_protocol
-from study.train import (
-    evaluate_ensemble,
-    expected_calibration_error,
-    init_model,
-    load_model,
-    predict_probs,
-    train_role,
-)
+from study.train import train_role
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +232,7 @@ def test_a_convnet_trains_in_channels_last_like_nchw_and_logs_plain_weights(
 ) -> None:
     import dataclasses
 
-    from study import train
+    from study import engine, train
 
     base = plan.role("teacher")
     role = dataclasses.replace(base, arch="small_cnn", arch_kwargs={"channels": [4, 8]})
@@ -255,9 +250,9 @@ def test_a_convnet_trains_in_channels_last_like_nchw_and_logs_plain_weights(
         nhwc = train_role(role, seeds, digits, device=cpu)
     convs = [p for p in seen[0].parameters() if p.dim() == 4]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
-    with train.channels_last(False):
+    with engine.channels_last(False):
         nchw = train_role(role, seeds, digits, device=cpu)
-    assert train.channels_last.on
+    assert engine.channels_last.on
     for a, b in zip(nhwc, nchw, strict=True):
         assert a.final["test_acc"] == pytest.approx(b.final["test_acc"], abs=0.02)
         for key, value in a.state_dict.items():
@@ -273,7 +268,7 @@ def test_a_convnet_trains_in_channels_last_like_nchw_and_logs_plain_weights(
 def test_to_device_sets_the_memory_format_both_ways() -> None:
     """A teacher loaded while channels-last was on serves a student trained with it off
     (`reproduce` of an older run, `study bench --no-channels-last`): it must follow."""
-    from study import train
+    from study import engine, train
     from study.models import create_model
 
     cpu = torch.device("cpu")
@@ -282,7 +277,7 @@ def test_to_device_sets_the_memory_format_both_ways() -> None:
     train.to_device(model, cpu)
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     assert not all(p.is_contiguous() for p in convs)
-    with train.channels_last(False):
+    with engine.channels_last(False):
         train.to_device(model, cpu)
     assert all(p.is_contiguous() for p in model.parameters() if p.dim() == 4)
 
@@ -408,8 +403,8 @@ def test_a_last_batch_of_one_is_folded_into_the_previous_one_where_batchnorm_nee
 ) -> None:
     import dataclasses
 
+    from study.engine import one_example_breaks_batchnorm, train_batches
     from study.pack import train_pack
-    from study.train import one_example_breaks_batchnorm, train_batches
 
     cpu = torch.device("cpu")
     role = _one_example_last_batch(plan, digits)

@@ -20,23 +20,16 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from study.claims import process_space
 from study.cli import app
 from study.errors import UserInputError
 from study.execute import load_study_data
-from study.plan import expand
+from study.plan import expand, load_tuned, tuned_values, tuning_hash
 from study.protocol import parse_protocol
 from study.track import Tracker
-from study.tune import (
-    _settle_trial_runs,
-    fail_orphaned_trials,
-    load_tuned,
-    optuna_study_name,
-    plan_tuning,
-    resolve_storage,
-    trial_role,
-    tuned_values,
-    tuning_hash,
-)
+from study.trials import fail_orphaned_trials, resolve_storage
+from study.trials import settle_trial_runs as _settle_trial_runs
+from study.tune import optuna_study_name, plan_tuning, trial_role
 from tests.conftest import interruptible
 
 STUDY = "tiny"
@@ -376,7 +369,7 @@ def test_a_rerun_ends_the_trial_runs_a_dead_worker_left_running(tmp_path) -> Non
     ).stdout.strip()
     tracker = Tracker(uri)
     exp_id = tracker.experiment_id(STUDY)
-    workers = [f"{socket.gethostname()}:{dead}"] * 3 + [f"{socket.gethostname()}:{os.getpid()}"]
+    workers = [f"{process_space()}:{dead}"] * 3 + [f"{process_space()}:{os.getpid()}"]
     runs = [
         tracker.start_run(
             exp_id,
@@ -586,15 +579,38 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed() -> None:
         [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
     ).stdout.strip()
     orphan, alive = study.ask(), study.ask()
-    orphan.set_user_attr("worker", f"{socket.gethostname()}:{dead}")
-    alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getppid()}")
+    # a worker is recorded by its process space (host, boot id, PID namespace) and pid
+    orphan.set_user_attr("worker", f"{process_space()}:{dead}")
+    alive.set_user_attr("worker", f"{process_space()}:{os.getppid()}")
     assert fail_orphaned_trials(study) == [orphan.number]
     states = {t.number: t.state for t in study.get_trials()}
     assert states == {0: optuna.trial.TrialState.FAIL, 1: optuna.trial.TrialState.RUNNING}
 
 
+def test_a_trial_of_another_container_with_our_host_name_is_not_failed() -> None:
+    """Containers may share a host name; only host, boot id and PID namespace together say
+    that a worker's pid is one of this machine's processes (the bug of a hostname-only
+    check: another container's live trial, whose pid is free here, was failed)."""
+    study = optuna.create_study()
+    free_here = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    ).stdout.strip()
+    host, boot, namespace = process_space().split("/")
+    other_namespace = f"{host}/{boot}/pid_[4026500000]"
+    other_boot = f"{host}/0000dead/{namespace}"
+    elsewhere = [study.ask() for _ in range(3)]
+    elsewhere[0].set_user_attr("worker", f"{other_namespace}:{free_here}")
+    elsewhere[1].set_user_attr("worker", f"{other_boot}:{free_here}")
+    elsewhere[2].set_user_attr("worker", f"{socket.gethostname()}:{free_here}")  # host only
+    dead_here = study.ask()
+    dead_here.set_user_attr("worker", f"{process_space()}:{free_here}:tag")
+    assert fail_orphaned_trials(study) == [dead_here.number]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert [states[t.number] for t in elsewhere] == [optuna.trial.TrialState.RUNNING] * 3
+
+
 def test_a_tuned_value_without_a_result_says_why_the_file_gave_none(tmp_path, monkeypatch):
-    from study.tune import TUNED_FILE, tuning_hash
+    from study.tuned import TUNED_FILE
 
     monkeypatch.chdir(tmp_path)
     protocol = parse_protocol(textwrap.dedent(TUNE_PROTOCOL))

@@ -45,10 +45,10 @@ from study.analysis.stats import (
 )
 from study.analysis.table import md_code, md_text
 from study.analysis.units import NOT_AVAILABLE, UNITS, Units, fmt_num, format_p, missing
+from study.determinism import environment
 from study.paths import within
 from study.plan import TEACHER, Plan, expand
 from study.protocol import AnalysisSection, Protocol
-from study.repro import environment
 
 __all__ = [
     "NOT_AVAILABLE",

@@ -53,7 +53,7 @@ def reproduce(
 
 def env(as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False) -> None:
     """The environment snapshot every run records, for this machine."""
-    from study.repro import environment, pip_freeze
+    from study.determinism import environment, pip_freeze
 
     snapshot = {**environment(), "pip_freeze": pip_freeze()}
     if as_json:

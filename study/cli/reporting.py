@@ -99,7 +99,7 @@ def _export_for(p, collected, where: Path, protocol: Path):
     tracker's collect leaves them out."""
     from study.analysis.stats import format_seeds
     from study.plan import expand
-    from study.tune import tuned_values
+    from study.plan import tuned_values
 
     identity = collected.meta.get("data_identity")
     if not identity:
@@ -155,7 +155,7 @@ def write_report(p, collected, tracker=None) -> None:
     from, also as the artifacts of a ``report`` run in the study's experiment."""
     from study.analysis.report import build_report, write_report
     from study.conditions import study_dir
-    from study.tune import TUNED_FILE
+    from study.tuned import TUNED_FILE
 
     if collected.meta.get("tuned"):
         collected.meta.setdefault("tuned_file", str(Path("results") / p.study.name / TUNED_FILE))

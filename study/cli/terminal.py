@@ -63,7 +63,7 @@ ProtocolArg = Annotated[
 @app.callback()
 def process_settings() -> None:
     """Before any command touches CUDA: cuBLAS reads its workspace setting once, at the
-    first GEMM (``repro.configure_cuda_process``, which resolving a training device also
+    first GEMM (``determinism.configure_cuda_process``, which resolving a training device also
     calls, sets the rest; importing torch here would slow every command by a second)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # A scheduler's timeout or preemption (Slurm), `kill`, a CI runner: the same clean stop
@@ -98,16 +98,11 @@ def interrupted_status(e: KeyboardInterrupt) -> int:
 
 def check_device(spec: str | None, p=None) -> None:
     """The training device (``--device``, else the protocol's) exists on this machine:
-    refused before the tracker is touched."""
-    from study.train import resolve_device
+    refused before the tracker is touched (``study.device.check_device``, imported here
+    when a command needs it: it imports torch, a second at start)."""
+    from study.device import check_device as check
 
-    if spec is None and p is None:
-        return
-    try:
-        resolve_device(spec or p.train.device)
-    except UserInputError as e:
-        where = ("command line", "--device") if spec else (p.source, "train.device")
-        raise e.located(source=where[0], field=where[1]) from None
+    check(spec, p)
 
 
 _REFUSED_BY_THE_SYSTEM = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}

@@ -49,7 +49,7 @@ def validate(protocol: ProtocolArg) -> None:
 
 def _print_plan(p) -> None:
     from study.plan import expand
-    from study.tune import tuned_values
+    from study.plan import tuned_values
 
     plan = expand(p, tuned=tuned_values(p))
     title = f"study '{p.study.name}'" + (f", condition '{p.condition}'" if p.condition else "")
@@ -104,7 +104,7 @@ def run(
     p = study.protocols[0]
     from study.execute import load_study_data
     from study.plan import expand
-    from study.tune import tuned_values
+    from study.plan import tuned_values
 
     plan = expand(p, tuned=tuned_values(p))
     plan.require_trainable()
@@ -253,7 +253,7 @@ def _cadence(every_s: float) -> str:
 
 def _run_jobs(p, tracker, executor: str, device: str | None, *, stop: bool = True) -> bool:
     """Submit the protocol's jobs; whether one failed (with ``stop``: exit 1 then)."""
-    from study.execute import submit_study
+    from study.submit import submit_study
 
     console.print(f"submitting '{p.study.name}' through submitit ({executor})")
     results = submit_study(p, tracker.uri, local=executor == "slurm-local", device=device)
@@ -289,7 +289,7 @@ def _print_status(p, tracking_uri: str | None) -> None:
     from study.execute import load_study_data, study_status
     from study.plan import expand
     from study.track import Tracker
-    from study.tune import tuned_values
+    from study.plan import tuned_values
 
     plan = expand(p, tuned=tuned_values(p))
     data = load_study_data(p)

@@ -160,6 +160,9 @@ def load_data(
     ``verify_checksums`` refuses pickled data files (CIFAR's) that are not the published
     ones before they are read; off, such files are read as data only, with a warning.
     ``augmentation='default'`` resolves to the dataset's default kind.
+
+    About 90 lines because it checks every option against the dataset before anything is
+    read (each check raises naming its field); the reading itself is each loader's.
     """
     info = dataset_info(name)
     loader = _REGISTRY[name][1]

@@ -27,7 +27,7 @@ from study.models.registry import (
 )
 
 
-class _Bottleneck(nn.Module):
+class Bottleneck(nn.Module):
     """One BC layer: produces ``growth_rate`` new channels and appends them to its input."""
 
     def __init__(self, in_channels: int, growth_rate: int, dropout: float):
@@ -45,7 +45,7 @@ class _Bottleneck(nn.Module):
         return torch.cat([x, out], dim=1)
 
 
-class _Transition(nn.Module):
+class Transition(nn.Module):
     """BN-ReLU-conv1x1 (compression) then 2x2 average pooling."""
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float):
@@ -80,12 +80,12 @@ class DenseNetBC(nn.Module):
         for block in range(3):
             layers = []
             for _ in range(layers_per_block):
-                layers.append(_Bottleneck(channels, growth_rate, dropout))
+                layers.append(Bottleneck(channels, growth_rate, dropout))
                 channels += growth_rate
             stages.append(nn.Sequential(*layers))
             if block < 2:
                 compressed = max(1, math.floor(channels * reduction))
-                stages.append(_Transition(channels, compressed, dropout))
+                stages.append(Transition(channels, compressed, dropout))
                 channels = compressed
         self.stages = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(channels)

@@ -20,7 +20,7 @@ from study.errors import UserInputError
 from study.models.registry import check_int, init_standard, register_model
 
 
-class _BasicBlock(nn.Module):
+class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, added to the shortcut, then ReLU (post-activation)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
@@ -58,7 +58,7 @@ class CifarResNet(nn.Module):
         for width, stride in ((16, 1), (32, 2), (64, 2)):
             blocks = []
             for index in range(blocks_per_stage):
-                blocks.append(_BasicBlock(channels, width, stride if index == 0 else 1))
+                blocks.append(BasicBlock(channels, width, stride if index == 0 else 1))
                 channels = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)

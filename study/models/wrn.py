@@ -23,7 +23,7 @@ from study.models.registry import (
 )
 
 
-class _PreActBlock(nn.Module):
+class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-dropout-conv3x3, plus a shortcut (1x1 conv if shapes change)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float):
@@ -65,7 +65,7 @@ class WideResNet(nn.Module):
         ):
             blocks = []
             for index in range(blocks_per_stage):
-                blocks.append(_PreActBlock(channels, width, stride if index == 0 else 1, dropout))
+                blocks.append(PreActBlock(channels, width, stride if index == 0 else 1, dropout))
                 channels = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
