@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from study.version import __version__
 
 _API = ("load_results", "compare", "collect_results")
 

@@ -34,10 +34,9 @@ def collect_results(
     identity is the one its runs were tagged with): the protocol and its tidy tables.
     `study export`, `study report` and ``load_results`` all read results through here."""
     from study.analysis.collect import collect
-    from study.plan import expand
+    from study.plan import expand, tuned_values
     from study.protocol import load_protocol
     from study.track import Tracker, check_has_store, check_writable
-    from study.plan import tuned_values
 
     p = load_protocol(Path(protocol))
     plan = expand(p, tuned=tuned_values(p))

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from study import __version__
 from study.errors import UserInputError
+from study.version import __version__
 
 PACKAGES = (
     "torch",

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from study import __version__
 from study.data import dataset_info
 from study.errors import UserInputError
 from study.losses import TUNED, resolve_loss_params
 from study.models import resolve_model_kwargs
 from study.protocol import Protocol, TrainSection, TuneSection, resolved_arch
 from study.tuned import SEARCHABLE, answers_to, digest, read_tuned, tuned_path
+from study.version import __version__
 
 RoleKind = Literal["teacher", "student", "ensemble"]
 TEACHER = "teacher"

@@ -24,7 +24,6 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from scipy import stats as sps
 
-from study import __version__
 from study.analysis import paper
 from study.analysis.collect import Collected
 from study.analysis.power import PLAN_COLUMNS, plan_seeds
@@ -49,6 +48,7 @@ from study.determinism import environment
 from study.paths import within
 from study.plan import TEACHER, Plan, expand
 from study.protocol import AnalysisSection, Protocol
+from study.version import __version__
 
 __all__ = [
     "NOT_AVAILABLE",

@@ -98,8 +98,7 @@ def _export_for(p, collected, where: Path, protocol: Path):
     not plan (an export of 5 seeds, a protocol of 3) are left out, with a note, as the
     tracker's collect leaves them out."""
     from study.analysis.stats import format_seeds
-    from study.plan import expand
-    from study.plan import tuned_values
+    from study.plan import expand, tuned_values
 
     identity = collected.meta.get("data_identity")
     if not identity:

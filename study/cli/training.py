@@ -48,8 +48,7 @@ def validate(protocol: ProtocolArg) -> None:
 
 
 def _print_plan(p) -> None:
-    from study.plan import expand
-    from study.plan import tuned_values
+    from study.plan import expand, tuned_values
 
     plan = expand(p, tuned=tuned_values(p))
     title = f"study '{p.study.name}'" + (f", condition '{p.condition}'" if p.condition else "")
@@ -103,8 +102,7 @@ def run(
         return
     p = study.protocols[0]
     from study.execute import load_study_data
-    from study.plan import expand
-    from study.plan import tuned_values
+    from study.plan import expand, tuned_values
 
     plan = expand(p, tuned=tuned_values(p))
     plan.require_trainable()
@@ -287,9 +285,8 @@ def status(protocol: ProtocolArg, tracking_uri: TrackingUri = None) -> None:
 
 def _print_status(p, tracking_uri: str | None) -> None:
     from study.execute import load_study_data, study_status
-    from study.plan import expand
+    from study.plan import expand, tuned_values
     from study.track import Tracker
-    from study.plan import tuned_values
 
     plan = expand(p, tuned=tuned_values(p))
     data = load_study_data(p)
