@@ -1,9 +1,11 @@
-"""Points in the training engine where a test installs a fault; empty in production.
+"""Points in the training engine and the tracker where a test installs a fault; empty in
+production.
 
-The crash, resume and failure tests need a training to die at an exact step, between two
-seeds' checkpoint writes, or a seed to diverge. Rather than reading test settings in the
-loop, the loop and the pack call whatever callables are registered here, and nothing is
-registered unless a test (``tests/faults.py``) does it. Each list is checked with one
+The crash, resume and failure tests need a training to die at an exact step, right after an
+exact call to the tracker, between two seeds' checkpoint writes, or a seed to diverge.
+Rather than reading test settings, the loop, the pack and the tracker call whatever
+callables are registered here, and nothing is registered unless a test
+(``tests/faults.py``) does it. Each list is checked with one
 truth test per step, so an empty one costs nothing measurable.
 """
 
@@ -21,6 +23,10 @@ seed_losses: list[Callable[[list[int], Tensor], Tensor]] = []
 seed still training, in that order) before the backward pass; returns the losses to train
 on."""
 
+after_tracker_call: list[Callable[[], None]] = []
+"""Called after every call to the tracker returns (or raises): the moment a run may exist in
+the store before the invocation has recorded it."""
+
 between_pack_writes: list[Callable[[int], None]] = []
 """Called with the epoch in a seed pack's checkpoint commit, after its first seed's state
 is written and before the others'."""
@@ -28,6 +34,11 @@ is written and before the others'."""
 
 def step_taken() -> None:
     for hook in after_step:
+        hook()
+
+
+def tracker_called() -> None:
+    for hook in after_tracker_call:
         hook()
 
 

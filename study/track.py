@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import signal
 import tempfile
 import threading
 import time
@@ -53,6 +52,7 @@ from mlflow.store.tracking.dbmodels.models import (  # noqa: E402
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from study import hooks  # noqa: E402
 from study.errors import NO_SPACE, DiskFull, TrackerUnavailable, UserInputError  # noqa: E402
 from study.paths import within  # noqa: E402
 
@@ -125,19 +125,6 @@ def _remote(uri: str) -> bool:
     return not uri.startswith(("sqlite:", "file:", "/", ".")) and "://" in uri
 
 
-# Fault injection for the interrupt and kill tests: "N:INT" or "N:KILL" sends that signal
-# to this process right after its N-th call to the tracker returns.
-_FAULT = os.environ.get("STUDY_TEST_SIGNAL_AFTER_TRACKER_CALLS", "")
-_calls = [0]
-
-
-def _maybe_fault() -> None:
-    _calls[0] += 1
-    after, _, name = _FAULT.partition(":")
-    if _calls[0] == int(after):
-        os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
-
-
 class _DeadlineClient:
     """An ``MlflowClient`` whose every call to a tracking server ends within the deadline.
 
@@ -174,8 +161,7 @@ class _DeadlineClient:
                 raise
             raise translated from e
         finally:
-            if _FAULT:
-                _maybe_fault()
+            hooks.tracker_called()
 
     def _wait(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
         box: dict[str, Any] = {}

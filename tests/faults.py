@@ -12,6 +12,8 @@ The faults:
 
 - ``signal_after_steps="N:KILL"`` (or ``"N:INT"``): that signal to the process after N
   optimizer steps in all (SIGKILL is a real crash: no cleanup, no flush);
+- ``signal_after_tracker_calls="N:KILL"`` (or ``"N:INT"``): that signal right after the
+  N-th call to the tracker returns;
 - ``signal_between_pack_writes="E:KILL"``: that signal in epoch E of a seed pack's
   checkpoint commit, after its first seed's state is written and before the others';
 - ``diverge_seeds=[s, ...]``: those seeds train on their loss x 1e12 (the gradient of an
@@ -81,6 +83,9 @@ def install(faults: dict[str, Any]) -> list[tuple[list, Any]]:
     added = []
     if faults.get("signal_after_steps"):
         added.append((hooks.after_step, signal_after_steps(faults["signal_after_steps"])))
+    if faults.get("signal_after_tracker_calls"):
+        hook = signal_after_steps(faults["signal_after_tracker_calls"])  # counts its calls
+        added.append((hooks.after_tracker_call, hook))
     if faults.get("signal_between_pack_writes"):
         hook = signal_between_pack_writes(faults["signal_between_pack_writes"])
         added.append((hooks.between_pack_writes, hook))

@@ -24,6 +24,7 @@ from study.cli import app
 from study.plan import expand
 from study.protocol import parse_protocol
 from tests.conftest import TINY_PROTOCOL, interruptible
+from tests.faults import command
 from tests.test_scale import _free_port
 
 runner = CliRunner()
@@ -61,15 +62,16 @@ log_every_s = 3600
 def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "200", **extra}
     env.pop("MLFLOW_TRACKING_URI", None)
-    for name in ("STUDY_TEST_SIGNAL_AFTER_STEPS", "STUDY_TEST_SIGNAL_AFTER_TRACKER_CALLS"):
-        if name not in extra:
-            env.pop(name, None)
     return env
 
 
-def study(cwd: Path, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+def study(
+    cwd: Path, *args: str, timeout: float = 600, faults: dict | None = None, **env: str
+) -> subprocess.CompletedProcess:
+    """`study *args` in a subprocess; ``faults`` (tests/faults.py) installed in the child."""
+    argv = command(*args, **faults) if faults else [sys.executable, "-m", "study.cli", *args]
     return subprocess.run(
-        [sys.executable, "-m", "study.cli", *args],
+        argv,
         cwd=cwd,
         env=_env(**env),
         preexec_fn=interruptible,
@@ -393,7 +395,7 @@ def test_an_interrupt_after_any_tracker_call_leaves_no_running_run(tmp_path: Pat
     the store and the invocation has not yet recorded it. Whatever N, no run is RUNNING."""
     (tmp_path / "p.toml").write_text(SMALL)
     proc = study(tmp_path, "run", "p.toml", "--no-report",
-                 STUDY_TEST_SIGNAL_AFTER_TRACKER_CALLS=f"{calls}:INT")  # fmt: skip
+                 faults={"signal_after_tracker_calls": f"{calls}:INT"})  # fmt: skip
     assert proc.returncode in (0, 130), proc.stderr
     assert "Traceback" not in proc.stderr
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -430,7 +432,7 @@ def test_sigkill_after_any_tracker_call_leaves_a_store_the_next_run_finishes(
     (tmp_path / "p.toml").write_text(SMALL)
     for calls in (1, 3, 6, 10, 15, 21, 28, 36):
         proc = study(tmp_path, "run", "p.toml", "--no-report",
-                     STUDY_TEST_SIGNAL_AFTER_TRACKER_CALLS=f"{calls}:KILL")  # fmt: skip
+                     faults={"signal_after_tracker_calls": f"{calls}:KILL"})  # fmt: skip
         assert proc.returncode in (0, -signal.SIGKILL), proc.stderr
         assert "Traceback" not in proc.stderr
     proc = study(tmp_path, "run", "p.toml", "--no-report")
