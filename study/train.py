@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from study.checkpoint import CheckpointSlot, restore_global_rng, training_state
 from study.data import DataSplits, augment_batch, normalize
+from study.diagnostics import EpochDiagnostics  # [diagnostics]
 from study.errors import UserInputError
 from study.losses import get_loss
 from study.models import create_model
@@ -575,6 +576,7 @@ def _train_seed(
                 perm = torch.randperm(n, generator=order).to(device)
                 loss_sum = torch.zeros((), device=device)
                 correct = torch.zeros((), device=device)
+                diag = EpochDiagnostics.start(role.loss, role.loss_params, device)  # [diagnostics]
                 for start, stop in batches:
                     idx = perm[start:stop]
                     xb = augment_batch(train_x[idx], data.augmentation, augment)
@@ -589,6 +591,7 @@ def _train_seed(
                         t_logits = t_logits.float().clone()  # leave inference mode
                     with _autocast(device, cfg.precision):
                         logits = model(xb)
+                    diag.update(logits, t_logits, yb, generator=loss_rng)  # [diagnostics]
                     loss = loss_spec(logits, yb, t_logits, generator=loss_rng, **role.loss_params)
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
@@ -603,6 +606,7 @@ def _train_seed(
                     raise TrainingDiverged(seed, epoch, train_loss)
                 metrics = {"train_loss": train_loss, "train_acc": float(correct) / n}
                 metrics["lr"] = opt.param_groups[0]["lr"]
+                metrics.update(diag.result())  # [diagnostics]
                 sched.step()
                 metrics.update(_evaluate(model, data, cfg, evaluate_test))
                 result.history.append(metrics)
