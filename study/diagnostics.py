@@ -130,7 +130,7 @@ class EpochDiagnostics:
             s, t, targets = s[None], t[None], targets[None]
         n = s.shape[-2]
         log_p = F.log_softmax(t / self.temperature, dim=-1)
-        p = log_p.exp()
+        p = F.softmax(t / self.temperature, dim=-1)  # as the losses and q: g = 0 when s = t
         top = t.argmax(dim=-1, keepdim=True)
         on_top = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, top, True)
         if self.kind == "logits":
