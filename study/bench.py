@@ -12,6 +12,9 @@ shape) trained in several ways:
 - with ``kd``: the harness and the packs again as distillation students, so that the cost
   of the teacher's forward pass shows as the ratio between the two.
 
+``diagnostics_cost`` times a distillation student's step with the dark-knowledge
+diagnostics (``study.diagnostics``) off and on, alternately, for their share of a step.
+
 Each variant trains a warm-up epoch and then ``repeats`` timed epochs of ``steps`` steps;
 images per second count every seed's images. The harness variants time whole epochs
 (``on_epoch`` timestamps), which include the per-epoch evaluation on a one-image validation
@@ -25,10 +28,11 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study import diagnostics
 from study.data import DataSplits, normalize
 from study.errors import UserInputError
 from study.models import create_model, resolve_model_kwargs
@@ -80,6 +85,7 @@ class BenchConfig:
     teacher_cache: bool = True  # unaugmented shapes: KD students read cached teacher outputs
     deterministic: bool | None = None  # [train] deterministic: None is a study's default
     channels_last: bool = True  # convnets of the harness and packs (reference: NCHW)
+    diagnostics: bool = True  # the KD students' dark-knowledge diagnostics (on in a study)
 
     def check(self) -> None:
         if self.dataset_shape not in SHAPES:
@@ -202,7 +208,11 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
 
             def harness(role=role, k=k, teachers=teachers, kd=kd) -> tuple[float, int]:
                 outcomes = cached if kd else None
-                with teacher_cache(config.teacher_cache), channels_last(config.channels_last):
+                with (
+                    teacher_cache(config.teacher_cache),
+                    channels_last(config.channels_last),
+                    diagnostics.switch(config.diagnostics),
+                ):
                     return _harness(config, role, k, data, device, teachers, outcomes)
 
             results.append(
@@ -531,6 +541,9 @@ def format_report(report: BenchReport) -> Sequence[str]:
         lines.append(f"memory format (harness and packs): {report.memory_format}; reference: NCHW")
     if c["kd"]:
         lines.append(f"kd teacher outputs: {report.teacher_outputs}")
+        lines.append(
+            "kd dark-knowledge diagnostics: " + ("on" if c.get("diagnostics", True) else "off")
+        )
     rows = report.table()
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
@@ -541,4 +554,72 @@ def format_report(report: BenchReport) -> Sequence[str]:
         lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+@dataclass
+class DiagnosticsCost:
+    """A distillation student's step with the dark-knowledge diagnostics off and on."""
+
+    loss: str
+    seeds: int  # 1: train.py's loop; more: a pack
+    off_s: list[float]  # seconds per step, one per round
+    on_s: list[float]
+
+    @property
+    def shares(self) -> list[float]:
+        """Each round's extra time with the diagnostics on, as a share of the step off."""
+        return [on / off - 1 for on, off in zip(self.on_s, self.off_s, strict=True)]
+
+    @property
+    def share(self) -> float:
+        """The median of the rounds' shares."""
+        return float(statistics.median(self.shares))
+
+
+def diagnostics_cost(
+    config: BenchConfig,
+    losses: Sequence[str] = ("kd", "dkpp"),
+    rounds: int = 5,
+    progress: Callable[[str], None] | None = None,
+) -> list[DiagnosticsCost]:
+    """Per loss and pack size of ``config``: the student's step (its timed epochs, as the
+    harness variants time them) with the diagnostics off, then on, ``rounds`` times in
+    alternation, so that a machine whose load drifts slows both alike."""
+    config.check()
+    say = progress or (lambda text: None)
+    device = resolve_device(config.device)
+    data = synthetic_splits(config.dataset_shape, config.steps * config.batch, device)
+    student, teacher = _roles(config)
+    out = []
+    for loss in losses:
+        params = {"temperature": 4.0, "alpha": 0.9} if loss == "kd" else {}
+        role = replace(student, loss=loss, loss_params=params)
+        for k in config.packs:
+            teachers = _teachers(teacher, k, data, device)
+            cost = DiagnosticsCost(loss, k, [], [])
+            for r in range(rounds):
+                for on, times in ((False, cost.off_s), (True, cost.on_s)):
+                    say(f"{loss}, {k} seed(s), round {r + 1}: diagnostics {'on' if on else 'off'}")
+                    with (
+                        teacher_cache(config.teacher_cache),
+                        channels_last(config.channels_last),
+                        diagnostics.switch(on),
+                    ):
+                        seconds, steps = _harness(config, role, k, data, device, teachers)
+                    times.append(seconds / steps)
+            out.append(cost)
+    return out
+
+
+def format_diagnostics_cost(costs: Sequence[DiagnosticsCost]) -> list[str]:
+    """One line per loss and pack size: ms per step off and on (medians), the share."""
+    lines = []
+    for c in costs:
+        off, on = statistics.median(c.off_s), statistics.median(c.on_s)
+        spread = ", ".join(f"{100 * x:+.1f}%" for x in c.shares)
+        lines.append(
+            f"{c.loss}, {c.seeds} seed(s): {1e3 * off:.3f} ms/step off, {1e3 * on:.3f} on: "
+            f"{100 * c.share:+.1f}% (median of rounds: {spread})"
+        )
     return lines
