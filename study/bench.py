@@ -333,18 +333,23 @@ def _harness(
     device: torch.device,
     teachers: dict[int, nn.Module] | None,
     cached: list[bool] | None = None,
+    cpu: list[float] | None = None,
 ) -> tuple[float, int]:
     """Seconds for the timed epochs of ``train_role`` with K seeds, and the steps timed.
 
     A fused pack reports every seed after each epoch; the loop trains seed after seed, so
     its time is the sum of each seed's timed epochs (each seed has its own warm-up).
-    ``cached`` collects, per seed, whether its teacher outputs came from the cache.
+    ``cached`` collects, per seed, whether its teacher outputs came from the cache;
+    ``cpu`` the CPU seconds of this thread in the timed epochs (a load-proof measure where
+    the work runs on one thread: ``OMP_NUM_THREADS=1`` on the CPU).
     """
     stamps: dict[int, list[float]] = {s: [] for s in range(k)}
+    cpu_stamps: dict[int, list[float]] = {s: [] for s in range(k)}
 
     def on_epoch(seed: int, epoch: int, metrics: dict[str, float]) -> None:
         _sync(device)
         stamps[seed].append(time.perf_counter())
+        cpu_stamps[seed].append(time.thread_time())
 
     results = train_role(
         role, list(range(k)), data, teachers=teachers, device=device, on_epoch=on_epoch
@@ -354,6 +359,9 @@ def _harness(
     fused = k > 1 and packable(role)
     timed = [stamps[0]] if fused else list(stamps.values())
     seconds = sum(seed_stamps[-1] - seed_stamps[0] for seed_stamps in timed)
+    if cpu is not None:
+        clocks = [cpu_stamps[0]] if fused else list(cpu_stamps.values())
+        cpu.append(sum(c[-1] - c[0] for c in clocks))
     return seconds, config.repeats * config.steps
 
 
@@ -565,6 +573,8 @@ class DiagnosticsCost:
     seeds: int  # 1: train.py's loop; more: a pack
     off_s: list[float]  # seconds per step, one per round
     on_s: list[float]
+    off_cpu: list[float] = field(default_factory=list)  # CPU seconds per step, per round
+    on_cpu: list[float] = field(default_factory=list)
 
     @property
     def shares(self) -> list[float]:
@@ -575,6 +585,12 @@ class DiagnosticsCost:
     def share(self) -> float:
         """The median of the rounds' shares."""
         return float(statistics.median(self.shares))
+
+    @property
+    def cpu_share(self) -> float:
+        """The same in CPU time of the training thread (medians): less sensitive to other
+        processes' load than the wall clock, on one thread."""
+        return statistics.median(self.on_cpu) / statistics.median(self.off_cpu) - 1
 
 
 def diagnostics_cost(
@@ -599,15 +615,17 @@ def diagnostics_cost(
             teachers = _teachers(teacher, k, data, device)
             cost = DiagnosticsCost(loss, k, [], [])
             for r in range(rounds):
-                for on, times in ((False, cost.off_s), (True, cost.on_s)):
+                for on in (False, True):
                     say(f"{loss}, {k} seed(s), round {r + 1}: diagnostics {'on' if on else 'off'}")
+                    cpu: list[float] = []
                     with (
                         teacher_cache(config.teacher_cache),
                         channels_last(config.channels_last),
                         diagnostics.switch(on),
                     ):
-                        seconds, steps = _harness(config, role, k, data, device, teachers)
-                    times.append(seconds / steps)
+                        seconds, steps = _harness(config, role, k, data, device, teachers, cpu=cpu)
+                    (cost.on_s if on else cost.off_s).append(seconds / steps)
+                    (cost.on_cpu if on else cost.off_cpu).append(cpu[0] / steps)
             out.append(cost)
     return out
 
@@ -620,6 +638,8 @@ def format_diagnostics_cost(costs: Sequence[DiagnosticsCost]) -> list[str]:
         spread = ", ".join(f"{100 * x:+.1f}%" for x in c.shares)
         lines.append(
             f"{c.loss}, {c.seeds} seed(s): {1e3 * off:.3f} ms/step off, {1e3 * on:.3f} on: "
-            f"{100 * c.share:+.1f}% (median of rounds: {spread})"
+            f"{100 * c.share:+.1f}% (median of rounds: {spread}); CPU time "
+            f"{1e3 * statistics.median(c.off_cpu):.3f} ms/step off, "
+            f"{1e3 * statistics.median(c.on_cpu):.3f} on: {100 * c.cpu_share:+.1f}%"
         )
     return lines

@@ -36,10 +36,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from study.losses import LossGenerator, _permute_non_argmax, resolve_loss_params
+from study.losses import LossGenerator, _uniform_keys, resolve_loss_params
 
 COMMON = ("dk_grad_share", "teacher_conf", "teacher_entropy", "teacher_correct")
 EXTRA = {"dkpp": ("dk_grad_share_permuted",), "cwtm": ("cwtm_weight_cv",)}
@@ -85,12 +84,21 @@ def measured(loss: str) -> bool:
 
 
 class EpochDiagnostics:
-    """One epoch's diagnostics of K seeds (K = 1: the loop), summed over the steps.
+    """One epoch's diagnostics of K seeds (K = 1: the loop).
 
     ``start`` gives one per epoch; ``update`` once per step with the tensors the loss gets,
-    before the loss is called (DKPP's permutation is replayed from a copy of the loss's
-    generator in its state before the loss draws); ``result(j)`` seed j's epoch means.
+    before the loss is called; ``result(j)`` seed j's epoch means. A step only keeps
+    references to its (detached) logits and labels, and for DKPP draws the loss's
+    permutation keys from a copy of the loss's generator in its state before the loss
+    draws; the arithmetic runs once over several steps (``BUFFER`` values, or the epoch's
+    end): a step of a small network costs little more than the launch of its operations,
+    and twenty operations per step cost a quarter of it (docs/benchmarks.md).
     """
+
+    BUFFER = 1 << 15
+    """Logit values (per tensor) kept before the buffered steps are reduced: enough to
+    share the operations' launch among steps, few enough for the intermediate tensors to
+    stay in the CPU's cache (the cost per step on the digits MLP was lowest here)."""
 
     def __init__(self, loss: str, params: Mapping[str, Any], k: int, device: torch.device):
         self.loss, self.k = loss, k
@@ -99,6 +107,9 @@ class EpochDiagnostics:
         self.keys = COMMON + EXTRA.get(loss, ())
         self.sums = torch.zeros(k, len(self.keys), dtype=torch.float64, device=device)
         self.count = torch.zeros(k, dtype=torch.float64, device=device)
+        self.steps: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []
+        self.buffered = 0
+        self.rows: Tensor | None = None
 
     @classmethod
     def start(
@@ -121,47 +132,70 @@ class EpochDiagnostics:
         rows: Tensor | None = None,
     ) -> None:
         """Add one step: logits ``[N, C]`` (the loop) or ``[K', N, C]`` (a pack; ``rows``
-        the seeds of the K' slices when some seeds left the pack, else all K)."""
+        the seeds of the K' slices when some seeds left the pack, else all K; the same
+        within an epoch)."""
         if teacher_logits is None:
             return
-        s = student_logits.detach().float()
-        t = teacher_logits.detach().float()
-        if s.dim() == 2:
-            s, t, targets = s[None], t[None], targets[None]
-        n = s.shape[-2]
-        log_p = F.log_softmax(t / self.temperature, dim=-1)
-        p = F.softmax(t / self.temperature, dim=-1)  # as the losses and q: g = 0 when s = t
-        top = t.argmax(dim=-1, keepdim=True)
-        on_top = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, top, True)
-        if self.kind == "logits":
-            g = s - t
-        else:
-            q = F.softmax(s / self.temperature, dim=-1)
-            g = q - p
-        conf = p.gather(-1, top).squeeze(-1)
+        keys = None
+        if self.loss == "dkpp":
+            keys = _uniform_keys(student_logits.shape, _copies(generator), student_logits.device)
+        self.rows = rows
+        self.steps.append((student_logits.detach(), teacher_logits.detach(), targets, keys))
+        self.buffered += student_logits.numel()
+        if self.buffered >= self.BUFFER:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        """Add the buffered steps' per-sample values to the sums, all steps at once."""
+        if not self.steps:
+            return
+        with torch.no_grad():
+            self._add(self.steps)
+        self.steps, self.buffered = [], 0
+
+    def _add(self, steps: list[tuple[Tensor, Tensor, Tensor, Tensor | None]]) -> None:
+        def joined(parts: list[Tensor], last: int) -> Tensor:  # [K', samples in a row, ...]
+            return torch.cat([x.reshape(-1, *x.shape[last:]) for x in parts], 1)
+
+        m = sum(step[2].shape[-1] for step in steps)
+        # Student and teacher side by side ([K', 2m, C]: one operation for both softmaxes),
+        # the softmaxes written out: on the CPU F.softmax over 10 classes costs 6 times
+        # these few passes. q and p are computed alike, so g = 0 exactly where s = t.
+        logits = joined([step[0] for step in steps] + [step[1] for step in steps], -2).float()
+        scaled = _scaled(logits, self.temperature)
+        shifted = scaled - scaled.amax(dim=-1, keepdim=True)  # log softmax = shifted - log z
+        e = shifted.exp()
+        z = e.sum(dim=-1, keepdim=True)
+        probs = e / z
+        q, p, z = probs[:, :m], probs[:, m:], z[:, m:, 0]
+        g = logits[:, :m] - logits[:, m:] if self.kind == "logits" else q - p
+        on_top = _first_maximum(shifted[:, m:])
+        targets = joined([step[2] for step in steps], -1)
         per_sample = [
             _dark_share(g, on_top),
-            conf,
-            -(p * log_p).sum(dim=-1),
-            (top.squeeze(-1) == targets).to(p.dtype),
+            1.0 / z,  # p at the argmax: exp(0) / z
+            z.log() - (p * shifted[:, m:]).sum(dim=-1),  # -sum p log p
+            on_top.gather(-1, targets[..., None])[..., 0].to(p.dtype),
         ]
         if self.loss == "dkpp":
-            replay = _copies(generator)
-            permuted = _permute_non_argmax(p, top.squeeze(-1), replay)
-            per_sample.append(_dark_share(q - permuted, on_top))
-        batch = torch.stack([x.sum(dim=-1) for x in per_sample], dim=-1)  # [K', metrics]
-        if self.loss == "cwtm":  # the batch's weights' CV, counted once per sample
-            cv = conf.std(dim=-1, correction=0) / conf.mean(dim=-1)
-            batch = torch.cat([batch, (cv * n)[:, None]], dim=-1)
-        if rows is None:
-            self.sums += batch
-            self.count += n
+            keys = joined([step[3] for step in steps if step[3] is not None], -2)
+            classes = torch.arange(p.shape[-1], device=p.device)
+            top = (on_top * classes).sum(dim=-1, keepdim=True)
+            per_sample.append(_dark_share(q - _permute_with_keys(p, top, keys), on_top))
+        sums = torch.stack(per_sample, dim=-1).double().sum(dim=1)  # [K', metrics]
+        if self.loss == "cwtm":
+            sizes = torch.tensor([step[2].shape[-1] for step in steps], device=z.device)
+            sums = torch.cat([sums, _batch_cv_sums(1.0 / z.double(), sizes)[:, None]], dim=-1)
+        if self.rows is None:
+            self.sums += sums
+            self.count += m
         else:
-            self.sums.index_add_(0, rows, batch.double())
-            self.count.index_add_(0, rows, torch.full_like(rows, n, dtype=torch.float64))
+            self.sums.index_add_(0, self.rows, sums)
+            self.count.index_add_(0, self.rows, torch.full_like(self.rows, m, dtype=torch.float64))
 
     def result(self, j: int = 0) -> dict[str, float]:
         """Seed j's means over the epoch's samples (empty before any step)."""
+        self._reduce()
         count = float(self.count[j])
         if count == 0:
             return {}
@@ -184,12 +218,52 @@ class _Off(EpochDiagnostics):
 _OFF = _Off()
 
 
+def _permute_with_keys(probs: Tensor, top: Tensor, keys: Tensor) -> Tensor:
+    """``probs`` permuted as ``losses._permute_non_argmax`` permutes them when its generator
+    draws ``keys``: the same pairing of sort keys and destinations, for many steps at once
+    (tests/test_diagnostics.py checks the share against DKPP's own gradient)."""
+    c = probs.shape[-1]
+    positions = torch.arange(c, device=probs.device).expand(probs.shape)
+    sources = torch.argsort(keys.masked_fill(positions == top, 2.0), dim=-1)
+    destinations = torch.where(positions == c - 1, top, positions + (positions >= top))
+    return torch.empty_like(probs).scatter_(-1, destinations, probs.gather(-1, sources))
+
+
+def _batch_cv_sums(conf: Tensor, sizes: Tensor) -> Tensor:
+    """Per seed (``conf`` is ``[K', samples]``, steps of ``sizes`` samples in a row): the
+    sum over steps of the step's size times the CV (population sd / mean) of its
+    confidences, which is the CV of CWTM's weights (they are the confidences normalised)."""
+    step = torch.repeat_interleave(torch.arange(len(sizes), device=conf.device), sizes)
+    k, n = conf.shape[0], sizes.to(conf.dtype)
+    total = torch.zeros(k, len(sizes), dtype=conf.dtype, device=conf.device)
+    mean = total.index_add(1, step, conf) / n
+    square = total.index_add(1, step, conf * conf) / n
+    cv = (square - mean * mean).clamp_min(0).sqrt() / mean
+    return (cv * n).sum(dim=-1)
+
+
+def _scaled(x: Tensor, temperature: float) -> Tensor:
+    return x if temperature == 1.0 else x / temperature
+
+
+def _first_maximum(shifted: Tensor) -> Tensor:
+    """One-hot of each row's first maximal entry (``torch.argmax``'s class) of ``shifted``
+    (rows minus their maximum). The rows' zeros, unless a row has two (an exact tie, which
+    continuous logits almost never have): then ``argmax`` itself, several times slower on
+    the CPU over a few classes."""
+    on_top = shifted == 0
+    if int(on_top.sum()) != on_top[..., 0].numel():
+        first = shifted.argmax(dim=-1, keepdim=True)
+        on_top = torch.zeros_like(on_top).scatter_(-1, first, True)
+    return on_top
+
+
 def _dark_share(g: Tensor, on_top: Tensor) -> Tensor:
-    """Per sample, the share of ``sum_c g_c^2`` off the teacher's argmax (0 where g = 0)."""
+    """Per sample, the share of ``sum_c g_c^2`` off the class marked ``on_top`` (0 where
+    g = 0)."""
     sq = g * g
-    total = sq.sum(dim=-1)
-    dark = sq.masked_fill(on_top, 0.0).sum(dim=-1)
-    return torch.where(total > 0, dark / total, 0.0)  # 0/0 lands in the branch not taken
+    off_top = sq.masked_fill(on_top, 0.0).sum(dim=-1)
+    return off_top / sq.sum(dim=-1).clamp_min(torch.finfo(sq.dtype).tiny)  # 0 where g = 0
 
 
 def _copies(generator: LossGenerator | None) -> LossGenerator:

@@ -79,14 +79,16 @@ def reference(loss: str, params: dict, s: np.ndarray, t: np.ndarray, y: np.ndarr
     return out
 
 
-def _saved_batch(path: Path, k: int | None) -> dict[str, np.ndarray]:
-    """A batch of logits (a spread of teacher confidences, some exact argmax ties) and
-    labels, written to an .npz file and read back: the test's input is the file."""
+def _saved_batch(path: Path, k: int | None, ties: bool = True) -> dict[str, np.ndarray]:
+    """A batch of logits (a spread of teacher confidences; with ``ties``, a row of exact
+    argmax ties) and labels, written to an .npz file and read back: the test's input is the
+    file."""
     g = torch.Generator().manual_seed(7)
     shape = (48, 10) if k is None else (k, 48, 10)
     scale = torch.linspace(0.2, 6.0, shape[-2])[:, None]
     t = torch.randn(shape, generator=g) * scale
-    t[..., 0, :] = 0.0  # a tie everywhere: the argmax is the first class
+    if ties:
+        t[..., 0, :] = 0.0  # a tie everywhere: the argmax is the first class
     s = torch.randn(shape, generator=g) * 2.0
     y = torch.randint(0, 10, shape[:-1], generator=g)
     np.savez(path, student=s.numpy(), teacher=t.numpy(), targets=y.numpy())
@@ -119,10 +121,13 @@ def _copies(generators: list[torch.Generator]) -> list[torch.Generator]:
     return [torch.Generator().set_state(g.get_state()) for g in generators]
 
 
+@pytest.mark.parametrize("ties", [True, False])  # argmax ties take another path
 @pytest.mark.parametrize("k", [None, 3])  # the loop's [N, C] and a pack's [K, N, C]
 @pytest.mark.parametrize("loss", sorted(DISTILLING))
-def test_each_diagnostic_matches_a_float64_computation_on_a_saved_batch(tmp_path, loss, k) -> None:
-    batch = _saved_batch(tmp_path / "batch.npz", k)
+def test_each_diagnostic_matches_a_float64_computation_on_a_saved_batch(
+    tmp_path, loss, k, ties
+) -> None:
+    batch = _saved_batch(tmp_path / "batch.npz", k, ties)
     params = DISTILLING[loss]
     s, t, y = (torch.from_numpy(batch[n]) for n in ("student", "teacher", "targets"))
     seeds = 1 if k is None else k
