@@ -248,11 +248,11 @@ def _scaled(x: Tensor, temperature: float) -> Tensor:
 
 def _first_maximum(shifted: Tensor) -> Tensor:
     """One-hot of each row's first maximal entry (``torch.argmax``'s class) of ``shifted``
-    (rows minus their maximum). The rows' zeros, unless a row has two (an exact tie, which
-    continuous logits almost never have): then ``argmax`` itself, several times slower on
-    the CPU over a few classes."""
+    (rows minus their maximum). On the CPU the rows' zeros, unless a row has two (an exact
+    tie, which continuous logits almost never have): ``argmax`` over a few classes costs
+    several times more there. On a GPU ``argmax`` always (the check would wait for it)."""
     on_top = shifted == 0
-    if int(on_top.sum()) != on_top[..., 0].numel():
+    if shifted.device.type != "cpu" or int(on_top.sum()) != on_top[..., 0].numel():
         first = shifted.argmax(dim=-1, keepdim=True)
         on_top = torch.zeros_like(on_top).scatter_(-1, first, True)
     return on_top
