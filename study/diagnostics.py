@@ -154,34 +154,38 @@ class EpochDiagnostics:
         self.steps, self.buffered = [], 0
 
     def _add(self, steps: list[tuple[Tensor, Tensor, Tensor, Tensor | None]]) -> None:
-        def joined(parts: list[Tensor], last: int) -> Tensor:  # [K', samples in a row, ...]
-            return torch.cat([x.reshape(-1, *x.shape[last:]) for x in parts], 1)
-
         m = sum(step[2].shape[-1] for step in steps)
-        # Student and teacher side by side ([K', 2m, C]: one operation for both softmaxes),
-        # the softmaxes written out: on the CPU F.softmax over 10 classes costs 6 times
-        # these few passes. q and p are computed alike, so g = 0 exactly where s = t.
-        logits = joined([step[0] for step in steps] + [step[1] for step in steps], -2).float()
+        # Classes first, [C, K', samples]: a reduction over the classes is then C - 1
+        # operations on whole rows, on the CPU several times faster than reducing a last
+        # dimension of 10 classes (and F.softmax there costs 6 times these few passes).
+        # Student and teacher side by side (one operation for both softmaxes), computed
+        # alike: g = 0 exactly where s = t.
+        logits = torch.cat(
+            [_classes_first(step[0]) for step in steps]
+            + [_classes_first(step[1]) for step in steps],
+            dim=-1,
+        ).float()
         scaled = _scaled(logits, self.temperature)
-        shifted = scaled - scaled.amax(dim=-1, keepdim=True)  # log softmax = shifted - log z
+        shifted = scaled - scaled.amax(dim=0)  # log softmax = shifted - log z
         e = shifted.exp()
-        z = e.sum(dim=-1, keepdim=True)
+        z = e.sum(dim=0)
         probs = e / z
-        q, p, z = probs[:, :m], probs[:, m:], z[:, m:, 0]
-        g = logits[:, :m] - logits[:, m:] if self.kind == "logits" else q - p
-        on_top = _first_maximum(shifted[:, m:])
-        targets = joined([step[2] for step in steps], -1)
-        per_sample = [
+        q, p, z, t_shifted = probs[..., :m], probs[..., m:], z[..., m:], shifted[..., m:]
+        g = logits[..., :m] - logits[..., m:] if self.kind == "logits" else q - p
+        on_top = _first_maximum(t_shifted)
+        targets = torch.cat([step[2].reshape(-1, step[2].shape[-1]) for step in steps], dim=-1)
+        per_sample = [  # each [K', m]
             _dark_share(g, on_top),
             1.0 / z,  # p at the argmax: exp(0) / z
-            z.log() - (p * shifted[:, m:]).sum(dim=-1),  # -sum p log p
-            on_top.gather(-1, targets[..., None])[..., 0].to(p.dtype),
+            z.log() - (p * t_shifted).sum(dim=0),  # -sum p log p
+            on_top.gather(0, targets[None])[0].to(p.dtype),
         ]
         if self.loss == "dkpp":
-            keys = joined([step[3] for step in steps if step[3] is not None], -2)
-            classes = torch.arange(p.shape[-1], device=p.device)
-            top = (on_top * classes).sum(dim=-1, keepdim=True)
-            per_sample.append(_dark_share(q - _permute_with_keys(p, top, keys), on_top))
+            keys = torch.cat([_classes_first(step[3]) for step in steps if step[3] is not None], -1)
+            classes = torch.arange(p.shape[0], device=p.device)[:, None, None]
+            top = (on_top * classes).sum(dim=0)[..., None]
+            permuted = _permute_with_keys(p.movedim(0, -1), top, keys.movedim(0, -1))
+            per_sample.append(_dark_share(q - permuted.movedim(-1, 0), on_top))
         sums = torch.stack(per_sample, dim=-1).double().sum(dim=1)  # [K', metrics]
         if self.loss == "cwtm":
             sizes = torch.tensor([step[2].shape[-1] for step in steps], device=z.device)
@@ -246,24 +250,30 @@ def _scaled(x: Tensor, temperature: float) -> Tensor:
     return x if temperature == 1.0 else x / temperature
 
 
+def _classes_first(x: Tensor) -> Tensor:
+    """``[..., N, C]`` as a ``[C, K', N]`` view."""
+    return x.reshape(-1, *x.shape[-2:]).movedim(-1, 0)
+
+
 def _first_maximum(shifted: Tensor) -> Tensor:
-    """One-hot of each row's first maximal entry (``torch.argmax``'s class) of ``shifted``
-    (rows minus their maximum). On the CPU the rows' zeros, unless a row has two (an exact
-    tie, which continuous logits almost never have): ``argmax`` over a few classes costs
-    several times more there. On a GPU ``argmax`` always (the check would wait for it)."""
+    """One-hot (along the classes, dimension 0) of each sample's first maximal class
+    (``torch.argmax``'s) in ``shifted`` (logits minus their maximum). On the CPU the
+    zeros, unless a sample has two (an exact tie, which continuous logits almost never
+    have): ``argmax`` costs several times more there. On a GPU ``argmax`` always (the
+    check would wait for the device)."""
     on_top = shifted == 0
-    if shifted.device.type != "cpu" or int(on_top.sum()) != on_top[..., 0].numel():
-        first = shifted.argmax(dim=-1, keepdim=True)
-        on_top = torch.zeros_like(on_top).scatter_(-1, first, True)
+    if shifted.device.type != "cpu" or int(on_top.sum()) != on_top[0].numel():
+        first = shifted.argmax(dim=0, keepdim=True)
+        on_top = torch.zeros_like(on_top).scatter_(0, first, True)
     return on_top
 
 
 def _dark_share(g: Tensor, on_top: Tensor) -> Tensor:
-    """Per sample, the share of ``sum_c g_c^2`` off the class marked ``on_top`` (0 where
-    g = 0)."""
+    """Per sample, the share of ``sum_c g_c^2`` (classes along dimension 0) off the class
+    marked ``on_top``; 0 where g = 0."""
     sq = g * g
-    off_top = sq.masked_fill(on_top, 0.0).sum(dim=-1)
-    return off_top / sq.sum(dim=-1).clamp_min(torch.finfo(sq.dtype).tiny)  # 0 where g = 0
+    off_top = sq.masked_fill(on_top, 0.0).sum(dim=0)
+    return off_top / sq.sum(dim=0).clamp_min(torch.finfo(sq.dtype).tiny)
 
 
 def _copies(generator: LossGenerator | None) -> LossGenerator:
