@@ -31,7 +31,8 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -575,6 +576,7 @@ class DiagnosticsCost:
     on_s: list[float]
     off_cpu: list[float] = field(default_factory=list)  # CPU seconds per step, per round
     on_cpu: list[float] = field(default_factory=list)
+    inside_cpu: list[float] = field(default_factory=list)  # of it in the diagnostics' code
 
     @property
     def shares(self) -> list[float]:
@@ -591,6 +593,13 @@ class DiagnosticsCost:
         """The same in CPU time of the training thread (medians): less sensitive to other
         processes' load than the wall clock, on one thread."""
         return statistics.median(self.on_cpu) / statistics.median(self.off_cpu) - 1
+
+    @property
+    def inside_share(self) -> float:
+        """CPU time spent in the diagnostics' own calls (``update``, ``result``) per step,
+        as a share of the step with them off (medians): the direct account, which other
+        processes' load disturbs least."""
+        return statistics.median(self.inside_cpu) / statistics.median(self.off_cpu)
 
 
 def diagnostics_cost(
@@ -622,12 +631,43 @@ def diagnostics_cost(
                         teacher_cache(config.teacher_cache),
                         channels_last(config.channels_last),
                         diagnostics.switch(on),
+                        _time_inside_diagnostics() as inside,
                     ):
                         seconds, steps = _harness(config, role, k, data, device, teachers, cpu=cpu)
                     (cost.on_s if on else cost.off_s).append(seconds / steps)
                     (cost.on_cpu if on else cost.off_cpu).append(cpu[0] / steps)
+                    if on:  # the steps of every epoch, the warm-up's included
+                        all_steps = steps // config.repeats * (config.repeats + 1)
+                        cost.inside_cpu.append(inside[0] / all_steps)
             out.append(cost)
     return out
+
+
+@contextmanager
+def _time_inside_diagnostics() -> Iterator[list[float]]:
+    """The CPU seconds of this thread spent in ``EpochDiagnostics.update`` and ``result``
+    within the block, in ``[0]`` (the methods wrapped for the block's length)."""
+    spent = [0.0]
+    cls = diagnostics.EpochDiagnostics
+    originals = {name: cls.__dict__[name] for name in ("update", "result")}
+
+    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.thread_time() - start
+
+        return call
+
+    try:
+        for name, fn in originals.items():
+            setattr(cls, name, timed(fn))
+        yield spent
+    finally:
+        for name, fn in originals.items():
+            setattr(cls, name, fn)
 
 
 def format_diagnostics_cost(costs: Sequence[DiagnosticsCost]) -> list[str]:
@@ -640,6 +680,8 @@ def format_diagnostics_cost(costs: Sequence[DiagnosticsCost]) -> list[str]:
             f"{c.loss}, {c.seeds} seed(s): {1e3 * off:.3f} ms/step off, {1e3 * on:.3f} on: "
             f"{100 * c.share:+.1f}% (median of rounds: {spread}); CPU time "
             f"{1e3 * statistics.median(c.off_cpu):.3f} ms/step off, "
-            f"{1e3 * statistics.median(c.on_cpu):.3f} on: {100 * c.cpu_share:+.1f}%"
+            f"{1e3 * statistics.median(c.on_cpu):.3f} on: {100 * c.cpu_share:+.1f}%; "
+            f"in the diagnostics' calls {1e6 * statistics.median(c.inside_cpu):.1f} us/step: "
+            f"{100 * c.inside_share:.1f}% of the step"
         )
     return lines
