@@ -218,7 +218,8 @@ def signal_section(rep: Report) -> SignalSection:
         f"Across the seeds of each role: Spearman's rank correlation between the seed's "
         f"dk_grad_share and its gain over its own teacher (the student's {unit.name} minus "
         f"its teacher's, same seed), with a 95% CI by Fisher's z (standard error 1.06 / "
-        "sqrt(n - 3); needs 4 seeds). It describes an association across seeds, not a "
+        "sqrt(n - 3); needs 4 seeds) and scipy's p (t approximation, not corrected for the "
+        "number of roles). It describes an association across seeds, not a "
         "cause: a seed whose teacher spreads more of its gradient on the other classes "
         "may differ in other ways too (its teacher's accuracy, its initialisation)."
     ]
