@@ -95,10 +95,13 @@ class EpochDiagnostics:
     and twenty operations per step cost a quarter of it (docs/benchmarks.md).
     """
 
-    BUFFER = 1 << 15
-    """Logit values (per tensor) kept before the buffered steps are reduced: enough to
-    share the operations' launch among steps, few enough for the intermediate tensors to
-    stay in the CPU's cache (the cost per step on the digits MLP was lowest here)."""
+    BUFFER = 2048
+    """Samples per seed kept before the buffered steps are reduced: enough to share the
+    operations' launch among steps (a digits epoch is one reduction). Counted per seed,
+    and each seed reduced on its own, so that a seed's numbers are bit for bit the same
+    in any pack: an operation's rounding can depend on where an element falls in a
+    tensor (vectorised body or scalar tail, each thread's share), so no operation mixes
+    seeds."""
 
     def __init__(self, loss: str, params: Mapping[str, Any], k: int, device: torch.device):
         self.loss, self.k = loss, k
@@ -141,7 +144,7 @@ class EpochDiagnostics:
             keys = _uniform_keys(student_logits.shape, _copies(generator), student_logits.device)
         self.rows = rows
         self.steps.append((student_logits.detach(), teacher_logits.detach(), targets, keys))
-        self.buffered += student_logits.numel()
+        self.buffered += student_logits.shape[-2]
         if self.buffered >= self.BUFFER:
             self._reduce()
 
@@ -149,11 +152,20 @@ class EpochDiagnostics:
         """Add the buffered steps' per-sample values to the sums, all steps at once."""
         if not self.steps:
             return
+        steps, k = self.steps, self.steps[0][2].numel() // self.steps[0][2].shape[-1]
         with torch.no_grad():
-            self._add(self.steps)
+            sums = torch.cat([self._add([_seed(step, j, k) for step in steps]) for j in range(k)])
+        m = sum(step[2].shape[-1] for step in steps)
+        if self.rows is None:
+            self.sums += sums
+            self.count += m
+        else:
+            self.sums.index_add_(0, self.rows, sums)
+            self.count.index_add_(0, self.rows, torch.full_like(self.rows, m, dtype=torch.float64))
         self.steps, self.buffered = [], 0
 
-    def _add(self, steps: list[tuple[Tensor, Tensor, Tensor, Tensor | None]]) -> None:
+    def _add(self, steps: list[tuple[Tensor, Tensor, Tensor, Tensor | None]]) -> Tensor:
+        """One seed's sums over the buffered steps (``[1, N, C]`` logits each), ``[1, m]``."""
         m = sum(step[2].shape[-1] for step in steps)
         # Classes first, [C, K', samples]: a reduction over the classes is then C - 1
         # operations on whole rows, on the CPU several times faster than reducing a last
@@ -190,12 +202,7 @@ class EpochDiagnostics:
         if self.loss == "cwtm":
             sizes = torch.tensor([step[2].shape[-1] for step in steps], device=z.device)
             sums = torch.cat([sums, _batch_cv_sums(1.0 / z.double(), sizes)[:, None]], dim=-1)
-        if self.rows is None:
-            self.sums += sums
-            self.count += m
-        else:
-            self.sums.index_add_(0, self.rows, sums)
-            self.count.index_add_(0, self.rows, torch.full_like(self.rows, m, dtype=torch.float64))
+        return sums
 
     def result(self, j: int = 0) -> dict[str, float]:
         """Seed j's means over the epoch's samples (empty before any step)."""
@@ -248,6 +255,20 @@ def _batch_cv_sums(conf: Tensor, sizes: Tensor) -> Tensor:
 
 def _scaled(x: Tensor, temperature: float) -> Tensor:
     return x if temperature == 1.0 else x / temperature
+
+
+def _seed(
+    step: tuple[Tensor, Tensor, Tensor, Tensor | None], j: int, k: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Seed j's part of a buffered step of K' seeds: logits ``[1, N, C]``, labels ``[1, N]``."""
+    s, t, y, keys = step
+    n, c = s.shape[-2:]
+    return (
+        s.reshape(k, n, c)[j : j + 1],
+        t.reshape(k, n, c)[j : j + 1],
+        y.reshape(k, n)[j : j + 1],
+        None if keys is None else keys.reshape(k, n, c)[j : j + 1],
+    )
 
 
 def _classes_first(x: Tensor) -> Tensor:
