@@ -12,6 +12,9 @@ shape) trained in several ways:
 - with ``kd``: the harness and the packs again as distillation students, so that the cost
   of the teacher's forward pass shows as the ratio between the two.
 
+``diagnostics_cost`` times a distillation student's step with the dark-knowledge
+diagnostics (``study.diagnostics``) off and on, alternately, for their share of a step.
+
 Each variant trains a warm-up epoch and then ``repeats`` timed epochs of ``steps`` steps;
 images per second count every seed's images. The harness variants time whole epochs
 (``on_epoch`` timestamps), which include the per-epoch evaluation on a one-image validation
@@ -25,10 +28,12 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study import diagnostics
 from study.data import DataSplits, normalize
 from study.determinism import cpu_model, resolve_deterministic
 from study.device import resolve_device
@@ -74,6 +80,7 @@ class BenchConfig:
     teacher_cache: bool = True  # unaugmented shapes: KD students read cached teacher outputs
     deterministic: bool | None = None  # [train] deterministic: None is a study's default
     channels_last: bool = True  # convnets of the harness and packs (reference: NCHW)
+    diagnostics: bool = True  # the KD students' dark-knowledge diagnostics (on in a study)
 
     def check(self) -> None:
         if self.dataset_shape not in SHAPES:
@@ -196,7 +203,11 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
 
             def harness(role=role, k=k, teachers=teachers, kd=kd) -> tuple[float, int]:
                 outcomes = cached if kd else None
-                with teacher_cache(config.teacher_cache), channels_last(config.channels_last):
+                with (
+                    teacher_cache(config.teacher_cache),
+                    channels_last(config.channels_last),
+                    diagnostics.switch(config.diagnostics),
+                ):
                     return _harness(config, role, k, data, device, teachers, outcomes)
 
             results.append(
@@ -317,18 +328,23 @@ def _harness(
     device: torch.device,
     teachers: dict[int, nn.Module] | None,
     cached: list[bool] | None = None,
+    cpu: list[float] | None = None,
 ) -> tuple[float, int]:
     """Seconds for the timed epochs of ``train_role`` with K seeds, and the steps timed.
 
     A fused pack reports every seed after each epoch; the loop trains seed after seed, so
     its time is the sum of each seed's timed epochs (each seed has its own warm-up).
-    ``cached`` collects, per seed, whether its teacher outputs came from the cache.
+    ``cached`` collects, per seed, whether its teacher outputs came from the cache;
+    ``cpu`` the CPU seconds of this thread in the timed epochs (a load-proof measure where
+    the work runs on one thread: ``OMP_NUM_THREADS=1`` on the CPU).
     """
     stamps: dict[int, list[float]] = {s: [] for s in range(k)}
+    cpu_stamps: dict[int, list[float]] = {s: [] for s in range(k)}
 
     def on_epoch(seed: int, epoch: int, metrics: dict[str, float]) -> None:
         _sync(device)
         stamps[seed].append(time.perf_counter())
+        cpu_stamps[seed].append(time.thread_time())
 
     results = train_role(
         role, list(range(k)), data, teachers=teachers, device=device, on_epoch=on_epoch
@@ -338,6 +354,9 @@ def _harness(
     fused = k > 1 and packable(role)
     timed = [stamps[0]] if fused else list(stamps.values())
     seconds = sum(seed_stamps[-1] - seed_stamps[0] for seed_stamps in timed)
+    if cpu is not None:
+        clocks = [cpu_stamps[0]] if fused else list(cpu_stamps.values())
+        cpu.append(sum(c[-1] - c[0] for c in clocks))
     return seconds, config.repeats * config.steps
 
 
@@ -523,6 +542,9 @@ def format_report(report: BenchReport) -> Sequence[str]:
         lines.append(f"memory format (harness and packs): {report.memory_format}; reference: NCHW")
     if c["kd"]:
         lines.append(f"kd teacher outputs: {report.teacher_outputs}")
+        lines.append(
+            "kd dark-knowledge diagnostics: " + ("on" if c.get("diagnostics", True) else "off")
+        )
     rows = report.table()
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
@@ -533,4 +555,125 @@ def format_report(report: BenchReport) -> Sequence[str]:
         lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+@dataclass
+class DiagnosticsCost:
+    """A distillation student's step with the dark-knowledge diagnostics off and on."""
+
+    loss: str
+    seeds: int  # 1: train.py's loop; more: a pack
+    off_s: list[float]  # seconds per step, one per round
+    on_s: list[float]
+    off_cpu: list[float] = field(default_factory=list)  # CPU seconds per step, per round
+    on_cpu: list[float] = field(default_factory=list)
+    inside_cpu: list[float] = field(default_factory=list)  # of it in the diagnostics' code
+
+    @property
+    def shares(self) -> list[float]:
+        """Each round's extra time with the diagnostics on, as a share of the step off."""
+        return [on / off - 1 for on, off in zip(self.on_s, self.off_s, strict=True)]
+
+    @property
+    def share(self) -> float:
+        """The median of the rounds' shares."""
+        return float(statistics.median(self.shares))
+
+    @property
+    def cpu_share(self) -> float:
+        """The same in CPU time of the training thread (medians): less sensitive to other
+        processes' load than the wall clock, on one thread."""
+        return statistics.median(self.on_cpu) / statistics.median(self.off_cpu) - 1
+
+    @property
+    def inside_share(self) -> float:
+        """CPU time spent in the diagnostics' own calls (``update``, ``result``) per step,
+        as a share of the step with them off (medians): the direct account, which other
+        processes' load disturbs least."""
+        return statistics.median(self.inside_cpu) / statistics.median(self.off_cpu)
+
+
+def diagnostics_cost(
+    config: BenchConfig,
+    losses: Sequence[str] = ("kd", "dkpp"),
+    rounds: int = 5,
+    progress: Callable[[str], None] | None = None,
+) -> list[DiagnosticsCost]:
+    """Per loss and pack size of ``config``: the student's step (its timed epochs, as the
+    harness variants time them) with the diagnostics off, then on, ``rounds`` times in
+    alternation, so that a machine whose load drifts slows both alike."""
+    config.check()
+    say = progress or (lambda text: None)
+    device = resolve_device(config.device)
+    data = synthetic_splits(config.dataset_shape, config.steps * config.batch, device)
+    student, teacher = _roles(config)
+    out = []
+    for loss in losses:
+        params = {"temperature": 4.0, "alpha": 0.9} if loss == "kd" else {}
+        role = replace(student, loss=loss, loss_params=params)
+        for k in config.packs:
+            teachers = _teachers(teacher, k, data, device)
+            cost = DiagnosticsCost(loss, k, [], [])
+            for r in range(rounds):
+                for on in (False, True):
+                    say(f"{loss}, {k} seed(s), round {r + 1}: diagnostics {'on' if on else 'off'}")
+                    cpu: list[float] = []
+                    with (
+                        teacher_cache(config.teacher_cache),
+                        channels_last(config.channels_last),
+                        diagnostics.switch(on),
+                        _time_inside_diagnostics() as inside,
+                    ):
+                        seconds, steps = _harness(config, role, k, data, device, teachers, cpu=cpu)
+                    (cost.on_s if on else cost.off_s).append(seconds / steps)
+                    (cost.on_cpu if on else cost.off_cpu).append(cpu[0] / steps)
+                    if on:  # the steps of every epoch, the warm-up's included
+                        all_steps = steps // config.repeats * (config.repeats + 1)
+                        cost.inside_cpu.append(inside[0] / all_steps)
+            out.append(cost)
+    return out
+
+
+@contextmanager
+def _time_inside_diagnostics() -> Iterator[list[float]]:
+    """The CPU seconds of this thread spent in ``EpochDiagnostics.update`` and ``result``
+    within the block, in ``[0]`` (the methods wrapped for the block's length)."""
+    spent = [0.0]
+    cls = diagnostics.EpochDiagnostics
+    originals = {name: cls.__dict__[name] for name in ("update", "result")}
+
+    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.thread_time() - start
+
+        return call
+
+    try:
+        for name, fn in originals.items():
+            setattr(cls, name, timed(fn))
+        yield spent
+    finally:
+        for name, fn in originals.items():
+            setattr(cls, name, fn)
+
+
+def format_diagnostics_cost(costs: Sequence[DiagnosticsCost]) -> list[str]:
+    """One line per loss and pack size: ms per step off and on (medians), the share."""
+    lines = []
+    for c in costs:
+        off, on = statistics.median(c.off_s), statistics.median(c.on_s)
+        spread = ", ".join(f"{100 * x:+.1f}%" for x in c.shares)
+        lines.append(
+            f"{c.loss}, {c.seeds} seed(s): {1e3 * off:.3f} ms/step off, {1e3 * on:.3f} on: "
+            f"{100 * c.share:+.1f}% (median of rounds: {spread}); CPU time "
+            f"{1e3 * statistics.median(c.off_cpu):.3f} ms/step off, "
+            f"{1e3 * statistics.median(c.on_cpu):.3f} on: {100 * c.cpu_share:+.1f}%; "
+            f"in the diagnostics' calls {1e6 * statistics.median(c.inside_cpu):.1f} us/step: "
+            f"{100 * c.inside_share:.1f}% of the step"
+        )
     return lines

@@ -409,7 +409,7 @@ def cwtm(
     return (weights * _label_cross_entropy(s, targets)).sum(dim=-1)
 
 
-def _uniform_keys(shape: torch.Size, generator: LossGenerator, device: torch.device) -> Tensor:
+def uniform_keys(shape: torch.Size, generator: LossGenerator, device: torch.device) -> Tensor:
     """Uniform [0, 1) numbers of ``shape`` (``[..., N, C]``) on ``device``.
 
     One generator draws them all at once. A sequence holds one generator per leading index,
@@ -442,7 +442,7 @@ def _permute_non_argmax(probs: Tensor, argmax: Tensor, generator: LossGenerator)
     the argmax to itself and shuffles the rest uniformly.
     """
     c = probs.shape[-1]
-    keys = _uniform_keys(probs.shape, generator, probs.device)
+    keys = uniform_keys(probs.shape, generator, probs.device)
     positions = torch.arange(c, device=probs.device).expand(probs.shape)
     argmax = argmax.unsqueeze(-1)
     sources = torch.argsort(keys.masked_fill(positions == argmax, 2.0), dim=-1)

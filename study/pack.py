@@ -49,6 +49,7 @@ from study.checkpoint import CheckpointSlot, commit_pack, pack_key, signals_held
 from study.data import AugmentDraw, DataSplits, apply_augmentation, draw_augmentation, normalize
 from study.determinism import deterministic_mode
 from study.device import resolve_device
+from study.diagnostics import EpochDiagnostics  # [diagnostics]
 from study.engine import (
     EpochCallback,
     ResumeCallback,
@@ -331,7 +332,9 @@ class _PackRun:
             for epoch in range(self.start + 1, cfg.epochs + 1):
                 if not any(alive):
                     break
-                losses, accuracy = self._train_epoch(train_x, train_y, n, alive)
+                # [diagnostics] one accumulator per epoch, every seed of the pack
+                diag = EpochDiagnostics.start(self.role.loss, self.loss_params, device, k)
+                losses, accuracy = self._train_epoch(train_x, train_y, n, alive, diag)
                 lr = self.opt.param_groups[0]["lr"]
                 self.sched.step()
                 evaluation = self._evaluate_epoch()
@@ -344,6 +347,7 @@ class _PackRun:
                         self.results[j] = SeedResult(seed=seed, state_dict={}, failure=str(error))
                         continue
                     metrics = {"train_loss": losses[j], "train_acc": accuracy[j], "lr": lr}
+                    metrics.update(diag.result(j))  # [diagnostics]
                     metrics.update(evaluation[j])
                     self.results[j].history.append(metrics)
                 self._save(epoch, alive)
@@ -355,7 +359,12 @@ class _PackRun:
         return self.results
 
     def _train_epoch(
-        self, train_x: Tensor, train_y: Tensor, n: int, alive: list[bool]
+        self,
+        train_x: Tensor,
+        train_y: Tensor,
+        n: int,
+        alive: list[bool],
+        diag: EpochDiagnostics | None = None,
     ) -> tuple[list[float], list[float]]:
         """One epoch of every seed; each seed's mean training loss and accuracy."""
         cfg, device, data, k = self.cfg, self.device, self.data, self.k
@@ -386,6 +395,8 @@ class _PackRun:
             if live is not None:
                 student, targets = logits[live], yb[live]
                 teacher = None if t_logits is None else t_logits[live]
+            if diag is not None:  # [diagnostics]
+                diag.update(student, teacher, targets, generator=generators, rows=live)
             # One call for all seeds: the loss of [K, B, C] logits is each seed's loss [K],
             # bit for bit what seed k's [B, C] slice alone gives (see study/losses.py).
             seed_losses = self.loss.fn(

@@ -22,6 +22,7 @@ from study.checkpoint import CheckpointSlot, restore_global_rng
 from study.data import DataSplits, augment_batch, normalize
 from study.determinism import configure_cuda_process, deterministic_mode
 from study.device import cuda_index, resolve_device
+from study.diagnostics import EpochDiagnostics  # [diagnostics]
 from study.engine import (
     EpochCallback,
     ResumeCallback,
@@ -200,11 +201,15 @@ class _SeedRun:
         """The remaining epochs: train, evaluate, checkpoint when the slot says it is due."""
         train_x, train_y = self.data.train_x.to(self.device), self.data.train_y.to(self.device)
         for epoch in range(len(self.result.history) + 1, self.cfg.epochs + 1):
-            train_loss, train_acc = self._train_epoch(train_x, train_y)
+            diag = EpochDiagnostics.start(  # [diagnostics]
+                self.role.loss, self.role.loss_params, self.device
+            )
+            train_loss, train_acc = self._train_epoch(train_x, train_y, diag)
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(self.seed, epoch, train_loss)
             metrics = {"train_loss": train_loss, "train_acc": train_acc}
             metrics["lr"] = self.opt.param_groups[0]["lr"]
+            metrics.update(diag.result())  # [diagnostics]
             self.sched.step()
             metrics.update(self._evaluate())
             self.result.history.append(metrics)
@@ -224,8 +229,12 @@ class _SeedRun:
             if on_epoch is not None:
                 on_epoch(self.seed, epoch, metrics)
 
-    def _train_epoch(self, train_x: Tensor, train_y: Tensor) -> tuple[float, float]:
-        """One epoch of steps; the mean training loss and accuracy."""
+    def _train_epoch(
+        self, train_x: Tensor, train_y: Tensor, diag: EpochDiagnostics
+    ) -> tuple[float, float]:
+        """One epoch of steps; the mean training loss and accuracy. ``diag`` measures the
+        dark-knowledge diagnostics from the step's own tensors, before the loss draws from
+        the loss stream (it replays DKPP's permutation from a copy of that stream)."""
         cfg, data, device, streams = self.cfg, self.data, self.device, self.streams
         self.model.train()
         n = len(train_x)
@@ -242,6 +251,7 @@ class _SeedRun:
                 t_logits = teacher_outputs(self.cache, idx, xb, self.teacher, device, cfg.precision)
             with autocast(device, cfg.precision):
                 logits = self.model(xb)
+            diag.update(logits, t_logits, yb, generator=streams.loss)  # [diagnostics]
             loss = self.loss(logits, yb, t_logits, generator=streams.loss, **self.role.loss_params)
             if hooks.seed_losses:
                 loss = hooks.losses_of([self.seed], loss)

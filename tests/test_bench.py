@@ -196,3 +196,32 @@ def test_the_channels_last_option_reaches_the_convnets_of_the_harness_and_packs(
     assert engine.channels_last.on  # switched back on after the bench
     mlp = run_bench(BenchConfig(**{**TINY.__dict__, "kd": False, "packs": (1,)}))
     assert mlp.memory_format == "" and not any("memory format" in s for s in format_report(mlp))
+
+
+def test_diagnostics_cost_times_each_student_with_the_diagnostics_off_and_on(monkeypatch) -> None:
+    from study import diagnostics
+    from study.bench import diagnostics_cost, format_diagnostics_cost
+
+    seen = []
+    real = diagnostics.EpochDiagnostics.start
+
+    def spy(*args, **kwargs):
+        seen.append((args[0], diagnostics.switch.on))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(diagnostics.EpochDiagnostics, "start", spy)
+    costs = diagnostics_cost(TINY, losses=("kd", "dkpp"), rounds=2)
+    assert [(c.loss, c.seeds) for c in costs] == [("kd", 1), ("kd", 3), ("dkpp", 1), ("dkpp", 3)]
+    for c in costs:
+        assert len(c.off_s) == len(c.on_s) == 2 and min(c.off_s + c.on_s) > 0
+    # every epoch of each student trained once in each state, alternately
+    assert {loss for loss, _ in seen} == {"kd", "dkpp"}
+    assert {on for _, on in seen} == {True, False}
+    lines = format_diagnostics_cost(costs)
+    assert len(lines) == 4 and lines[0].startswith("kd, 1 seed(s): ")
+    assert diagnostics.switch.on  # back on after the measurement
+
+
+def test_the_bench_says_whether_the_kd_students_measured_their_diagnostics() -> None:
+    off = run_bench(BenchConfig(**{**TINY.__dict__, "packs": (1,), "diagnostics": False}))
+    assert "kd dark-knowledge diagnostics: off" in format_report(off)

@@ -58,6 +58,7 @@ HEADINGS = {
     "Test details",
     "Omnibus",
     "Learning curves",
+    "Where the signal comes from",  # the report's own section (issue 20)
     "Power and seeds",
     "Missing or failed runs",
     "Runs",

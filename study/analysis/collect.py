@@ -23,11 +23,19 @@ from typing import Any
 
 import pandas as pd
 
+from study.diagnostics import DIAGNOSTIC_METRICS
 from study.losses import TUNED
 from study.plan import Plan
 from study.track import FINAL_METRICS, Tracker
 
-CURVE_METRICS = ("train_loss", "val_acc", "val_nll", "test_acc", "test_nll")
+CURVE_METRICS = (
+    "train_loss",
+    "val_acc",
+    "val_nll",
+    "test_acc",
+    "test_nll",
+    *DIAGNOSTIC_METRICS,  # [diagnostics] the dark-knowledge curves (report_signal)
+)
 KEY_COLUMNS = ["role", "kind", "arm", "generation", "seed", "status", "run_id", "fingerprint"]
 RUN_COLUMNS = ["start_time", "end_time", "device", "pack_size", "deterministic"]
 """How each run ran: start and end (ms since the epoch), device, seeds in its pack."""

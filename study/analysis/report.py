@@ -30,6 +30,7 @@ from study.analysis.power import PLAN_COLUMNS, plan_seeds
 from study.analysis.report_data import FigureImage, Report
 from study.analysis.report_figures import report_figures
 from study.analysis.report_setup import setup_tables, setup_text
+from study.analysis.report_signal import signal_section
 from study.analysis.report_tables import POWER, report_tables, split_notes
 from study.analysis.report_text import report_text
 from study.analysis.stats import (
@@ -436,6 +437,7 @@ def _context(rep: Report, figs: list[FigureImage]) -> dict[str, Any]:
         "setup_text": setup_text(rep),
         "paper": paper.paper_table(rep),
         "figures": {f.name: f for f in figs},
+        "signal": signal_section(rep),  # [diagnostics] "Where the signal comes from"
         "correction": CORRECTION_NAMES[rep.protocol.analysis.correction],
     }
 

@@ -12,6 +12,7 @@ import math
 
 from study.analysis import figures
 from study.analysis.report_data import FigureImage, Report
+from study.analysis.report_signal import signal_figures
 from study.analysis.units import UNITS, fmt_num, missing
 from study.plan import TEACHER, Plan
 
@@ -20,7 +21,7 @@ CURVE_PANELS = ("val_acc", "test_acc", "val_nll", "test_nll")
 
 def report_figures(rep: Report) -> list[FigureImage]:
     """The report's figures as PNG bytes (drawn at dpi 100)."""
-    out = _value_figures(rep) + _curve_figures(rep)
+    out = _value_figures(rep) + _curve_figures(rep) + signal_figures(rep)  # [diagnostics]
     om = rep.omnibus
     if om is not None:
         u = rep.units

@@ -1,0 +1,352 @@
+"""Dark-knowledge diagnostics: each checked against an independent float64 computation on a
+saved batch, training bit for bit the same with them on or off (loop and pack), per seed
+in packs, and in MLflow and the report for every distillation run of a small study."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from study import diagnostics
+from study.diagnostics import EpochDiagnostics
+from study.engine import load_model, predict_probs
+from study.losses import get_loss
+from study.plan import expand
+from study.protocol import parse_protocol
+from study.train import train_role
+from tests.faults import installed
+
+CPU = torch.device("cpu")
+DISTILLING = {
+    "kd": {"temperature": 4.0, "alpha": 0.9},
+    "ban": {"temperature": 2.0},
+    "ban_l": {"temperature": 1.0},
+    "cwtm": {},
+    "dkpp": {},
+    "mse_logits": {"scale": 1.0},
+}
+EXTRA_ARMS = """
+[[arms]]
+name = "cwtm"
+loss = "cwtm"
+
+[[arms]]
+name = "dkpp"
+loss = "dkpp"
+
+[[arms]]
+name = "mse"
+loss = "mse_logits"
+"""
+
+
+# --- an independent float64 computation ---------------------------------------------------
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _share(g: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Per row: 1 - g[top]^2 / |g|^2, written the other way round from the code's."""
+    total = (g**2).sum(axis=-1)
+    on_top = np.take_along_axis(g, top[..., None], axis=-1)[..., 0] ** 2
+    return np.where(total > 0, 1.0 - on_top / np.where(total > 0, total, 1.0), 0.0)
+
+
+def reference(loss: str, params: dict, s: np.ndarray, t: np.ndarray, y: np.ndarray) -> dict:
+    """Every diagnostic but the permuted share, for one seed's [N, C] batch, in float64."""
+    temp = params.get("temperature", 1.0) if loss in ("kd", "ban", "ban_l") else 1.0
+    p = _softmax(t / temp)
+    top = t.argmax(axis=-1)
+    g = s - t if loss == "mse_logits" else _softmax(s / temp) - p
+    conf = p.max(axis=-1)
+    out = {
+        "dk_grad_share": _share(g, top).mean(),
+        "teacher_conf": conf.mean(),
+        "teacher_entropy": -(p * np.log(p)).sum(axis=-1).mean(),
+        "teacher_correct": (top == y).mean(),
+    }
+    if loss == "cwtm":
+        w = conf / conf.sum()
+        out["cwtm_weight_cv"] = w.std() / w.mean()
+    return out
+
+
+def _saved_batch(path: Path, k: int | None, ties: bool = True) -> dict[str, np.ndarray]:
+    """A batch of logits (a spread of teacher confidences; with ``ties``, a row of exact
+    argmax ties) and labels, written to an .npz file and read back: the test's input is the
+    file."""
+    g = torch.Generator().manual_seed(7)
+    shape = (48, 10) if k is None else (k, 48, 10)
+    scale = torch.linspace(0.2, 6.0, shape[-2])[:, None]
+    t = torch.randn(shape, generator=g) * scale
+    if ties:
+        t[..., 0, :] = 0.0  # a tie everywhere: the argmax is the first class
+    s = torch.randn(shape, generator=g) * 2.0
+    y = torch.randint(0, 10, shape[:-1], generator=g)
+    np.savez(path, student=s.numpy(), teacher=t.numpy(), targets=y.numpy())
+    with np.load(path) as f:
+        return {key: f[key] for key in f.files}
+
+
+def _autograd_share(loss: str, params: dict, s, t, y, generator) -> np.ndarray:
+    """The per-sample dark share of the registry loss's own gradient with respect to the
+    student's logits (its soft-target term alone: KD with alpha = 1; at T = 1 for cwtm and
+    dkpp's unpermuted share, the BAN loss; the share does not depend on the gradient's
+    scale)."""
+    s = s.clone().requires_grad_(True)
+    if loss == "kd":
+        name, kwargs = "kd", {**params, "alpha": 1.0}
+    elif loss in ("ban", "ban_l"):
+        name, kwargs = "ban", {"temperature": params["temperature"]}
+    elif loss == "mse_logits":
+        name, kwargs = "mse_logits", params
+    elif loss == "dkpp" and generator is not None:
+        name, kwargs = "dkpp", {}
+    else:
+        name, kwargs = "ban", {"temperature": 1.0}
+    get_loss(name)(s, y, t, generator=generator, **kwargs).sum().backward()
+    grad = s.grad.double().numpy()
+    return _share(grad, t.numpy().argmax(axis=-1))
+
+
+def _copies(generators: list[torch.Generator]) -> list[torch.Generator]:
+    return [torch.Generator().set_state(g.get_state()) for g in generators]
+
+
+@pytest.mark.parametrize("ties", [True, False])  # argmax ties take another path
+@pytest.mark.parametrize("k", [None, 3])  # the loop's [N, C] and a pack's [K, N, C]
+@pytest.mark.parametrize("loss", sorted(DISTILLING))
+def test_each_diagnostic_matches_a_float64_computation_on_a_saved_batch(
+    tmp_path, loss, k, ties
+) -> None:
+    batch = _saved_batch(tmp_path / "batch.npz", k, ties)
+    params = DISTILLING[loss]
+    s, t, y = (torch.from_numpy(batch[n]) for n in ("student", "teacher", "targets"))
+    seeds = 1 if k is None else k
+    gens = [torch.Generator().manual_seed(100 + j) for j in range(seeds)]
+    before = [g.get_state() for g in gens]
+    replay = _copies(gens)  # the loss's draws, replayed for the reference
+    acc = EpochDiagnostics.start(loss, params, CPU, seeds)
+    acc.update(s, t, y, generator=gens[0] if k is None else gens)
+    assert all(torch.equal(g.get_state(), b) for g, b in zip(gens, before, strict=True))
+
+    per_seed = [slice(None)] if k is None else list(range(k))
+    permuted = None
+    if loss == "dkpp":  # the share of the gradient DKPP trains with, in this very step
+        permuted = _autograd_share(loss, params, s, t, y, replay[0] if k is None else replay)
+    for j, rows in enumerate(per_seed):
+        sj, tj, yj = (batch[n][rows] for n in ("student", "teacher", "targets"))
+        want = reference(loss, params, sj.astype(np.float64), tj.astype(np.float64), yj)
+        if permuted is not None:
+            want["dk_grad_share_permuted"] = permuted[rows].mean()
+        got = acc.result(j)
+        assert set(got) == set(want)
+        for key, value in want.items():
+            assert got[key] == pytest.approx(float(value), rel=1e-5, abs=1e-6), key
+        # the formula is the loss's gradient: the registry's own autograd agrees
+        grad_share = _autograd_share(
+            loss, params, *(torch.from_numpy(x) for x in (sj, tj, yj)), None
+        )
+        assert want["dk_grad_share"] == pytest.approx(grad_share.mean(), rel=1e-5)
+
+
+def test_a_sample_without_gradient_counts_as_no_dark_share() -> None:
+    t = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    acc = EpochDiagnostics.start("ban", {"temperature": 1.0}, CPU)
+    acc.update(t.clone(), t, torch.tensor([0, 0]))  # the student is its teacher: g = 0
+    assert acc.result()["dk_grad_share"] == 0.0
+    assert acc.result()["teacher_correct"] == 0.5
+
+
+def test_roles_that_do_not_distil_or_switched_off_log_nothing() -> None:
+    assert EpochDiagnostics.start("ce", {}, CPU).result() == {}
+    with diagnostics.switch(False):
+        acc = EpochDiagnostics.start("kd", {}, CPU)
+        acc.update(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+        assert acc.result() == {}
+    assert diagnostics.switch.on
+
+
+# --- in training ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plan():
+    from tests.conftest import TINY_PROTOCOL
+
+    return expand(parse_protocol(TINY_PROTOCOL + EXTRA_ARMS))
+
+
+@pytest.fixture(scope="module")
+def teachers(plan, digits):
+    trained = train_role(plan.role("teacher"), [0, 1, 2], digits, device=CPU)
+    return {r.seed: load_model(plan.role("teacher"), digits, r.state_dict, CPU) for r in trained}
+
+
+def _without_diagnostics(history: list[dict]) -> list[dict]:
+    return [
+        {k: v for k, v in h.items() if k not in diagnostics.DIAGNOSTIC_METRICS} for h in history
+    ]
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1]])  # the loop, and a pack
+@pytest.mark.parametrize("student", ["kd/gen1", "dkpp/gen1"])
+def test_training_is_bit_for_bit_the_same_with_diagnostics_on_or_off(
+    plan, digits, teachers, student, seeds
+) -> None:
+    role = plan.role(student)
+    on = train_role(role, seeds, digits, teachers=teachers, device=CPU)
+    with diagnostics.switch(False):
+        off = train_role(role, seeds, digits, teachers=teachers, device=CPU)
+    for a, b in zip(on, off, strict=True):
+        assert a.state_dict.keys() == b.state_dict.keys()
+        assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+        assert a.final == b.final
+        assert _without_diagnostics(a.history) == b.history
+        assert all("dk_grad_share" in h for h in a.history)
+        assert not any("dk_grad_share" in h for h in b.history)
+
+
+def test_epoch_values_are_the_sample_means_of_the_steps_the_loop_saw(
+    plan, digits, teachers, monkeypatch
+) -> None:
+    """Every step's tensors saved as the loop passes them; the epoch's metrics recomputed
+    from them in float64; the teacher's side also from the teacher alone (no augmentation:
+    an epoch sees each training image once)."""
+    saved: list[tuple[np.ndarray, ...]] = []
+    real = EpochDiagnostics.update
+
+    def saving(self, student, teacher, targets, **kwargs):
+        saved.append(tuple(x.detach().double().numpy().copy() for x in (student, teacher, targets)))
+        return real(self, student, teacher, targets, **kwargs)
+
+    monkeypatch.setattr(EpochDiagnostics, "update", saving)
+    role = plan.role("kd/gen1")
+    [result] = train_role(role, [0], digits, teachers=teachers, device=CPU)
+    steps = len(saved) // role.train.epochs
+    for epoch, h in enumerate(result.history):
+        batches = saved[epoch * steps : (epoch + 1) * steps]
+        s, t, y = (np.concatenate([b[i] for b in batches]) for i in range(3))
+        want = reference("kd", role.loss_params, s, t, y.astype(np.int64))
+        for key, value in want.items():
+            assert h[key] == pytest.approx(float(value), rel=1e-5, abs=1e-6), (epoch, key)
+    probs = predict_probs(teachers[0], digits.train_x, digits, batch_size=512).double().numpy()
+    temp = role.loss_params["temperature"]
+    soft = _softmax(np.log(probs) / temp)  # softmax(t / T) from softmax(t)
+    for h in result.history:
+        assert h["teacher_correct"] == pytest.approx(
+            (probs.argmax(1) == digits.train_y.numpy()).mean()
+        )
+        assert h["teacher_conf"] == pytest.approx(soft.max(1).mean(), rel=1e-5)
+
+
+def test_a_pack_gives_each_seed_its_own_diagnostics_also_when_a_seed_diverged(
+    plan, digits, teachers
+) -> None:
+    role = plan.role("dkpp/gen1")
+    [alone] = train_role(role, [0], digits, teachers=teachers, device=CPU)
+    healthy = train_role(role, [0, 2], digits, teachers=teachers, device=CPU)
+    with installed(diverge_seeds=[1]):
+        mixed = train_role(role, [0, 1], digits, teachers=teachers, device=CPU)
+    assert mixed[1].failure is not None
+    # an MLP seed trains bit for bit alike in every pack of two or more; its diagnostics,
+    # once the diverged seed has left the pack (the epochs after the first), are computed
+    # on other shapes (vectorised exp and its scalar tail round apart by an ulp)
+    assert _without_diagnostics(mixed[0].history) == _without_diagnostics(healthy[0].history)
+    for a, b in zip(mixed[0].history, healthy[0].history, strict=True):
+        assert a.keys() == b.keys()
+        for key in (*diagnostics.COMMON, "dk_grad_share_permuted"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    assert healthy[0].history != healthy[1].history
+    # and like the loop's to float rounding
+    for a, b in zip(healthy[0].history, alone.history, strict=True):
+        for key in (*diagnostics.COMMON, "dk_grad_share_permuted"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+
+
+# --- a small study, end to end --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory) -> Path:
+    """The default study cut down (4 seeds, 2 epochs, BAN with 2 generations) with a logit
+    matching arm, run by `study run` in a subprocess against a real MLflow store."""
+    text = (Path(__file__).parents[1] / "protocols" / "ban_digits.toml").read_text()
+    text = text.split("[tune]")[0]
+    text = text.replace("seeds = 20", "seeds = 4").replace("epochs = 12", "epochs = 2")
+    text = text.replace("generations = 3", "generations = 2")
+    text = text.replace("[analysis]", '[[arms]]\nname = "mse"\nloss = "mse_logits"\n\n[analysis]')
+    cwd = tmp_path_factory.mktemp("signal")
+    (cwd / "small.toml").write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.cli", "run", "small.toml"],
+        cwd=cwd,
+        env={**env, "MLFLOW_DISABLE_TELEMETRY": "true", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return cwd
+
+
+def test_every_distillation_run_logs_the_diagnostics_every_epoch(small_study) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{small_study / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ban_digits")
+    runs = [
+        r
+        for r in client.search_runs([exp.experiment_id], max_results=1000)
+        if "role" in r.data.tags
+    ]
+    extra = {"dkpp": "dk_grad_share_permuted", "cwtm": "cwtm_weight_cv"}
+    distilled = 0
+    for r in runs:
+        loss = r.data.params.get("loss")
+        keys = set(r.data.metrics)
+        if loss in diagnostics.GRADIENT:
+            distilled += 1
+            want = {*diagnostics.COMMON, *([extra[loss]] if loss in extra else [])}
+            assert want <= keys, (r.data.tags["role"], want - keys)
+            assert not ({"dk_grad_share_permuted", "cwtm_weight_cv"} - want) & keys
+            for key in want:
+                history = client.get_metric_history(r.info.run_id, key)
+                assert sorted(m.step for m in history) == [1, 2]
+                assert all(
+                    0.0 <= m.value <= (np.log(10) if "entropy" in key else 5.0) for m in history
+                )
+        else:
+            assert not set(diagnostics.DIAGNOSTIC_METRICS) & keys, r.data.tags["role"]
+    # ban/gen1, ban/gen2, kd, cwtm, dkpp, mse: 6 distilling roles x 4 seeds
+    assert distilled == 6 * 4
+
+
+def test_the_report_says_where_the_signal_comes_from(small_study) -> None:
+    report = (small_study / "reports" / "ban_digits" / "report.md").read_text()
+    section = report.split("## Where the signal comes from")[1].split("## Power and seeds")[0]
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| ") and "/gen" in line
+    }
+    for role in ("ban/gen1", "ban/gen2", "kd/gen1", "cwtm/gen1", "dkpp/gen1", "mse/gen1"):
+        assert role in rows, role
+    # mean [low, high] of dk_grad_share for each role, with a Spearman row per role
+    assert all(any(c.count("[") == 1 and "," in c for c in cells) for cells in rows.values())
+    assert "not a cause" in section and "Spearman" in section
+    assert "figures/dark_knowledge.png" in section
+    assert (
+        (small_study / "reports" / "ban_digits" / "figures" / "dark_knowledge.png").stat().st_size
+    )
+    html = (small_study / "reports" / "ban_digits" / "report.html").read_text()
+    assert "<h2>Where the signal comes from</h2>" in html
