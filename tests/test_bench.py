@@ -225,3 +225,16 @@ def test_diagnostics_cost_times_each_student_with_the_diagnostics_off_and_on(mon
 def test_the_bench_says_whether_the_kd_students_measured_their_diagnostics() -> None:
     off = run_bench(BenchConfig(**{**TINY.__dict__, "packs": (1,), "diagnostics": False}))
     assert "kd dark-knowledge diagnostics: off" in format_report(off)
+
+
+def test_the_cli_times_the_diagnostics_off_and_on_and_can_switch_them_off() -> None:
+    small = ["--arch-kwargs", '{"hidden": [8]}', "--batch", "8", "--steps", "2"]
+    small += ["--repeats", "1", "--packs", "1", "--device", "cpu"]
+    cost = CliRunner().invoke(app, ["bench", *small, "--diagnostics-cost"])
+    assert cost.exit_code == 0, cost.output
+    lines = [line for line in cost.output.splitlines() if "ms/step off" in line]
+    assert [line.split(",")[0] for line in lines] == ["kd", "dkpp"]
+    assert all("in the diagnostics' calls" in line for line in lines)
+    off = CliRunner().invoke(app, ["bench", *small, "--kd", "--no-diagnostics", "--json"])
+    assert off.exit_code == 0, off.output
+    assert json.loads(off.output[off.output.index("{") :])["config"]["diagnostics"] is False

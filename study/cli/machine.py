@@ -114,9 +114,27 @@ def bench(
             "memory format ([execution] channels_last); compare both to see what it pays.",
         ),
     ] = True,
+    diagnostics: Annotated[
+        bool,
+        typer.Option(
+            "--diagnostics/--no-diagnostics",
+            help="The KD students' dark-knowledge diagnostics, on as in a study; "
+            "--no-diagnostics times the students without them.",
+        ),
+    ] = True,
+    diagnostics_cost: Annotated[
+        bool,
+        typer.Option(
+            "--diagnostics-cost",
+            help="Instead of the variants: the distillation student's step with the "
+            "diagnostics off, then on, five times in alternation per loss (kd, dkpp) "
+            "and pack size, and their share of the step.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False,
 ) -> None:
     """Time the plain PyTorch loop, the harness's loop and seed packs side by side."""
+    from study import bench as harness
     from study.bench import BenchConfig, format_report, parse_arch_kwargs, parse_packs, run_bench
 
     kwargs = parse_arch_kwargs(arch_kwargs)
@@ -137,8 +155,14 @@ def bench(
         teacher_cache=teacher_cache,
         deterministic=deterministic,
         channels_last=channels_last,
+        diagnostics=diagnostics,
     )
     say = (lambda text: None) if as_json else (lambda text: err_console.print(text))
+    if diagnostics_cost:
+        costs = harness.diagnostics_cost(config, progress=say)
+        for line in harness.format_diagnostics_cost(costs):
+            console.print(line, highlight=False, soft_wrap=True)
+        return
     report = run_bench(config, progress=say)
     if as_json:
         print(report.to_json())
