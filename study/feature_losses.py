@@ -113,7 +113,7 @@ def attention_map(a: Tensor, p: float) -> Tensor:
 
 def at_loss(student: Sequence[Tensor], teacher: Sequence[Tensor], *, p: float = 2.0) -> Tensor:
     """Attention transfer (Zagoruyko & Komodakis 2017, Eq. 2 in the code's form): sum over
-    tap pairs of mean_{i,j} (Q_s - Q_t)_{ij}^2, Q = ``attention_map(a, p)``."""
+    tap pairs of mean_{i,j} (Q_s - Q_t)_{ij}^2, Q = vec(mean_c |a_c|^p) / ||.||_2 per example."""
     return sum(
         (attention_map(s, p) - attention_map(t, p)).pow(2).mean()
         for s, t in _pairs(student, teacher)
@@ -165,8 +165,8 @@ def rkd_loss(
     angle_weight: float = 50.0,
 ) -> Tensor:
     """Relational KD (Park et al. 2019, Eqs. 4-7): per tap pair, Huber (smooth L1, delta 1)
-    of the normalised pairwise distances, mean over N^2, times ``distance_weight``, plus
-    Huber of the angle cosines, mean over N^3, times ``angle_weight``."""
+    of the normalised pairwise distances, mean over N^2, times distance_weight, plus
+    Huber of the angle cosines, mean over N^3, times angle_weight."""
     total = 0
     for s, t in _pairs(student, teacher):
         s, t = s.flatten(1), t.flatten(1)
