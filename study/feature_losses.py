@@ -397,7 +397,8 @@ class FeatureTerm(nn.Module):
 
     def loss(self, student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
         """The unweighted feature loss of one step (student taps through the connectors)."""
-        mapped = [c(s) for c, s in zip(self.connectors, student, strict=True)]
+        # float32: taps recorded under autocast (bf16, fp16) meet float32 connector weights
+        mapped = [c(s.float()) for c, s in zip(self.connectors, student, strict=True)]
         return self.method.fn(mapped, teacher, **self.params)
 
     def forward(self, student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:

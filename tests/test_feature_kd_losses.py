@@ -238,3 +238,12 @@ def test_feature_term_weights_the_loss_and_trains_its_connector():
     assert math.isclose(value.item(), 3.0 * term.loss([s], [t]).item(), rel_tol=1e-6)
     value.backward()
     assert term.connectors[0][0].weight.grad is not None
+
+
+def test_feature_term_takes_half_precision_taps_in_float32() -> None:
+    torch.manual_seed(0)
+    term = FeatureTerm(resolve_features({"method": "fitnet"}, WRN, WIDE), WRN, WIDE)
+    s, t = torch.randn(2, 64, 16, 16), torch.randn(2, 128, 16, 16)
+    value = term([s.bfloat16()], [t.bfloat16()])
+    assert value.dtype == torch.float32
+    assert math.isclose(value.item(), term([s.bfloat16().float()], [t]).item(), rel_tol=1e-2)
