@@ -91,6 +91,7 @@ def packable(role: Role) -> bool:
         and role.train is not None
         and role.arch in PACKABLE_ARCHS
         and role.train.precision != "fp16"
+        and role.features is None  # feature KD trains in the loop (study/features.py)
     )
 
 

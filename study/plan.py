@@ -31,7 +31,13 @@ from study.data import dataset_info
 from study.errors import UserInputError
 from study.losses import TUNED, resolve_loss_params
 from study.models import resolve_model_kwargs
-from study.protocol import Protocol, TrainSection, TuneSection, resolved_arch
+from study.protocol import (
+    Protocol,
+    TrainSection,
+    TuneSection,
+    resolved_arch,
+    resolved_features,
+)
 from study.tuned import SEARCHABLE, answers_to, digest, read_tuned, tuned_path
 from study.version import __version__
 
@@ -56,11 +62,16 @@ class Role:
     members: tuple[str, ...] = ()  # ensemble members, generation order
     augmentation: str | None = None  # of the training batches, "default" resolved
     condition: str | None = None  # of a protocol of several conditions (study.conditions)
+    # feature-based distillation (study.feature_losses): method, weight, params, taps and
+    # connectors, resolved; None for a role that distils logits only
+    features: dict[str, Any] | None = None
 
     def config(self) -> dict[str, Any]:
         """The result-determining configuration of this role (no names, no device; the
         condition's name, where there is one, keeps conditions' runs apart)."""
         named = {"condition": self.condition} if self.condition is not None else {}
+        if self.features is not None:  # absent otherwise: other roles' fingerprints unchanged
+            named["features"] = self.features
         if self.kind == "ensemble":
             return {"kind": self.kind, "size": len(self.members), **named}
         train = self.train.model_dump(exclude={"device"}) if self.train else {}
@@ -235,6 +246,7 @@ def expand(protocol: Protocol, tuned: Mapping[str, float] | None = None) -> Plan
                     train=train,
                     teacher=previous,
                     augmentation=augmentation,
+                    features=resolved_features(protocol, index, k),
                 )
             )
             generations.append(key)

@@ -17,10 +17,12 @@ from typing import Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from study.data import dataset_names
+from study.data import dataset_info, dataset_names
 from study.errors import UserInputError
+from study.feature_losses import resolve_features
 from study.losses import TUNED, get_loss, resolve_loss_params
-from study.models import validate_model_kwargs
+from study.models import resolve_model_kwargs, validate_model_kwargs
+from study.models.taps import tap_shapes
 
 
 class _Strict(BaseModel):
@@ -183,6 +185,12 @@ class ArmSection(_Strict):
     arch: str | None = None
     kwargs: dict[str, Any] | None = None
     loss: LossSection
+    features: dict[str, Any] | None = Field(
+        default=None,
+        description="feature-based distillation added to the loss: method (fitnet, at, sp, "
+        "rkd), weight, student_taps, teacher_taps and the method's parameters "
+        "(study.feature_losses)",
+    )
     generations: int = Field(default=1, ge=1)
     ensemble: bool = False
     train: dict[str, Any] = Field(default_factory=dict)
@@ -622,6 +630,8 @@ def _check_registries(p: Protocol) -> None:
         check(f"{where}.loss.name", get_loss, arm.loss.name)
         check(f"{where}.loss", resolve_loss_params, arm.loss.name, arm.loss.params)
         check(f"{where}.train", p.train_for, arm.train)
+        for generation in range(1, min(arm.generations, 2) + 1):
+            check(f"{where}.features", resolved_features, p, i, generation)
         pending = [k for k, v in arm.loss.params.items() if v == TUNED]
         if pending and p.tune is not None and arm.name != p.tune.arm:
             raise UserInputError(
@@ -722,3 +732,54 @@ def resolved_arch(p: Protocol, arm: ArmSection) -> tuple[str, dict[str, Any]]:
     if arm.arch is None:
         return p.teacher.arch, dict(p.teacher.kwargs if arm.kwargs is None else arm.kwargs)
     return arm.arch, dict(arm.kwargs or {})
+
+
+def input_facts(p: Protocol) -> dict[str, int] | None:
+    """in_channels, image_size, num_classes of the protocol's data where they are known
+    before reading it (the dataset's static facts, data.image_size, the synthetic options);
+    None otherwise (an image folder's classes)."""
+    info = dataset_info(p.data.dataset)
+    facts = {
+        "in_channels": info.in_channels,
+        "image_size": info.image_size,
+        "num_classes": info.num_classes,
+    }
+    if p.data.image_size is not None:
+        facts["image_size"] = p.data.image_size
+    synthetic = p.data.synthetic
+    for ours, theirs in (
+        ("in_channels", "channels"),
+        ("image_size", "image_size"),
+        ("num_classes", "num_classes"),
+    ):
+        if theirs in synthetic:
+            facts[ours] = synthetic[theirs]
+    return facts if all(isinstance(v, int) for v in facts.values()) else None
+
+
+def resolved_features(p: Protocol, index: int, generation: int) -> dict[str, Any] | None:
+    """Arm ``index``'s feature configuration for its generation ``generation`` (taps,
+    connectors, weight and parameters; ``feature_losses.resolve_features``), or None
+    without a ``features`` table. Generation 1 distils from the teacher's taps, later ones
+    from the previous generation's (the arm's own architecture). Where the data's shape is
+    unknown before reading it, tap names are checked and shapes are not."""
+    arm = p.arms[index]
+    if arm.features is None:
+        return None
+    s_arch, s_kwargs = resolved_arch(p, arm)
+    t_arch, t_kwargs = (
+        (p.teacher.arch, dict(p.teacher.kwargs)) if generation == 1 else (s_arch, s_kwargs)
+    )
+    facts = input_facts(p)
+    known = facts is not None
+    facts = facts or {"in_channels": 3, "image_size": 32, "num_classes": 10}
+    s_shapes = tap_shapes(s_arch, s_kwargs, **facts)
+    t_shapes = tap_shapes(t_arch, t_kwargs, **facts)
+    if not known:
+        s_shapes = dict.fromkeys(s_shapes, ())
+        t_shapes = dict.fromkeys(t_shapes, ())
+    resolved = resolve_features(arm.features, s_shapes, t_shapes)
+    # which network the teacher taps are read from (generation k > 1: the arm's own)
+    resolved["teacher_arch"] = t_arch
+    resolved["teacher_kwargs"] = resolve_model_kwargs(t_arch, t_kwargs)
+    return resolved

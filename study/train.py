@@ -13,6 +13,7 @@ schema, the teacher-output cache and the final metrics) is in ``engine.py`` and
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,7 @@ from study.engine import (
     to_device,
     train_batches,
 )
+from study.features import LOOP_NOTE, SeedFeatures
 from study.losses import get_loss
 from study.metrics import evaluate_probs, final_scores
 from study.plan import Role, derive_seed
@@ -99,6 +101,9 @@ def train_role(
             results.append(run.run(on_epoch, on_resume))
         except TrainingDiverged as e:  # this seed fails alone; the pack goes on
             results.append(SeedResult(seed=seed, state_dict={}, failure=str(e)))
+    if role.features is not None and len(seeds) > 1:  # feature KD: why not a pack
+        for result in results:
+            result.notes.append(LOOP_NOTE.format(method=role.features["method"]))
     return results
 
 
@@ -129,7 +134,17 @@ class _SeedRun:
             teacher = to_device(teacher, device).eval().requires_grad_(False)
         self.teacher = teacher
         self.distils = teacher is not None and self.loss.needs_teacher  # else: agreement only
-        self.opt = make_optimizer(self.model, self.cfg)
+        # Feature distillation (study/features.py): taps, connectors, the teacher each step;
+        # the connectors train in the student's optimizer, after the model's parameters.
+        self.features: SeedFeatures | None = None
+        trained: nn.Module = self.model
+        if role.features is not None:
+            if teacher is None:
+                raise ValueError(f"role {role.key}: feature distillation needs a teacher")
+            self.features = SeedFeatures(role, seed, data, self.model, teacher, device)
+            trained = nn.ModuleList([self.model, self.features.term])
+        self.epoch = 0
+        self.opt = make_optimizer(trained, self.cfg)
         self.sched = make_scheduler(self.opt, self.cfg)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.cfg.precision == "fp16")
         self.streams = SeedStreams.of(seed, role.generation, device)
@@ -151,7 +166,7 @@ class _SeedRun:
                 teacher_val = self._predict(self.teacher, data.val_x)
                 if self.evaluate_test:
                     teacher_test = self._predict(self.teacher, data.test_x)
-            if self.distils:
+            if self.distils and self.features is None:  # the cache holds no features
                 self.cache = TeacherCache.build(
                     self.teacher,
                     data,
@@ -169,7 +184,7 @@ class _SeedRun:
             val = self._predict(self.model, data.val_x)
             test = self._predict(self.model, data.test_x) if self.evaluate_test else None
             self.result.final = final_scores(val, test, data, teacher_val, teacher_test)
-            if self.distils:
+            if self.distils or self.features is not None:
                 record_teacher_outputs(self.result, self.cache)
         self.result.state_dict = {
             k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
@@ -185,6 +200,8 @@ class _SeedRun:
         if on_resume is not None:
             on_resume(self.seed, list(saved["history"]))
         self.model.load_state_dict(saved["model"])
+        if self.features is not None:
+            self.features.term.load_state_dict(saved["connectors"])
         self.opt.load_state_dict(saved["optimizer"])
         self.sched.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
@@ -201,6 +218,7 @@ class _SeedRun:
         """The remaining epochs: train, evaluate, checkpoint when the slot says it is due."""
         train_x, train_y = self.data.train_x.to(self.device), self.data.train_y.to(self.device)
         for epoch in range(len(self.result.history) + 1, self.cfg.epochs + 1):
+            self.epoch = epoch
             diag = EpochDiagnostics.start(  # [diagnostics]
                 self.role.loss, self.role.loss_params, self.device
             )
@@ -224,6 +242,7 @@ class _SeedRun:
                         self.sched,
                         self.scaler,
                         self.streams,
+                        **self._connectors(),
                     )
                 )
             if on_epoch is not None:
@@ -237,6 +256,8 @@ class _SeedRun:
         the loss stream (it replays DKPP's permutation from a copy of that stream)."""
         cfg, data, device, streams = self.cfg, self.data, self.device, self.streams
         self.model.train()
+        if self.features is not None:
+            self.features.term.train()
         n = len(train_x)
         perm = torch.randperm(n, generator=streams.order).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -247,12 +268,17 @@ class _SeedRun:
             xb = normalize(xb, data.mean, data.std)
             yb = train_y[idx]
             t_logits = None
-            if self.distils:
+            if self.features is not None:  # one teacher pass: its taps and its logits
+                t_logits = self.features.run_teacher(xb, cfg.precision)
+            elif self.distils:
                 t_logits = teacher_outputs(self.cache, idx, xb, self.teacher, device, cfg.precision)
-            with autocast(device, cfg.precision):
+            taps = self.features.tapping() if self.features is not None else nullcontext()
+            with autocast(device, cfg.precision), taps:
                 logits = self.model(xb)
             diag.update(logits, t_logits, yb, generator=streams.loss)  # [diagnostics]
             loss = self.loss(logits, yb, t_logits, generator=streams.loss, **self.role.loss_params)
+            if self.features is not None:
+                loss = self.features.add_to(loss, self.epoch)
             if hooks.seed_losses:
                 loss = hooks.losses_of([self.seed], loss)
             self.opt.zero_grad(set_to_none=True)
@@ -264,6 +290,10 @@ class _SeedRun:
             if hooks.after_step:
                 hooks.step_taken()
         return float(loss_sum) / n, float(correct) / n
+
+    def _connectors(self) -> dict[str, dict[str, Tensor]]:
+        """The connectors' state for the checkpoint (feature roles only)."""
+        return {} if self.features is None else {"connectors": self.features.term.state_dict()}
 
     def _predict(self, model: nn.Module, x: Tensor) -> Tensor:
         return predict_probs(model, x, self.data, batch_size=self.cfg.eval_batch_size)

@@ -22,6 +22,8 @@ from study.analysis.table import Table
 from study.analysis.units import NOT_AVAILABLE
 from study.data import dataset_info
 from study.errors import UserInputError
+from study.feature_losses import get_feature_method
+from study.features import connector_parameter_count
 from study.losses import TUNED, get_loss
 from study.models import create_model, resolve_model_kwargs
 from study.plan import Plan, Role
@@ -95,7 +97,29 @@ def loss_words(rep: Report, role: Role) -> str:
         f"{k} = {_value(v)}" + (" [tuned]" if k in tuned else "")
         for k, v in role.loss_params.items()
     )
-    return f"{role.loss} ({params})" if params else role.loss
+    words = f"{role.loss} ({params})" if params else role.loss
+    return words + feature_words(role)
+
+
+def feature_words(role: Role) -> str:
+    """' + 100 x fitnet (stage2 -> stage2, conv1x1_bn; hint_epochs = 0)' for a feature role,
+    empty otherwise."""
+    f = role.features
+    if not f:
+        return ""
+    pairs = ", ".join(
+        f"{s} -> {t}" + (f" via {c}" if c else "")
+        for s, t, c in zip(f["student_taps"], f["teacher_taps"], f["connectors"], strict=True)
+    )
+    params = "".join(f"; {k} = {_value(v)}" for k, v in f["params"].items())
+    return f" + {_value(f['weight'])} x {f['method']} ({pairs}{params})"
+
+
+def connector_count(role: Role, shape: dict[str, int] | None) -> int | None:
+    """Trainable parameters of a feature role's connectors (None: none, or unknown shape)."""
+    if shape is None or not role.features:
+        return None
+    return connector_parameter_count(role, shape)
 
 
 def recipe_differences(rep: Report, role: Role) -> str:
@@ -146,17 +170,21 @@ def setup_tables(rep: Report) -> dict[str, Table]:
     times = wall_times(rep.collected.runs)
     packs = _pack_sizes(rep.collected.runs)
     counts = {r.key: parameter_count(r, shape) for r in rep.plan.roles}
+    connectors = {r.key: connector_count(r, shape) for r in rep.plan.roles}
 
     def parameters(r: Role) -> str:
         if r.kind == "ensemble":
             known = [counts[m] for m in r.members]
             return f"{sum(known):,} (members)" if all(x is not None for x in known) else "–"
-        return f"{counts[r.key]:,}" if counts[r.key] is not None else NOT_AVAILABLE
+        if counts[r.key] is None:
+            return NOT_AVAILABLE
+        extra = connectors[r.key]  # trained with the student, not part of its network
+        return f"{counts[r.key]:,}" + (f" (+ {extra:,} connector)" if extra else "")
 
     def learns_from(r: Role) -> str:
         if r.kind == "ensemble":
             return ", ".join(r.members)
-        if r.teacher is None or not get_loss(r.loss).needs_teacher:
+        if r.teacher is None or not (get_loss(r.loss).needs_teacher or r.features):
             return "labels only"
         return r.teacher
 
@@ -299,7 +327,12 @@ def _device_words(rep: Report) -> str:
 def _loss_glossary(rep: Report) -> str:
     """One line per loss used: its formula, from the loss's own documentation."""
     used = list(dict.fromkeys(r.loss for r in rep.plan.roles if r.kind != "ensemble"))
-    return " ".join(f"{name}: {_formula(name)}" for name in used)
+    text = " ".join(f"{name}: {_formula(name)}" for name in used)
+    methods = list(dict.fromkeys(r.features["method"] for r in rep.plan.roles if r.features))
+    for name in methods:  # feature terms: the first sentence of the method's documentation
+        doc = " ".join(get_feature_method(name).doc.split())
+        text += f" {name}: {doc}"
+    return text
 
 
 def _formula(name: str) -> str:
@@ -330,6 +363,13 @@ def _roles_words(rep: Report) -> str:
         + ("" if wall_times(rep.collected.runs) else " (–: these results record no run times)")
         + "; ensembles are evaluated, not trained."
     )
+    if any(r.features for r in rep.plan.roles):
+        text += (
+            " (+ N connector): the regressors of a feature-distilling role, trained with the"
+            " student and saved in its checkpoint but not part of the evaluated network;"
+            " feature roles train one seed at a time, and their teacher runs in every step"
+            " (its features are not cached)."
+        )
     if tuned:
         where = rep.collected.meta.get("tuned_file") or "the tuning result"
         text += (
