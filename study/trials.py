@@ -28,7 +28,7 @@ from study.claims import dead_here
 from study.errors import UserInputError
 from study.plan import Plan, Role
 from study.protocol import Protocol, SearchRange, TuneSection
-from study.tuned import SEARCHABLE, TUNED_FILE
+from study.tuned import SEARCHABLE, tuned_path
 
 try:
     import fcntl
@@ -132,7 +132,7 @@ class TuningPlan:
 
     @property
     def result_path(self) -> Path:
-        return self.results_dir / self.protocol.study.name / TUNED_FILE
+        return tuned_path(self.protocol.study.name, self.results_dir)
 
 
 def settle_trial_runs(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UserInputError
+from study.paths import within
 
 TUNED_FILE = "tuned.json"
 SEARCHABLE = ("temperature", "alpha", "lr")
@@ -31,8 +32,9 @@ def digest(payload: Any) -> str:
 
 
 def tuned_path(study: str, results_dir: Path = Path("results")) -> Path:
-    """Where the tuning result of study ``study`` lives."""
-    return results_dir / study / TUNED_FILE
+    """Where the tuning result of study ``study`` lives: refused (``paths.within``) unless
+    it lies inside ``results_dir``, like every output path built from a name."""
+    return within(results_dir, study, TUNED_FILE)
 
 
 def read_tuned(path: Path) -> dict | None:

@@ -630,3 +630,13 @@ def test_a_tuned_value_without_a_result_says_why_the_file_gave_none(tmp_path, mo
         with pytest.raises(UserInputError) as stale:
             plan.require_trainable()
         assert words in stale.value.message, stale.value.message
+
+
+def test_the_tuning_result_path_never_leaves_the_results_folder(tmp_path) -> None:
+    from study.errors import UserInputError
+    from study.tuned import tuned_path
+
+    assert tuned_path("s", tmp_path) == tmp_path / "s" / "tuned.json"
+    for name in ("..", "../elsewhere", "/etc"):
+        with pytest.raises(UserInputError, match="not inside"):
+            tuned_path(name, tmp_path)
