@@ -305,8 +305,14 @@ def _work(session, board, plan, mine, size, summary, refresh, given_up, poll_s) 
                 given_up.update((role.key, s) for s in won if (role.key, s) not in run_ids)
         if worked:
             continue
-        if board.others_active(claims, list(fingerprints.values())):
+        # Decided on a fresh look: a claim we lost just now was taken after `claims` was
+        # read, and a run finished since the last refresh may have made work ready.
+        if board.others_active(tracker.claims(study), list(fingerprints.values())):
             time.sleep(poll_s)  # another worker trains something we need: wait for it
+            continue
+        known = len(run_ids)
+        refresh()
+        if len(run_ids) > known:
             continue
         for role_key, seed in remaining:  # nobody works on them and they cannot start
             missing = [d for d in plan.dependencies(role_key) if (d, seed) not in run_ids]

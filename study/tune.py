@@ -282,6 +282,7 @@ def tune(
                 raise
             if interrupted is not None:
                 gc.collect()
+                worker.fail_reserved()  # a Ctrl-C between reserving a trial and running it
                 _end_run_quietly(tracker, parent, "KILLED")
                 raise interrupted()
             tracker.end_run(parent, "FINISHED")
@@ -468,6 +469,7 @@ class _Worker:
         self.pruner = make_pruner(tuning)
         self.ran = 0
         self.durations: list[float] = []
+        self.reserved: optuna.Trial | None = None  # the trial reserve() gave out last
 
     def _view(self, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
         return optuna.load_study(
@@ -493,14 +495,29 @@ class _Worker:
             if finished + running >= self.tuning.trials:
                 return None
             # the sampler of trial n depends on n only (the next number: the trials so far)
-            with _no_interrupt():
-                trial = self._view(_sampler(self.tuning, len(trials))).ask()
-                try:
+            trial = None
+            try:
+                with _no_interrupt():
+                    trial = self._view(_sampler(self.tuning, len(trials))).ask()
                     trial.set_user_attr("worker", WORKER)
-                except BaseException:
-                    trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                    raise
+            except BaseException:
+                # A Ctrl-C held back during the ask is delivered as the block ends: the
+                # trial it created must not stay RUNNING (nobody would end it).
+                if trial is not None:
+                    with _no_interrupt():
+                        trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
+        self.reserved = trial
         return trial
+
+    def fail_reserved(self) -> None:
+        """The last reserved trial fails in Optuna unless it has ended already (an interrupt
+        that came after ``reserve`` returned and before ``run`` took the trial over)."""
+        if self.reserved is not None:
+            with _no_interrupt():
+                self.reserved.study.tell(
+                    self.reserved, state=TrialState.FAIL, skip_if_finished=True
+                )
 
     def run(self, trial: optuna.Trial) -> FrozenTrial:
         """Train the trial's student on every tuning seed; tell Optuna and MLflow the end.
