@@ -133,9 +133,7 @@ def test_a_protocol_pairing_taps_no_connector_can_join_is_refused_naming_file_an
 def test_changing_a_feature_loss_retrains_only_its_arm() -> None:
     text = DIGITS.read_text()
     before = expand(parse_protocol(text, source="a.toml")).fingerprints("identity")
-    changed = text.replace(
-        'method = "at", weight = 10.0, p = 2.0', 'method = "at", weight = 5.0'
-    )
+    changed = text.replace('method = "at", weight = 10.0, p = 2.0', 'method = "at", weight = 5.0')
     assert changed != text
     after = expand(parse_protocol(changed, source="b.toml")).fingerprints("identity")
     moved = {k[0] for k in before if before[k] != after[k]}
