@@ -5,9 +5,9 @@ cross-entropy with respect to the student's logit c into ``q_c - p_c`` (student 
 p, both at the loss's temperature): the teacher's argmax class ``a`` contributes
 ``q_a - p_a``, every other class ("dark knowledge") ``q_c - p_c``. These diagnostics
 measure that split during training, from the tensors a step already has (the student's and
-the teacher's logits, the labels, and for DKPP the loss's generator), under ``no_grad``
-and without drawing from any of the training's random streams: training is bit for bit
-the same with them on or off (tests/test_diagnostics.py).
+the teacher's logits, the labels, and for DKPP the permuted targets its loss trains on,
+which the loss leaves in the ``losses.Watched`` stream it is handed), under ``no_grad``:
+training is bit for bit the same with them on or off (tests/test_diagnostics.py).
 
 Per sample i (``g_i`` the soft-target gradient, ``a_i = argmax_c t_ic``, ``p_i`` the
 teacher's soft targets at the loss's temperature T):
@@ -18,19 +18,22 @@ teacher's soft targets at the loss's temperature T):
   2015). For ``cwtm`` and ``dkpp``, which do not train on ``p_i`` itself, the same share
   at T = 1: what the teacher's soft targets offer, the quantity those controls remove.
 - ``dk_grad_share_permuted`` (DKPP): the share on the targets DKPP trains on,
-  ``g_i = softmax(s_i) - perm(p_i)``, with the permutation the loss draws in this step.
+  ``g_i = softmax(s_i) - perm(p_i)``, ``perm(p_i)`` the loss's own targets in this step
+  (DKPP keeps the argmax in place).
 - ``teacher_conf``: ``p_{i, a_i}``; ``teacher_entropy``: ``-sum_c p_ic log p_ic`` (nats);
   ``teacher_correct``: ``1[a_i = y_i]`` on the (augmented) view the student trains on.
 - ``cwtm_weight_cv`` (CWTM): the coefficient of variation (population sd / mean) of the
   batch's weights ``w_i = max_c softmax(t_i)_c / sum_j max_c softmax(t_j)_c``.
 
 Each is averaged over the epoch's training samples (the batch CV weighted by the batch's
-size); a pack gets one set per seed. The arithmetic is float32 like the losses', the sums
-float64.
+size); a pack gets one set per seed, bit for bit what the seed gets in any other pack or
+alone. The arithmetic is float32 like the losses', the sums float64.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -38,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from study.losses import LossGenerator, resolve_loss_params, uniform_keys
+from study.losses import LossGenerator, Watched, resolve_loss_params
 
 COMMON = ("dk_grad_share", "teacher_conf", "teacher_entropy", "teacher_correct")
 EXTRA = {"dkpp": ("dk_grad_share_permuted",), "cwtm": ("cwtm_weight_cv",)}
@@ -87,31 +90,57 @@ class EpochDiagnostics:
     """One epoch's diagnostics of K seeds (K = 1: the loop).
 
     ``start`` gives one per epoch; ``update`` once per step with the tensors the loss gets,
-    before the loss is called; ``result(j)`` seed j's epoch means. A step only keeps
-    references to its (detached) logits and labels, and for DKPP draws the loss's
-    permutation keys from a copy of the loss's generator in its state before the loss
-    draws; the arithmetic runs once over several steps (``BUFFER`` values, or the epoch's
-    end): a step of a small network costs little more than the launch of its operations,
-    and twenty operations per step cost a quarter of it (docs/benchmarks.md).
+    before the loss is called, and the loss gets the generator ``update`` returns (for
+    DKPP the loss's own stream, ``losses.Watched``, in which the loss leaves the permuted
+    targets it trains on); ``result(j)`` seed j's epoch means. A step only keeps references
+    to its (detached) tensors, and the arithmetic runs once over several steps: a step of a
+    small network costs little more than the launch of its operations, and twenty
+    operations per step would cost a quarter of it. Not too many steps either: the
+    training writes each step's outputs to fresh memory while the kept ones hold theirs,
+    which costs a pack of 16 digits MLPs 5% of its step over an epoch (docs/benchmarks.md).
+    So the steps are reduced when ``BUFFER`` samples a seed, or on the CPU ``CACHE``
+    values, would be kept, and at the epoch's end.
+
+    A seed's numbers are bit for bit the same whichever seeds share its pack, and in the
+    loop, although the pack's size decides which steps are reduced together: each seed's
+    samples are padded to a multiple of ``PAD``, so that all of them fall in the vectorised
+    body of every operation, never in its scalar tail (on the CPU a sum over the classes
+    rounds otherwise in the tail's columns); every operation is exact per element or
+    reduces a sample's (or a step's) values alone; and the sums over samples are exact, in
+    integers (``SCALE``), so their order does not matter (tests/test_diagnostics.py, also on
+    three threads). On a GPU each seed is reduced on its own (a reduction's order there
+    depends on the whole tensor's shape).
     """
 
     BUFFER = 2048
-    """Samples per seed kept before the buffered steps are reduced: enough to share the
-    operations' launch among steps (a digits epoch is one reduction). Counted per seed,
-    and each seed reduced on its own, so that a seed's numbers are bit for bit the same
-    in any pack: an operation's rounding can depend on where an element falls in a
-    tensor (vectorised body or scalar tail, each thread's share), so no operation mixes
-    seeds."""
+    """Samples per seed kept at most before they are reduced (or one step's, if more):
+    enough to share the operations' launch among steps (a digits epoch is one reduction)."""
+
+    CACHE = 1 << 17
+    """Values (seeds x samples x classes x sides) kept at most on the CPU before they are
+    reduced (or one step's, if more): about half a megabyte, which stays in the cache."""
+
+    PAD = 64
+    """Each seed's samples are padded to a multiple of this: twice the widest vector of
+    float32 lanes (AVX-512's 16) that a vectorised loop steps by, with room to spare."""
+
+    SCALE = 2.0**32
+    """Per-sample values are summed as integers in units of 1 / SCALE (exact, so in any
+    order; a mean is off by less than 1 / SCALE, and 2^27 samples of values up to 16 fit)."""
 
     def __init__(self, loss: str, params: Mapping[str, Any], k: int, device: torch.device):
-        self.loss, self.k = loss, k
+        self.loss, self.device = loss, device
         self.kind = GRADIENT[loss]
         self.temperature = float(params["temperature"]) if self.kind == "soft" else 1.0
         self.keys = COMMON + EXTRA.get(loss, ())
-        self.sums = torch.zeros(k, len(self.keys), dtype=torch.float64, device=device)
-        self.count = torch.zeros(k, dtype=torch.float64, device=device)
-        self.steps: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []
-        self.buffered = 0
+        self.sides = 3 if loss == "dkpp" else 2  # student, teacher, DKPP's targets
+        self.sums = torch.zeros(k, len(self.keys), dtype=torch.int64, device=device)
+        self.count = torch.zeros(k, dtype=torch.int64, device=device)
+        self.bad = torch.zeros(k, dtype=torch.int64, device=device)  # non-finite values
+        self.steps: list[tuple[Tensor, Tensor, Tensor, Watched | None]] = []
+        self.buffered = self.kept = 0
+        self.cache = self.CACHE if device.type == "cpu" else math.inf
+        self.together = device.type == "cpu"  # all seeds in one reduction, or each alone
         self.rows: Tensor | None = None
 
     @classmethod
@@ -124,7 +153,6 @@ class EpochDiagnostics:
             return _OFF
         return cls(loss, resolve_loss_params(loss, params), k, device)
 
-    @torch.no_grad()
     def update(
         self,
         student_logits: Tensor,
@@ -133,94 +161,139 @@ class EpochDiagnostics:
         *,
         generator: LossGenerator | None = None,
         rows: Tensor | None = None,
-    ) -> None:
+    ) -> LossGenerator | None:
         """Add one step: logits ``[N, C]`` (the loop) or ``[K', N, C]`` (a pack; ``rows``
         the seeds of the K' slices when some seeds left the pack, else all K; the same
-        within an epoch)."""
+        within an epoch). Returns the generator to give the loss: ``generator``, for DKPP
+        watched (the step's permuted targets are read from it after the loss has run)."""
         if teacher_logits is None:
-            return
-        keys = None
+            return generator
+        n = targets.shape[-1]
+        values = student_logits.numel() * self.sides
+        if self.steps and (self.buffered + n > self.BUFFER or self.kept + values > self.cache):
+            self._reduce()  # the steps before this one: their losses ran
+        watched = None
         if self.loss == "dkpp":
-            keys = uniform_keys(student_logits.shape, _copies(generator), student_logits.device)
+            if generator is None:
+                raise ValueError("dkpp diagnostics need the loss's generator (generator=...)")
+            generator = watched = Watched(generator)
         self.rows = rows
-        self.steps.append((student_logits.detach(), teacher_logits.detach(), targets, keys))
-        self.buffered += student_logits.shape[-2]
-        if self.buffered >= self.BUFFER:
-            self._reduce()
+        self.steps.append((student_logits.detach(), teacher_logits.detach(), targets, watched))
+        self.buffered += n
+        self.kept += values
+        return generator
 
     def _reduce(self) -> None:
-        """Add the buffered steps' per-sample values to the sums, all steps at once."""
+        """Add the kept steps' values to the sums: all seeds at once on the CPU, each seed
+        alone on a GPU."""
         if not self.steps:
             return
-        steps, k = self.steps, self.steps[0][2].numel() // self.steps[0][2].shape[-1]
+        steps, self.steps, self.buffered, self.kept = self.steps, [], 0, 0
+        x, y, sizes = self._classes_first(steps)
+        k, m = x.shape[1], sum(sizes)
+        group = k if self.together else 1
         with torch.no_grad():
-            sums = torch.cat([self._add([_seed(step, j, k) for step in steps]) for j in range(k)])
-        m = sum(step[2].shape[-1] for step in steps)
+            parts = [
+                self._sums(x[:, j : j + group], y[j : j + group], sizes) for j in range(0, k, group)
+            ]
+        sums, bad = (torch.cat(part) for part in zip(*parts, strict=True))
         if self.rows is None:
             self.sums += sums
+            self.bad += bad
             self.count += m
         else:
             self.sums.index_add_(0, self.rows, sums)
-            self.count.index_add_(0, self.rows, torch.full_like(self.rows, m, dtype=torch.float64))
-        self.steps, self.buffered = [], 0
+            self.bad.index_add_(0, self.rows, bad)
+            self.count.index_add_(0, self.rows, torch.full_like(self.rows, m))
 
-    def _add(self, steps: list[tuple[Tensor, Tensor, Tensor, Tensor | None]]) -> Tensor:
-        """One seed's sums over the buffered steps (``[1, N, C]`` logits each), ``[1, m]``."""
-        m = sum(step[2].shape[-1] for step in steps)
-        # Classes first, [C, K', samples]: a reduction over the classes is then C - 1
-        # operations on whole rows, on the CPU several times faster than reducing a last
-        # dimension of 10 classes (and F.softmax there costs 6 times these few passes).
-        # Student and teacher side by side (one operation for both softmaxes), computed
-        # alike: g = 0 exactly where s = t.
-        logits = torch.cat(
-            [_classes_first(step[0]) for step in steps]
-            + [_classes_first(step[1]) for step in steps],
-            dim=-1,
-        ).float()
-        scaled = _scaled(logits, self.temperature)
-        shifted = scaled - scaled.amax(dim=0)  # log softmax = shifted - log z
-        e = shifted.exp()
-        z = e.sum(dim=0)
-        probs = e / z
-        q, p, z, t_shifted = probs[..., :m], probs[..., m:], z[..., m:], shifted[..., m:]
-        g = logits[..., :m] - logits[..., m:] if self.kind == "logits" else q - p
-        on_top = _first_maximum(t_shifted)
-        targets = torch.cat([step[2].reshape(-1, step[2].shape[-1]) for step in steps], dim=-1)
-        per_sample = [  # each [K', m]
-            _dark_share(g, on_top),
-            1.0 / z,  # p at the argmax: exp(0) / z
-            z.log() - (p * t_shifted).sum(dim=0),  # -sum p log p
-            on_top.gather(0, targets[None])[0].to(p.dtype),
-        ]
+    def _classes_first(
+        self, steps: list[tuple[Tensor, Tensor, Tensor, Watched | None]]
+    ) -> tuple[Tensor, Tensor, list[int]]:
+        """The steps' values classes first, ``[C, K', sides, mp]`` float32 (each seed's
+        student logits, its teacher's, for DKPP the permuted targets; each side's samples
+        in a row, padded to ``mp``), the labels ``[K', mp]`` and the steps' sizes. Classes
+        first, a reduction over the classes is C - 1 operations on whole rows, on the CPU
+        several times faster than reducing a last dimension of 10 classes (and
+        ``F.softmax`` there costs 6 times these few passes). The padding's logits are
+        distinct (no tie for the argmax check); its values are dropped before the sums."""
+        sizes = [step[2].shape[-1] for step in steps]
+        s0, m = steps[0][0], sum(sizes)
+        c, k, lead = s0.shape[-1], steps[0][2].numel() // sizes[0], s0.shape[:-2]
+        mp = m + (-m % self.PAD)
+        filler = torch.arange(c, dtype=torch.float32, device=s0.device)
+        filler = filler.expand(*lead, mp - m, c)
+        sides = [[step[0] for step in steps], [step[1] for step in steps]]
         if self.loss == "dkpp":
-            keys = torch.cat([_classes_first(step[3]) for step in steps if step[3] is not None], -1)
-            classes = torch.arange(p.shape[0], device=p.device)[:, None, None]
-            top = (on_top * classes).sum(dim=0)[..., None]
-            permuted = _permute_with_keys(p.movedim(0, -1), top, keys.movedim(0, -1))
-            per_sample.append(_dark_share(q - permuted.movedim(-1, 0), on_top))
-        sums = torch.stack(per_sample, dim=-1).double().sum(dim=1)  # [K', metrics]
-        if self.loss == "cwtm":
-            sizes = torch.tensor([step[2].shape[-1] for step in steps], device=z.device)
-            sums = torch.cat([sums, _batch_cv_sums(1.0 / z.double(), sizes)[:, None]], dim=-1)
-        return sums
+            sides.append([_permuted(step[3]) for step in steps])
+        # one cat ([N, C] or [K', N, C] steps alike; the float32 filler makes it float32)
+        x = torch.cat([b for side in sides for b in (*side, filler)], dim=-2)
+        x = x.view(k, len(sides), mp, c).permute(3, 0, 1, 2)
+        y = torch.cat([*(step[2] for step in steps), filler[..., 0].long()], dim=-1)
+        return x.contiguous(), y.view(k, mp), sizes
+
+    def _sums(self, x: Tensor, y: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
+        """A group of seeds' sums over their samples, ``[K'', metrics]`` integers in units of
+        ``1 / SCALE``, and their count of non-finite values ``[K'']``, from their values
+        ``x`` (``[C, K'', sides, mp]``, overwritten: few buffers stay in the cache) and
+        labels ``y`` (``[K'', mp]``)."""
+        m = sum(sizes)
+        # student and teacher side by side: one softmax for both, computed alike (g = 0
+        # exactly where s = t)
+        logits = x[:, :, :2]
+        g = logits[:, :, 0] - logits[:, :, 1] if self.kind == "logits" else None
+        if self.temperature != 1.0:
+            logits.div_(self.temperature)
+        shifted = logits.sub_(logits.amax(dim=0))  # log softmax = shifted - log z
+        probs = shifted.exp()
+        z = probs.sum(dim=0)
+        inverse = z.reciprocal()
+        probs.mul_(inverse)
+        q, p, t_shifted = probs[:, :, 0], probs[:, :, 1], shifted[:, :, 1]
+        sign = _top_sign(t_shifted)
+        dark = []
+        if self.loss == "dkpp":  # DKPP's own targets; its permutation keeps the argmax
+            dark.append(_dark_share(x[:, :, 2].sub_(q).square_(), sign))
+        entropy = z[:, 1].log() - t_shifted.mul_(p).sum(dim=0)  # -sum p log p
+        g = q.sub_(p) if g is None else g
+        per_sample = [  # each [K'', mp]
+            _dark_share(g.square_(), sign),
+            inverse[:, 1],  # p at the argmax: exp(0) / z
+            entropy,
+            sign.gather(0, y[None])[0].add_(1.0),  # 1 on the argmax
+            *dark,
+        ]
+        parts = [torch.stack(per_sample)[..., :m]]  # [metrics, K'', m]
+        if self.loss == "cwtm":  # [1, K'', steps]: each step's size times its weights' CV
+            parts.append(_batch_cv(inverse[:, 1, :m].double(), sizes)[None])
+        # a NaN or an infinity anywhere makes the (bounded) values' float sum not finite
+        bad = sum((~part.sum(dim=(0, 2)).isfinite()).long() for part in parts)
+        # in units of 1 / SCALE, the fraction truncated (exact: a power of two's multiple)
+        sums = [part.mul(self.SCALE).long().sum(dim=-1) for part in parts]
+        return torch.cat(sums).T, bad
 
     def result(self, j: int = 0) -> dict[str, float]:
         """Seed j's means over the epoch's samples (empty before any step)."""
         self._reduce()
-        count = float(self.count[j])
+        count = int(self.count[j])
         if count == 0:
             return {}
-        return {key: v / count for key, v in zip(self.keys, self.sums[j].tolist(), strict=True)}
+        if int(self.bad[j]):
+            return dict.fromkeys(self.keys, math.nan)
+        sums = self.sums[j].tolist()
+        return {key: v / self.SCALE / count for key, v in zip(self.keys, sums, strict=True)}
 
 
 class _Off(EpochDiagnostics):
-    """The accumulator of a role without diagnostics: every call does nothing."""
+    """The accumulator of a role without diagnostics: every call does nothing (``update``
+    hands the loss its generator untouched)."""
 
     def __init__(self) -> None:
         pass
 
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    def update(
+        self, *args: Any, generator: LossGenerator | None = None, **kwargs: Any
+    ) -> LossGenerator | None:
+        return generator
 
     def result(self, j: int = 0) -> dict[str, float]:
         return {}
@@ -229,83 +302,49 @@ class _Off(EpochDiagnostics):
 _OFF = _Off()
 
 
-def _permute_with_keys(probs: Tensor, top: Tensor, keys: Tensor) -> Tensor:
-    """``probs`` permuted as ``losses._permute_non_argmax`` permutes them when its generator
-    draws ``keys``: the same pairing of sort keys and destinations, for many steps at once
-    (tests/test_diagnostics.py checks the share against DKPP's own gradient)."""
-    c = probs.shape[-1]
-    positions = torch.arange(c, device=probs.device).expand(probs.shape)
-    sources = torch.argsort(keys.masked_fill(positions == top, 2.0), dim=-1)
-    destinations = torch.where(positions == c - 1, top, positions + (positions >= top))
-    return torch.empty_like(probs).scatter_(-1, destinations, probs.gather(-1, sources))
+def _permuted(watched: Watched | None) -> Tensor:
+    """The permuted targets DKPP's loss left in the stream it was handed."""
+    if watched is None or watched.targets is None:
+        raise RuntimeError(
+            "dkpp's diagnostics read the permuted targets its loss trains on: give the loss "
+            "the generator that update() returned, and call it before the epoch's result()"
+        )
+    return watched.targets
 
 
-def _batch_cv_sums(conf: Tensor, sizes: Tensor) -> Tensor:
-    """Per seed (``conf`` is ``[K', samples]``, steps of ``sizes`` samples in a row): the
-    sum over steps of the step's size times the CV (population sd / mean) of its
-    confidences, which is the CV of CWTM's weights (they are the confidences normalised)."""
-    step = torch.repeat_interleave(torch.arange(len(sizes), device=conf.device), sizes)
-    k, n = conf.shape[0], sizes.to(conf.dtype)
-    total = torch.zeros(k, len(sizes), dtype=conf.dtype, device=conf.device)
-    mean = total.index_add(1, step, conf) / n
-    square = total.index_add(1, step, conf * conf) / n
-    cv = (square - mean * mean).clamp_min(0).sqrt() / mean
-    return (cv * n).sum(dim=-1)
+def _batch_cv(conf: Tensor, sizes: list[int]) -> Tensor:
+    """Per seed and step (``conf`` is ``[K', samples]``, steps of ``sizes`` samples in a
+    row): the step's size times the CV (population sd / mean) of its confidences, which is
+    the CV of CWTM's weights (they are the confidences normalised); ``[K', steps]``. Each
+    step is reduced alone (runs of steps of one size at once)."""
+    out, start = [], 0
+    for size, run in itertools.groupby(sizes):
+        r = len(list(run))
+        steps = conf[:, start : start + r * size].reshape(-1, r, size)
+        mean = steps.mean(dim=-1)
+        square = (steps * steps).mean(dim=-1)
+        out.append((square - mean * mean).clamp_min(0).sqrt() / mean * size)
+        start += r * size
+    return torch.cat(out, dim=-1)
 
 
-def _scaled(x: Tensor, temperature: float) -> Tensor:
-    return x if temperature == 1.0 else x / temperature
-
-
-def _seed(
-    step: tuple[Tensor, Tensor, Tensor, Tensor | None], j: int, k: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Seed j's part of a buffered step of K' seeds: logits ``[1, N, C]``, labels ``[1, N]``."""
-    s, t, y, keys = step
-    n, c = s.shape[-2:]
-    return (
-        s.reshape(k, n, c)[j : j + 1],
-        t.reshape(k, n, c)[j : j + 1],
-        y.reshape(k, n)[j : j + 1],
-        None if keys is None else keys.reshape(k, n, c)[j : j + 1],
-    )
-
-
-def _classes_first(x: Tensor) -> Tensor:
-    """``[..., N, C]`` as a ``[C, K', N]`` view."""
-    return x.reshape(-1, *x.shape[-2:]).movedim(-1, 0)
-
-
-def _first_maximum(shifted: Tensor) -> Tensor:
-    """One-hot (along the classes, dimension 0) of each sample's first maximal class
-    (``torch.argmax``'s) in ``shifted`` (logits minus their maximum). On the CPU the
-    zeros, unless a sample has two (an exact tie, which continuous logits almost never
-    have): ``argmax`` costs several times more there. On a GPU ``argmax`` always (the
-    check would wait for the device)."""
-    on_top = shifted == 0
-    if shifted.device.type != "cpu" or int(on_top.sum()) != on_top[0].numel():
+def _top_sign(shifted: Tensor) -> Tensor:
+    """0 on each sample's first maximal class (``torch.argmax``'s) in ``shifted`` (logits
+    minus their maximum, classes along dimension 0), -1 off it. On the CPU
+    ``sign(shifted)``, unless a sample has two zeros (an exact tie, which continuous logits
+    almost never have): a comparison, ``masked_fill`` and ``argmax`` cost several times a
+    sign there. On a GPU ``argmax`` always (the check would wait for the device)."""
+    sign = shifted.sign()
+    samples = sign[0].numel()
+    if shifted.device.type != "cpu" or float(sign.sum()) != -(shifted.shape[0] - 1) * samples:
         first = shifted.argmax(dim=0, keepdim=True)
-        on_top = torch.zeros_like(on_top).scatter_(0, first, True)
-    return on_top
+        sign = torch.full_like(shifted, -1.0).scatter_(0, first, 0.0)
+    return sign
 
 
-def _dark_share(g: Tensor, on_top: Tensor) -> Tensor:
-    """Per sample, the share of ``sum_c g_c^2`` (classes along dimension 0) off the class
-    marked ``on_top``; 0 where g = 0."""
-    sq = g * g
-    off_top = sq.masked_fill(on_top, 0.0).sum(dim=0)
-    return off_top / sq.sum(dim=0).clamp_min(torch.finfo(sq.dtype).tiny)
-
-
-def _copies(generator: LossGenerator | None) -> LossGenerator:
-    """Generators in the state of ``generator`` (one or a sequence): drawing from them
-    replays what the loss is about to draw, and the loss's own stream is left untouched."""
-    if generator is None:
-        raise ValueError("dkpp diagnostics need the loss's generator (generator=...)")
-
-    def copy(g: torch.Generator) -> torch.Generator:
-        return torch.Generator(device=g.device).set_state(g.get_state())
-
-    if isinstance(generator, torch.Generator):
-        return copy(generator)
-    return [copy(g) for g in generator]
+def _dark_share(sq: Tensor, sign: Tensor) -> Tensor:
+    """Per sample, the share of ``sum_c g_c^2`` (``sq``, classes along dimension 0, which
+    this overwrites) off the class where ``sign`` is 0 (the teacher's argmax; -1 on the
+    others); 0 where g = 0."""
+    total = sq.sum(dim=0).clamp_min(torch.finfo(sq.dtype).tiny)
+    return sq.mul_(sign).sum(dim=0).neg_().div_(total)

@@ -44,8 +44,21 @@ from study.errors import UserInputError
 TUNED = "tuned"
 """The placeholder value a protocol gives to a parameter that tuning fills in later."""
 
-LossGenerator = torch.Generator | Sequence[torch.Generator]
-"""A loss's random stream: one generator, or one per leading index of the logits (seed)."""
+
+@dataclass
+class Watched:
+    """A loss's random stream handed to the loss by the dark-knowledge diagnostics
+    (``study.diagnostics``): the loss draws from ``stream`` exactly as it would, and DKPP
+    leaves in ``targets`` the permuted soft targets it trained on in that call (detached),
+    for the diagnostics to read after the loss has run."""
+
+    stream: torch.Generator | Sequence[torch.Generator]
+    targets: Tensor | None = None
+
+
+LossGenerator = torch.Generator | Sequence[torch.Generator] | Watched
+"""A loss's random stream: one generator, or one per leading index of the logits (seed),
+either of them ``Watched``."""
 
 
 @dataclass(frozen=True)
@@ -409,13 +422,15 @@ def cwtm(
     return (weights * _label_cross_entropy(s, targets)).sum(dim=-1)
 
 
-def uniform_keys(shape: torch.Size, generator: LossGenerator, device: torch.device) -> Tensor:
+def _uniform_keys(shape: torch.Size, generator: LossGenerator, device: torch.device) -> Tensor:
     """Uniform [0, 1) numbers of ``shape`` (``[..., N, C]``) on ``device``.
 
     One generator draws them all at once. A sequence holds one generator per leading index,
     and index k's ``[N, C]`` block is drawn from generator k alone, exactly what that
     generator draws for a plain ``[N, C]`` call: a seed's stream does not depend on the pack.
     """
+    if isinstance(generator, Watched):
+        generator = generator.stream
     if isinstance(generator, torch.Generator):
         return torch.rand(shape, generator=generator, device=generator.device).to(device)
     generators = list(generator)
@@ -442,12 +457,15 @@ def _permute_non_argmax(probs: Tensor, argmax: Tensor, generator: LossGenerator)
     the argmax to itself and shuffles the rest uniformly.
     """
     c = probs.shape[-1]
-    keys = uniform_keys(probs.shape, generator, probs.device)
+    keys = _uniform_keys(probs.shape, generator, probs.device)
     positions = torch.arange(c, device=probs.device).expand(probs.shape)
     argmax = argmax.unsqueeze(-1)
     sources = torch.argsort(keys.masked_fill(positions == argmax, 2.0), dim=-1)
     destinations = torch.where(positions == c - 1, argmax, positions + (positions >= argmax))
-    return torch.empty_like(probs).scatter_(-1, destinations, probs.gather(-1, sources))
+    permuted = torch.empty_like(probs).scatter_(-1, destinations, probs.gather(-1, sources))
+    if isinstance(generator, Watched):
+        generator.targets = permuted.detach()
+    return permuted
 
 
 @register_loss("dkpp", needs_teacher=True)

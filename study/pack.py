@@ -396,12 +396,15 @@ class _PackRun:
             if live is not None:
                 student, targets = logits[live], yb[live]
                 teacher = None if t_logits is None else t_logits[live]
-            if diag is not None:  # [diagnostics]
-                diag.update(student, teacher, targets, generator=generators, rows=live)
+            loss_generators = generators
+            if diag is not None:  # [diagnostics] DKPP's keys are drawn there, for the loss
+                loss_generators = diag.update(
+                    student, teacher, targets, generator=generators, rows=live
+                )
             # One call for all seeds: the loss of [K, B, C] logits is each seed's loss [K],
             # bit for bit what seed k's [B, C] slice alone gives (see study/losses.py).
             seed_losses = self.loss.fn(
-                student, targets, teacher, generator=generators, **self.loss_params
+                student, targets, teacher, generator=loss_generators, **self.loss_params
             )
             if hooks.seed_losses:
                 seed_losses = hooks.losses_of([self.seeds[j] for j in live_seeds], seed_losses)
