@@ -95,11 +95,10 @@ class EpochDiagnostics:
     targets it trains on); ``result(j)`` seed j's epoch means. A step only keeps references
     to its (detached) tensors, and the arithmetic runs once over several steps: a step of a
     small network costs little more than the launch of its operations, and twenty
-    operations per step would cost a quarter of it. Not too many steps either: the
-    training writes each step's outputs to fresh memory while the kept ones hold theirs,
-    which costs a pack of 16 digits MLPs 5% of its step over an epoch (docs/benchmarks.md).
-    So the steps are reduced when ``BUFFER`` samples a seed, or on the CPU ``CACHE``
-    values, would be kept, and at the epoch's end.
+    operations per step would cost a quarter of it. Not too many steps either: the kept
+    references cost the training itself (a pack of 16 digits MLPs 5% of its step with 30
+    steps kept, 0.7% with 3; docs/benchmarks.md). So the steps are reduced when ``BUFFER``
+    samples a seed, or on the CPU ``CACHE`` values, would be kept, and at the epoch's end.
 
     A seed's numbers are bit for bit the same whichever seeds share its pack, and in the
     loop, although the pack's size decides which steps are reduced together: each seed's
@@ -126,7 +125,7 @@ class EpochDiagnostics:
 
     SCALE = 2.0**32
     """Per-sample values are summed as integers in units of 1 / SCALE (exact, so in any
-    order; a mean is off by less than 1 / SCALE, and 2^27 samples of values up to 16 fit)."""
+    order; a mean is off by less than 1 / SCALE; 2^26 samples of values up to 16 fit)."""
 
     def __init__(self, loss: str, params: Mapping[str, Any], k: int, device: torch.device):
         self.loss, self.device = loss, device
@@ -336,7 +335,9 @@ def _top_sign(shifted: Tensor) -> Tensor:
     sign there. On a GPU ``argmax`` always (the check would wait for the device)."""
     sign = shifted.sign()
     samples = sign[0].numel()
-    if shifted.device.type != "cpu" or float(sign.sum()) != -(shifted.shape[0] - 1) * samples:
+    gpu = shifted.device.type != "cpu"
+    # -(C - 1) a sample without a tie; the sum of these integers is exact in float64
+    if gpu or float(sign.sum(dtype=torch.float64)) != -(shifted.shape[0] - 1) * samples:
         first = shifted.argmax(dim=0, keepdim=True)
         sign = torch.full_like(shifted, -1.0).scatter_(0, first, 0.0)
     return sign
