@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from study.losses import LossGenerator, Watched, resolve_loss_params
+from study.switch import Switch
 
 COMMON = ("dk_grad_share", "teacher_conf", "teacher_entropy", "teacher_correct")
 EXTRA = {"dkpp": ("dk_grad_share_permuted",), "cwtm": ("cwtm_weight_cv",)}
@@ -62,23 +62,10 @@ GRADIENT = {
 }
 
 
-class _Switch:
+switch = Switch(
     """Diagnostics on (the default) or off within a ``with`` block (``study bench`` and the
     bit-identity tests turn them off; results are the same either way)."""
-
-    def __init__(self) -> None:
-        self.on = True
-
-    @contextmanager
-    def __call__(self, enabled: bool) -> Iterator[None]:
-        before, self.on = self.on, enabled
-        try:
-            yield
-        finally:
-            self.on = before
-
-
-switch = _Switch()
+)
 
 
 def measured(loss: str) -> bool:

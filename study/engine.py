@@ -19,8 +19,8 @@ never used to choose anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from study.models import create_model
 from study.models.dropout import SeedDropout
 from study.plan import Role, derive_seed
 from study.protocol import TrainSection
+from study.switch import Switch
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]  # (seed, epoch, metrics)
 # (seed, history): a seed resumed from a checkpoint, with the epochs the checkpoint restored,
@@ -153,22 +154,6 @@ def predict_probs(
     if not out:
         return torch.empty(0, data.num_classes, device=device)
     return torch.cat(out)
-
-
-class Switch:
-    """A process-wide on/off setting, changed for the length of a ``with`` block."""
-
-    def __init__(self, doc: str):
-        self.on = True
-        self.__doc__ = doc
-
-    @contextmanager
-    def __call__(self, enabled: bool) -> Iterator[None]:
-        before, self.on = self.on, enabled
-        try:
-            yield
-        finally:
-            self.on = before
 
 
 teacher_cache = Switch(
