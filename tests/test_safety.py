@@ -571,6 +571,73 @@ def test_a_server_killed_mid_training_stops_the_run_within_the_deadline_and_the_
         server.wait(timeout=30)
 
 
+TUNE = """
+[tune]
+arm = "kd"
+generation = 1
+temperature = { low = 1.0, high = 20.0, log = true }
+alpha = { low = 0.1, high = 1.0 }
+trials = 20
+seeds = 2
+sampler_seed = 0
+epochs = 40
+"""
+
+
+def test_a_server_killed_while_tuning_stops_the_tuner_within_the_deadline_and_the_rerun_finishes(
+    tmp_path: Path,
+) -> None:
+    """`study tune` logs each trial to the server as a nested run; the server is SIGKILLed
+    after a few trials: the tuner stops within the deadline (8 s here), exit 3, naming the
+    URI, without a traceback. With the server back, the rerun goes on from the Optuna
+    journal, writes tuned.json and leaves no run RUNNING."""
+    text = SMALL.replace('name = "ban"\nloss = "ban"', 'name = "kd"\nloss = "kd"')
+    text = text.replace("log_every_s = 3600", "log_every_s = 3600\nheartbeat_s = 1") + TUNE
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _server(tmp_path, port)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "p.toml").write_text(text)
+    journal = work / "optuna-journal.log"
+    tune = _popen(work, "tune", "p.toml", "--tracking-uri", uri, STUDY_TRACKER_TIMEOUT_S="8")
+    try:
+        deadline = time.time() + 300
+        # a few trials in the journal (about 60 lines a trial), then the server goes
+        while not journal.exists() or journal.read_text().count("\n") < 150:
+            assert tune.poll() is None and time.time() < deadline, tune.communicate()
+            time.sleep(0.05)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        killed = time.time()
+        try:
+            out, err = tune.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            tune.kill()
+            pytest.fail("`study tune` went on after its tracking server was killed")
+        stopped = time.time() - killed
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        if tune.poll() is None:
+            tune.kill()
+    assert tune.returncode == 3, out + err
+    words = " ".join(err.split())
+    assert f"the tracking store {uri} is lost" in words and "Traceback" not in err
+    assert "20/20 finished" not in out  # it stopped mid-tuning
+    print(f"`study tune` stopped {stopped:.1f} s after its server was killed")  # for -s
+    assert stopped < 8 + 1 + 15, stopped  # the deadline, a heartbeat, and a loaded machine
+    server = _server(tmp_path, port)
+    try:
+        again = study(work, "tune", "p.toml", "--tracking-uri", uri)
+        assert again.returncode == 0, again.stderr
+        assert "20 trials" in again.stdout and (work / "results/safe/tuned.json").exists()
+        _no_running_run(uri, "safe")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def test_sigterm_after_the_server_died_does_not_claim_the_runs_were_killed(tmp_path: Path):
     """SIGTERM right after the server was killed: Ctrl-C's path (flush the metrics, end the
     runs KILLED) meets the dead server. It said the runs were marked KILLED while they stayed
