@@ -32,7 +32,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -602,7 +602,8 @@ def diagnostics_cost(
 ) -> list[DiagnosticsCost]:
     """Per loss and pack size of ``config``: the student's step (its timed epochs, as the
     harness variants time them) with the diagnostics off, then on, ``rounds`` times in
-    alternation, so that a machine whose load drifts slows both alike."""
+    alternation, so that a machine whose load drifts slows both alike; and in each round
+    a third training with them on and their own calls timed, for ``inside_cpu``."""
     config.check()
     say = progress or (lambda text: None)
     device = resolve_device(config.device)
@@ -616,21 +617,25 @@ def diagnostics_cost(
             teachers = _teachers(teacher, k, data, device)
             cost = DiagnosticsCost(loss, k, [], [])
             for r in range(rounds):
-                for on in (False, True):
-                    say(f"{loss}, {k} seed(s), round {r + 1}: diagnostics {'on' if on else 'off'}")
+                # off, on, and on again with the diagnostics' own calls timed (the timing
+                # wraps each call: it would add its own cost to the step's)
+                for state in ("off", "on", "timed"):
+                    say(f"{loss}, {k} seed(s), round {r + 1}: diagnostics {state}")
                     cpu: list[float] = []
+                    timed = _time_inside_diagnostics() if state == "timed" else nullcontext([])
                     with (
                         teacher_cache(config.teacher_cache),
                         channels_last(config.channels_last),
-                        diagnostics.switch(on),
-                        _time_inside_diagnostics() as inside,
+                        diagnostics.switch(state != "off"),
+                        timed as inside,
                     ):
                         seconds, steps = _harness(config, role, k, data, device, teachers, cpu=cpu)
-                    (cost.on_s if on else cost.off_s).append(seconds / steps)
-                    (cost.on_cpu if on else cost.off_cpu).append(cpu[0] / steps)
-                    if on:  # the steps of every epoch, the warm-up's included
+                    if state == "timed":  # the steps of every epoch, the warm-up's included
                         all_steps = steps // config.repeats * (config.repeats + 1)
                         cost.inside_cpu.append(inside[0] / all_steps)
+                        continue
+                    (cost.on_s if state == "on" else cost.off_s).append(seconds / steps)
+                    (cost.on_cpu if state == "on" else cost.off_cpu).append(cpu[0] / steps)
             out.append(cost)
     return out
 

@@ -214,9 +214,11 @@ def test_diagnostics_cost_times_each_student_with_the_diagnostics_off_and_on(mon
     assert [(c.loss, c.seeds) for c in costs] == [("kd", 1), ("kd", 3), ("dkpp", 1), ("dkpp", 3)]
     for c in costs:
         assert len(c.off_s) == len(c.on_s) == 2 and min(c.off_s + c.on_s) > 0
-    # every epoch of each student trained once in each state, alternately
+    # each student trained off, on, and on with its diagnostics' calls timed, in each round
     assert {loss for loss, _ in seen} == {"kd", "dkpp"}
     assert {on for _, on in seen} == {True, False}
+    assert sum(on for _, on in seen) == 2 * sum(not on for _, on in seen)
+    assert all(len(c.inside_cpu) == 2 and min(c.inside_cpu) > 0 for c in costs)
     lines = format_diagnostics_cost(costs)
     assert len(lines) == 4 and lines[0].startswith("kd, 1 seed(s): ")
     assert diagnostics.switch.on  # back on after the measurement
