@@ -397,7 +397,7 @@ class _PackRun:
                 student, targets = logits[live], yb[live]
                 teacher = None if t_logits is None else t_logits[live]
             loss_generators = generators
-            if diag is not None:  # [diagnostics] DKPP's keys are drawn there, for the loss
+            if diag is not None:  # [diagnostics] for DKPP a Watched stream
                 loss_generators = diag.update(
                     student, teacher, targets, generator=generators, rows=live
                 )

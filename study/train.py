@@ -253,7 +253,8 @@ class _SeedRun:
     ) -> tuple[float, float]:
         """One epoch of steps; the mean training loss and accuracy. ``diag`` measures the
         dark-knowledge diagnostics from the step's own tensors, before the loss draws from
-        the loss stream (for DKPP it draws the loss's permutation keys and hands them on)."""
+        the loss stream (for DKPP it hands the loss its stream ``Watched``: the loss leaves
+        there the permuted targets it trains on)."""
         cfg, data, device, streams = self.cfg, self.data, self.device, self.streams
         self.model.train()
         if self.features is not None:
@@ -275,7 +276,7 @@ class _SeedRun:
             taps = self.features.tapping() if self.features is not None else nullcontext()
             with autocast(device, cfg.precision), taps:
                 logits = self.model(xb)
-            # [diagnostics] DKPP's keys are drawn there, for the loss
+            # [diagnostics] for DKPP a Watched stream
             generator = diag.update(logits, t_logits, yb, generator=streams.loss)
             loss = self.loss(logits, yb, t_logits, generator=generator, **self.role.loss_params)
             if self.features is not None:
