@@ -312,7 +312,8 @@ def test_names_that_are_not_plain_folder_names_are_refused(workdir: Path, old, n
     assert (workdir / "figures" / "mine.png").exists() and not (workdir / "mlflow.db").exists()
 
 
-def test_every_path_built_from_the_longest_name_can_be_written(workdir: Path) -> None:
+def test_every_path_built_from_the_longest_name_can_be_written(workdir: Path, recwarn) -> None:
+    from study.analysis.figures import LABEL_CHARS, shorten
     from study.protocol import NAME_MAX_LENGTH
 
     name = "s" * NAME_MAX_LENGTH
@@ -326,6 +327,12 @@ def test_every_path_built_from_the_longest_name_can_be_written(workdir: Path) ->
     assert (workdir / "reports" / name / "report.md").exists()
     assert (workdir / "results" / name / "run.json").exists()
     _no_running_run(f"sqlite:///{workdir / 'mlflow.db'}", name)
+    # the figures draw long names shortened: drawn whole, one label took the figure
+    # (matplotlib: "axes sizes collapsed to zero")
+    assert not [w for w in recwarn if "collapsed" in str(w.message)]
+    role = f"{'a' * NAME_MAX_LENGTH}/gen1"
+    assert len(shorten(role)) == LABEL_CHARS and shorten(role).endswith("a/gen1")
+    assert shorten("kd/gen1") == "kd/gen1"
 
 
 def test_an_output_folder_that_resolves_elsewhere_is_refused(workdir: Path, tmp_path_factory):

@@ -19,11 +19,43 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 DPI = 100
 KIND_COLOURS = {"teacher": "#4c72b0", "student": "#dd8452", "ensemble": "#55a868"}
 _STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.9)}
+
+
+LABEL_CHARS = 28
+"""Names longer than this are drawn shortened in figures (``shorten``); the report's
+tables carry them whole."""
+
+
+def shorten(name: str, limit: int = LABEL_CHARS) -> str:
+    """``name`` as drawn in a figure: whole when it has at most ``limit`` characters, else
+    its start, an ellipsis and its end (which keeps a role's ``/genN``), ``limit`` long. A
+    protocol's names may have 100 characters: drawn whole, one label takes the figure."""
+    if len(name) <= limit:
+        return name
+    tail = min(len(name.rpartition("/")[2]) + 1 + 4, limit // 2) if "/" in name else limit // 2
+    return name[: limit - tail - 1] + "\u2026" + name[-tail:]
+
+
+def _tick_labels(ax, axis: str, names: Sequence[str], many: int = 5) -> None:
+    """Category ticks named ``names`` (shortened), slanted when there are more than
+    ``many`` or one is long."""
+    labels = [shorten(n) for n in names]
+    slant = len(labels) > many or max((len(t) for t in labels), default=0) > 12
+    if axis == "x":
+        ax.set_xticks(range(len(labels)), labels)
+        if slant:
+            ax.tick_params(axis="x", labelrotation=30)
+            for t in ax.get_xticklabels():
+                t.set_horizontalalignment("right")
+                t.set_rotation_mode("anchor")
+    else:
+        ax.set_yticks(range(len(labels)), labels)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -81,7 +113,7 @@ def distributions(
             ax.scatter(i + offsets, v, s=12, color="#222222", alpha=0.8, zorder=3, lw=0)
         ax.set_xlabel("")
         ax.set_ylabel(label)
-        ax.tick_params(axis="x", labelrotation=30 if len(order) > 5 else 0)
+        _tick_labels(ax, "x", order)
         return _png(fig)
 
 
@@ -130,9 +162,9 @@ def paired_lines(
                 if len(complete) == len(wide)
                 else f"mean over the {len(complete)} seeds in every role",
             )
-            ax.set_xticks(x, roles)
+            _tick_labels(ax, "x", roles, many=3)
             ax.set_xlim(-0.3, len(roles) - 0.7)
-            ax.set_title(f"{title} ({len(wide)} seeds)")
+            ax.set_title(f"{shorten(title, 32)} ({len(wide)} seeds)")
             ax.set_ylabel(label)
             ax.legend(loc="best", fontsize="small")
         for ax in axes[n:]:
@@ -188,11 +220,13 @@ def learning_curves(
                 if (role, panel.metric) not in series:
                     continue
                 band = curve_band(series[(role, panel.metric)], panel.factor)
-                ax.plot(band["epoch"], band["mean"], color=colours[role], lw=1.6, label=role)
+                label = shorten(role)
+                ax.plot(band["epoch"], band["mean"], color=colours[role], lw=1.6, label=label)
                 ax.fill_between(
                     band["epoch"], band["low"], band["high"], color=colours[role], alpha=0.18, lw=0
                 )
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.2
             ax.set_ylabel(panel.label)
             if panel.title:
                 ax.set_title(panel.title, fontsize="small")
@@ -273,7 +307,7 @@ def critical_difference(
             ax.text(
                 x_edge + (-0.05 if left else 0.05),
                 y,
-                f"{name} ({r:.2f})" if not left else f"({r:.2f}) {name}",
+                f"{shorten(name)} ({r:.2f})" if not left else f"({r:.2f}) {shorten(name)}",
                 ha="right" if left else "left",
                 va="center",
                 fontsize=9,
@@ -349,7 +383,7 @@ def forest(
                 ax.plot(prediction, [0, 0], color="#c44e52", lw=3, alpha=0.55)
                 ticks.append(0)
                 names.append("prediction (new condition)")
-        ax.set_yticks(ticks, names)
+        ax.set_yticks(ticks, [shorten(n, 2 * LABEL_CHARS) for n in names])
         ax.set_ylim(-0.8, n - 0.2)
         ax.set_xlabel(label)
         ax.set_title(title, fontsize=10)
