@@ -169,9 +169,10 @@ class _DeadlineClient:
 
         threading.Thread(target=call, name="tracker-call", daemon=True).start()
         try:
-            answered = done.wait(self._timeout_s)
-        except BaseException:  # an interrupt: the call in flight ends first
-            if not done.wait(self._timeout_s):
+            answered = self._answered(done)
+        except BaseException:  # an interrupt: the call in flight ends first, unless
+            # another call (the claims' heartbeat) found the tracker lost and interrupted us
+            if self.lost is None and not done.wait(self._timeout_s):
                 self.lost = TrackerUnavailable(self._uri, f"no answer within {self._timeout_s:g} s")
             elif isinstance(box.get("error"), Exception):
                 self._translate(box["error"])  # a lost server is recorded as lost
@@ -181,6 +182,17 @@ class _DeadlineClient:
         if "error" in box:
             raise box["error"]
         return box["value"]
+
+    def _answered(self, done: threading.Event) -> bool:
+        """Whether the call answered within the deadline; raises as soon as another call
+        (the claims' heartbeat, in its thread) finds the tracker lost meanwhile."""
+        deadline = time.monotonic() + self._timeout_s
+        while not done.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+            if self.lost is not None:
+                raise TrackerUnavailable(self.lost.uri, self.lost.reason)
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def lose(self, reason: str) -> None:
         """Mark the tracker lost, and raise so (see the class)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,81 @@ def test_an_experiment_made_before_the_kind_tag_gets_it(workdir: Path) -> None:
     assert EXPERIMENT_KIND not in MlflowClient(uri).get_experiment(exp_id).tags  # reads: no
     assert tracker.experiment_id("old") == exp_id
     assert MlflowClient(uri).get_experiment(exp_id).tags[EXPERIMENT_KIND] == TRAINING_KIND
+
+
+# --- a server that stops answering ------------------------------------------------------
+
+
+@pytest.fixture
+def silent_server():
+    """A real TCP server on loopback that accepts connections and never answers (a hung
+    tracking server), and a 20 s tracker deadline."""
+    import socket
+    import threading
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    sock.close()
+
+
+def _lose_after(tracker: Tracker, seconds: float, interrupt: bool) -> None:
+    """What the claims' heartbeat does, in its thread, when its own call goes unanswered:
+    mark the tracker lost (``lose`` raises so), then interrupt the main thread."""
+    import _thread
+    import threading
+
+    from study.errors import TrackerUnavailable
+
+    def beat() -> None:
+        time.sleep(seconds)
+        try:
+            tracker.lose("the heartbeat went unanswered")
+        except TrackerUnavailable:
+            pass
+        if interrupt:
+            _thread.interrupt_main()
+
+    threading.Thread(target=beat, daemon=True).start()
+
+
+@pytest.mark.parametrize("interrupt", [False, True], ids=["lost", "lost-and-interrupted"])
+def test_a_call_in_flight_stops_as_soon_as_another_thread_finds_the_tracker_lost(
+    silent_server, monkeypatch, interrupt
+) -> None:
+    """The main thread's call waits on a server that never answers (deadline 20 s) when the
+    heartbeat's thread finds the tracker lost after 0.5 s: the call ends then, not at its
+    own deadline, nor a deadline later when an interrupt came too (it did: `study run`
+    stopped 21 s after its server died with an 8 s deadline)."""
+    from study.errors import TrackerUnavailable
+
+    monkeypatch.setenv("STUDY_TRACKER_TIMEOUT_S", "20")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    tracker = Tracker(silent_server)
+    _lose_after(tracker, 0.5, interrupt)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt if interrupt else TrackerUnavailable):
+        tracker.experiment_id("silent", create=False)
+    assert time.monotonic() - start < 5
+    assert tracker.lost is not None
+    with pytest.raises(TrackerUnavailable, match="heartbeat went unanswered"):
+        tracker.experiment_id("silent", create=False)  # every later call fails at once
