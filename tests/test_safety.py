@@ -521,6 +521,17 @@ def _server(where: Path, port: int) -> subprocess.Popen:
         time.sleep(0.3)
 
 
+def _served(tmp_path: Path, text: str) -> tuple[int, str, subprocess.Popen, Path]:
+    """A tracking server on a free loopback port, and a working folder holding ``text`` as
+    p.toml: the port, the URI, the server and the folder."""
+    port = _free_port()
+    server = _server(tmp_path, port)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "p.toml").write_text(text)
+    return port, f"http://127.0.0.1:{port}", server, work
+
+
 def _kill_the_server_when(
     ready: Callable[[], bool], server: subprocess.Popen, proc: subprocess.Popen, uri: str
 ) -> str:
@@ -567,13 +578,7 @@ def test_a_server_killed_mid_training_stops_the_run_within_the_deadline_and_the_
     text = SMALL.replace("epochs = 2", "epochs = 300")  # the teacher's: trains on meanwhile
     text = text.replace('loss = "ban"', 'loss = "ban"\ntrain = { epochs = 2 }')
     text = text.replace("log_every_s = 3600", "log_every_s = 3600\nheartbeat_s = 1")
-    (tmp_path / "p.toml").write_text(text)
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = _server(tmp_path, port)
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "p.toml").write_text(text)
+    port, uri, server, work = _served(tmp_path, text)
     run = _popen(work, "run", "p.toml", "--no-report", "--tracking-uri", uri,
                  STUDY_TRACKER_TIMEOUT_S="8")  # fmt: skip
     _kill_the_server_when(
@@ -616,12 +621,7 @@ def test_a_server_killed_while_tuning_stops_the_tuner_within_the_deadline_and_th
     journal, writes tuned.json and leaves no run RUNNING."""
     text = SMALL.replace('name = "ban"\nloss = "ban"', 'name = "kd"\nloss = "kd"')
     text = text.replace("log_every_s = 3600", "log_every_s = 3600\nheartbeat_s = 1") + TUNE
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = _server(tmp_path, port)
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "p.toml").write_text(text)
+    port, uri, server, work = _served(tmp_path, text)
     journal = work / "optuna-journal.log"
     tune = _popen(work, "tune", "p.toml", "--tracking-uri", uri, STUDY_TRACKER_TIMEOUT_S="8")
     # a few trials in the journal (about 60 lines a trial), then the server goes
