@@ -184,12 +184,12 @@ class _DeadlineClient:
         return box["value"]
 
     def _answered(self, done: threading.Event) -> bool:
-        """Whether the call answered within the deadline; raises as soon as another call
-        (the claims' heartbeat, in its thread) finds the tracker lost meanwhile."""
+        """Whether the call answered within the deadline. Waited for in short slices: an
+        interrupt sent by another thread (``_thread.interrupt_main``, as the claims'
+        heartbeat does when it finds the tracker lost) is only raised between two waits,
+        and one long wait would hold it until the deadline."""
         deadline = time.monotonic() + self._timeout_s
         while not done.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
-            if self.lost is not None:
-                raise TrackerUnavailable(self.lost.uri, self.lost.reason)
             if time.monotonic() >= deadline:
                 return False
         return True
