@@ -19,7 +19,7 @@ them at different epochs. The pack's states are therefore members of one commit:
 records the pack's key, and after the last one a marker ``<root>/_packs/<key>/epoch-E.json``
 lists the members. A member state counts only with its marker, so a pack resumes at the
 last epoch all its seeds saved: the same computation as an uninterrupted one. (Ctrl-C and
-SIGTERM wait for the commit: ``signals_held``.)
+SIGTERM wait for the commit: ``study.interrupts.held``.)
 
 Writing costs time (serialising, fsyncs), so a slot saves on a time cadence: ``due()``
 says whether ``interval_s`` has passed since the slot's last save (or since it was opened).
@@ -43,10 +43,8 @@ import os
 import random
 import re
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -372,21 +370,6 @@ def commit_pack(key: str, epoch: int, members: list[CheckpointSlot]) -> None:
         number = re.fullmatch(r"epoch-(\d{5})\.json", old.name)
         if number and int(number.group(1)) not in kept:
             old.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM held back until the block ends (then delivered): for writes an
-    interrupt must not split, such as a pack's commit (its seeds' states and the marker).
-    Outside the main thread, where no signal handler runs, a plain block."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 @dataclass(frozen=True)

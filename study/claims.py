@@ -13,6 +13,7 @@ from __future__ import annotations
 import _thread
 import functools
 import os
+import signal
 import socket
 import threading
 import time
@@ -54,6 +55,16 @@ def dead_here(worker: str) -> bool:
     return False
 
 
+def _interrupt_main() -> None:
+    """Interrupt the main thread with a signal Python handles there: SIGINT, or where it is
+    ignored (a background job, `nohup`, a CI script) SIGTERM, which `study` handles as
+    Ctrl-C. An interrupt with an unhandled signal does nothing at all."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if callable(signal.getsignal(signum)):
+            _thread.interrupt_main(signum)
+            return
+
+
 class ClaimBoard:
     """This worker's claims: taking them, keeping their heartbeats fresh, releasing them."""
 
@@ -78,7 +89,7 @@ class ClaimBoard:
             except TrackerUnavailable:
                 # The tracker is lost: stop the training now (its checkpoints stay), not at
                 # its next epoch's metrics, which a long epoch puts far off.
-                _thread.interrupt_main()
+                _interrupt_main()
                 return
             except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
                 pass

@@ -24,13 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from study.checkpoint import CheckpointSlot, CheckpointStore, signals_held
+from study.checkpoint import CheckpointSlot, CheckpointStore
 from study.claims import ClaimBoard, dead_here, process_space
 from study.data import DataSplits, load_data
 from study.determinism import deterministic_mode, environment, pip_freeze, resolve_deterministic
 from study.device import resolve_device
 from study.engine import SeedResult, build_model, channels_last, evaluate_ensemble, load_model
 from study.errors import NO_SPACE, DiskFull, TrackerUnavailable, UserInputError
+from study.interrupts import held
 from study.pack import auto_pack_size
 from study.plan import Plan, Role, expand
 from study.protocol import Protocol
@@ -252,7 +253,7 @@ def _invocation(
         status = "KILLED"
         raise
     finally:
-        with signals_held():
+        with held():
             _end_runs(tracker, exp_id, worker, parent, board, status)
         if status == "KILLED" and tracker.lost is not None:
             # The heartbeat found the tracker gone and interrupted the training, or it went

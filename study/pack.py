@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from study import hooks
-from study.checkpoint import CheckpointSlot, commit_pack, pack_key, signals_held
+from study.checkpoint import CheckpointSlot, commit_pack, pack_key
 from study.data import AugmentDraw, DataSplits, apply_augmentation, draw_augmentation, normalize
 from study.determinism import deterministic_mode
 from study.device import resolve_device
@@ -69,6 +69,7 @@ from study.engine import (
     to_device,
     train_batches,
 )
+from study.interrupts import held
 from study.losses import TUNED, get_loss, resolve_loss_params
 from study.metrics import evaluate_probs, final_scores
 from study.models.packed import SeedPack, concat_seeds, frozen_pack, seed_slice
@@ -456,8 +457,7 @@ class _PackRun:
         optimizer = self.opt.state_dict()
         key = pack_key(s for s in self.slots.values() if s is not None)
         written: list[CheckpointSlot] = []
-        stop: KeyboardInterrupt | None = None
-        with signals_held():  # Ctrl-C and SIGTERM wait for the commit (a crash cannot)
+        with held():  # Ctrl-C and SIGTERM wait for the commit (a crash cannot)
             for j, seed in enumerate(self.seeds):
                 slot = self.slots.get(seed)
                 if slot is None or not alive[j]:
@@ -475,15 +475,10 @@ class _PackRun:
                     pack=key,
                 )
                 written.append(slot)
-                try:
-                    slot.save(state)
-                except KeyboardInterrupt as e:  # raised in the save: the commit goes first
-                    stop = stop or e
+                slot.save(state)
                 if len(written) == 1 and hooks.between_pack_writes:
                     hooks.pack_write_done(epoch)
             commit_pack(key, epoch, written)
-        if stop is not None:
-            raise stop
 
     def _finish(
         self, alive: list[bool], teacher_val: Tensor | None, teacher_test: Tensor | None

@@ -186,9 +186,11 @@ def _create_sqlite_store(db: Path) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, db)
-    except Exception as e:
+    except BaseException as e:  # Ctrl-C too: no half-built file is left beside the store
         for left in db.parent.glob(f"{tmp.name}*"):
             left.unlink(missing_ok=True)
+        if not isinstance(e, Exception):
+            raise
         full = isinstance(e, OSError) and e.errno in NO_SPACE
         if full or "database or disk is full" in str(e):
             raise DiskFull.at(db.parent, "the tracking store") from None

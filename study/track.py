@@ -46,6 +46,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from study import hooks  # noqa: E402
 from study.errors import NO_SPACE, DiskFull, TrackerUnavailable, UserInputError  # noqa: E402
+from study.interrupts import held  # noqa: E402
 from study.paths import within  # noqa: E402
 from study.store import (  # noqa: E402
     check_has_store,
@@ -125,8 +126,10 @@ class _DeadlineClient:
     fails at once: the command stops within one deadline instead of one per call. An
     interrupt that arrives while a call is in flight waits for that call first (up to the
     deadline), so that a run it creates exists before the interrupted invocation ends its
-    runs. A local store (sqlite) is called directly: it waits on no network. Errors that
-    mean a full disk become ``DiskFull`` naming the folder.
+    runs. A local store (sqlite) is called directly, with Ctrl-C and SIGTERM held until
+    the call returns (``study.interrupts``: an interrupt inside a sqlite transaction leaves
+    the store locked for the rest of the process). Errors that mean a full disk become
+    ``DiskFull`` naming the folder.
     """
 
     def __init__(self, client: MlflowClient, uri: str, timeout_s: float):
@@ -144,7 +147,10 @@ class _DeadlineClient:
         if self.lost is not None:
             raise TrackerUnavailable(self.lost.uri, self.lost.reason)
         try:
-            return self._wait(fn, args, kwargs) if self._remote else fn(*args, **kwargs)
+            if self._remote:
+                return self._wait(fn, args, kwargs)
+            with held():
+                return fn(*args, **kwargs)
         except (TrackerUnavailable, DiskFull):
             raise
         except Exception as e:
@@ -631,7 +637,7 @@ class Tracker:
             return pd.DataFrame(rows, columns=columns)
         wanted = (SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value)
         rows = []
-        with store.ManagedSessionMaker() as session:
+        with held(), store.ManagedSessionMaker() as session:
             for i in range(0, len(run_ids), _BULK_RUNS):
                 query = session.query(*wanted, SqlMetric.is_nan).filter(
                     SqlMetric.run_uuid.in_(run_ids[i : i + _BULK_RUNS]), SqlMetric.key.in_(keys)
@@ -651,7 +657,7 @@ def _run_rows(store: SqlAlchemyStore, experiment_id: int, tags: tuple[str, ...])
     active = sa.select(SqlRun.run_uuid).where(
         SqlRun.experiment_id == experiment_id, SqlRun.lifecycle_stage == "active"
     )
-    with store.ManagedSessionMaker() as session:
+    with held(), store.ManagedSessionMaker() as session:
         info = session.query(SqlRun.run_uuid, SqlRun.status, SqlRun.start_time, SqlRun.end_time)
         info = info.filter(SqlRun.run_uuid.in_(active)).all()
         tagged = session.query(SqlTag.run_uuid, SqlTag.key, SqlTag.value)

@@ -64,16 +64,13 @@ config hash, and a file whose hash is not the current protocol's counts as no re
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import json
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +85,7 @@ from study.device import resolve_device
 from study.engine import TrainingDiverged, channels_last, load_model
 from study.errors import UserInputError
 from study.execute import Progress, load_study_data, run_study
+from study.interrupts import held
 from study.losses import TUNED
 from study.plan import (
     Plan,
@@ -497,14 +495,14 @@ class _Worker:
             # the sampler of trial n depends on n only (the next number: the trials so far)
             trial = None
             try:
-                with _no_interrupt():
+                with held():
                     trial = self._view(_sampler(self.tuning, len(trials))).ask()
                     trial.set_user_attr("worker", WORKER)
             except BaseException:
                 # A Ctrl-C held back during the ask is delivered as the block ends: the
                 # trial it created must not stay RUNNING (nobody would end it).
                 if trial is not None:
-                    with _no_interrupt():
+                    with held():
                         trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 raise
         self.reserved = trial
@@ -514,7 +512,7 @@ class _Worker:
         """The last reserved trial fails in Optuna unless it has ended already (an interrupt
         that came after ``reserve`` returned and before ``run`` took the trial over)."""
         if self.reserved is not None:
-            with _no_interrupt():
+            with held():
                 self.reserved.study.tell(
                     self.reserved, state=TrialState.FAIL, skip_if_finished=True
                 )
@@ -524,7 +522,7 @@ class _Worker:
 
         Ctrl-C: the trial fails in Optuna, its MLflow run ends KILLED with the epochs it
         logged, and KeyboardInterrupt goes on. Every tracker and Optuna write holds Ctrl-C
-        back until it is done (``_no_interrupt``), and the cleanup runs out of the except
+        back until it is done (``held``), and the cleanup runs out of the except
         block, once the interrupted frames are gone.
         """
         t0 = time.time()
@@ -559,7 +557,7 @@ class _Worker:
             raise stop()
         state, value, name, status, tags = outcome
         assert run_id is not None and metrics is not None
-        with _no_interrupt():  # the trial's end is recorded whole, or not at all
+        with held():  # the trial's end is recorded whole, or not at all
             if state == TrialState.COMPLETE:
                 frozen = trial.study.tell(trial, value)
             else:
@@ -582,7 +580,7 @@ class _Worker:
     ) -> None:
         """The trial fails: Optuna first, then its MLflow run (best effort: a run left
         RUNNING is ended by the next `study tune`, see ``trials.settle_trial_runs``)."""
-        with _no_interrupt():
+        with held():
             try:
                 trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             except Exception as e:  # noqa: BLE001 - the cause being reported matters more
@@ -636,7 +634,7 @@ class _Worker:
                 step = i * epochs + epoch
                 running = (sum(finals) + values[metric]) / (len(finals) + 1)
                 metrics.add(step, {**values, "objective": running})
-                with _no_interrupt():
+                with held():
                     trial.report(running, step)
                     prune = step < last and trial.should_prune()
                 if prune:
@@ -704,38 +702,8 @@ class _TrialMetrics:
         self.last_flush = time.monotonic()
 
 
-_shield = threading.local()
-
-
-@contextlib.contextmanager
-def _no_interrupt() -> Iterator[None]:
-    """Ctrl-C (and SIGTERM) held back until the block is done, then delivered where it ends.
-
-    A KeyboardInterrupt raised inside a write to MLflow's sqlite store leaves that
-    write's transaction open on a connection nothing closes while the traceback lives;
-    every later write of the process then waits out sqlite's busy timeout and fails with
-    "database is locked". The blocks held are single writes (milliseconds). Only in the
-    main thread, where Python runs signal handlers; nested blocks are one block.
-    """
-    if getattr(_shield, "on", False) or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)  # SIGTERM: `study` stops on it as on Ctrl-C
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in held}
-    _shield.on = True
-    try:
-        yield
-    finally:
-        _shield.on = False
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        for s in dict.fromkeys(received):
-            signal.raise_signal(s)
-
-
 class _Shielded:
-    """A Tracker whose every method call runs inside ``_no_interrupt``."""
+    """A Tracker whose every method call runs inside ``held``."""
 
     def __init__(self, tracker: Tracker):
         self.raw = tracker
@@ -746,7 +714,7 @@ class _Shielded:
             return attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            with _no_interrupt():
+            with held():
                 return attr(*args, **kwargs)
 
         return call

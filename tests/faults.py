@@ -14,6 +14,9 @@ The faults:
   optimizer steps in all (SIGKILL is a real crash: no cleanup, no flush);
 - ``signal_after_tracker_calls="N:KILL"`` (or ``"N:INT"``): that signal right after the
   N-th call to the tracker returns;
+- ``signal_inside_commits="N:INT"``: that signal inside the N-th transaction the process
+  commits to a database (SQLAlchemy's ``commit`` event: the writes are made, the commit
+  is not), the moment a KeyboardInterrupt would leave the sqlite store locked;
 - ``signal_between_pack_writes="E:KILL"``: that signal in epoch E of a seed pack's
   checkpoint commit, after its first seed's state is written and before the others';
 - ``diverge_seeds=[s, ...]``: those seeds train on their loss x 1e12 (the gradient of an
@@ -54,6 +57,15 @@ def signal_after_steps(spec: str) -> Callable[[], None]:
     return hook
 
 
+def signal_inside_commits(spec: str) -> None:
+    """Registered on SQLAlchemy's engines (its events, not a hook of ours)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    hook = signal_after_steps(spec)  # counts its calls
+    event.listen(Engine, "commit", lambda conn: hook())
+
+
 def signal_between_pack_writes(spec: str) -> Callable[[int], None]:
     at, _, name = spec.partition(":")
 
@@ -86,6 +98,8 @@ def install(faults: dict[str, Any]) -> list[tuple[list, Any]]:
     if faults.get("signal_after_tracker_calls"):
         hook = signal_after_steps(faults["signal_after_tracker_calls"])  # counts its calls
         added.append((hooks.after_tracker_call, hook))
+    if faults.get("signal_inside_commits"):
+        signal_inside_commits(faults["signal_inside_commits"])  # for the process's life
     if faults.get("signal_between_pack_writes"):
         hook = signal_between_pack_writes(faults["signal_between_pack_writes"])
         added.append((hooks.between_pack_writes, hook))

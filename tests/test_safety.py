@@ -82,12 +82,17 @@ def study(
     )
 
 
-def _popen(cwd: Path, *args: str, **env: str) -> subprocess.Popen:
+def _ignore_ctrl_c() -> None:
+    """In the child, before exec: SIGINT ignored, as in a shell's background job."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _popen(cwd: Path, *args: str, preexec=interruptible, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "study.cli", *args],
         cwd=cwd,
         env=_env(**env),
-        preexec_fn=interruptible,
+        preexec_fn=preexec,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -416,6 +421,29 @@ def test_an_interrupt_after_any_tracker_call_leaves_no_running_run(tmp_path: Pat
     _no_running_run(uri, "safe")
 
 
+@pytest.mark.parametrize("commit", [85, 100, 115])
+def test_an_interrupt_inside_a_store_transaction_leaves_the_store_usable(tmp_path, commit):
+    """SIGINT inside the N-th database transaction, its writes made and not yet committed
+    (N: while the first runs are created, trained and ended). A KeyboardInterrupt raised
+    there left the transaction open: every later write of the process waited sqlite's
+    busy timeout and failed with "database is locked" (exit 1, the parent run FAILED);
+    and in `study run` with 40 seeds, five minutes of such waits (CI saw that hang)."""
+    (tmp_path / "p.toml").write_text(SMALL)
+    proc = study(tmp_path, "run", "p.toml", "--no-report", timeout=300,
+                 faults={"signal_inside_commits": f"{commit}:INT"})  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert "locked" not in proc.stderr and "Traceback" not in proc.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = _runs(uri)
+    assert runs and {r.info.status for r in runs} <= {"KILLED", "FINISHED"}
+    again = study(tmp_path, "run", "p.toml", "--no-report")
+    assert again.returncode == 0, again.stderr
+    _one_finished_run_per_role_and_seed(
+        uri, "safe", {(r, s) for r in ("teacher", "ban/gen1") for s in (0, 1)}
+    )
+    _no_running_run(uri, "safe")
+
+
 # --- 8. a kill at any point leaves a store the next `study run` uses ---------------------
 
 
@@ -568,19 +596,22 @@ def _kill_the_server_when(
     return out
 
 
+@pytest.mark.parametrize("preexec", [interruptible, _ignore_ctrl_c], ids=["ctrl-c", "no-ctrl-c"])
 def test_a_server_killed_mid_training_stops_the_run_within_the_deadline_and_the_rerun_resumes(
-    tmp_path: Path,
+    tmp_path: Path, preexec
 ) -> None:
     """The server is SIGKILLed while the study trains and logs nothing (metrics buffered):
     the claim heartbeat's call goes unanswered, and `study run` stops within the deadline
     (8 s here), exit 3, naming the URI, its checkpoints kept. With the server back, the
-    rerun resumes and ends with one FINISHED run per (role, seed)."""
+    rerun resumes and ends with one FINISHED run per (role, seed). Also where SIGINT is
+    ignored (a background job): the heartbeat's interrupt of the main thread did nothing
+    there, and the study trained on until its next call to the tracker."""
     text = SMALL.replace("epochs = 2", "epochs = 300")  # the teacher's: trains on meanwhile
     text = text.replace('loss = "ban"', 'loss = "ban"\ntrain = { epochs = 2 }')
     text = text.replace("log_every_s = 3600", "log_every_s = 3600\nheartbeat_s = 1")
     port, uri, server, work = _served(tmp_path, text)
     run = _popen(work, "run", "p.toml", "--no-report", "--tracking-uri", uri,
-                 STUDY_TRACKER_TIMEOUT_S="8")  # fmt: skip
+                 preexec=preexec, STUDY_TRACKER_TIMEOUT_S="8")  # fmt: skip
     _kill_the_server_when(
         lambda: bool(list(work.glob(".study/checkpoints/*/epoch-*.pt"))), server, run, uri
     )
