@@ -122,12 +122,14 @@ class EpochDiagnostics:
         self.sides = 3 if loss == "dkpp" else 2  # student, teacher, DKPP's targets
         self.sums = torch.zeros(k, len(self.keys), dtype=torch.int64, device=device)
         self.count = torch.zeros(k, dtype=torch.int64, device=device)
-        self.bad = torch.zeros(k, dtype=torch.int64, device=device)  # non-finite values
+        # 0 while a seed's values are finite, NaN once one is not (``_sums``)
+        self.bad = torch.zeros(k, dtype=torch.float32, device=device)
         self.steps: list[tuple[Tensor, Tensor, Tensor, Watched | None]] = []
         self.buffered = self.kept = 0
         self.cache = self.CACHE if device.type == "cpu" else math.inf
         self.together = device.type == "cpu"  # all seeds in one reduction, or each alone
         self.rows: Tensor | None = None
+        self.read: tuple[list, list, list] | None = None  # the sums as lists, once reduced
 
     @classmethod
     def start(
@@ -175,14 +177,18 @@ class EpochDiagnostics:
         if not self.steps:
             return
         steps, self.steps, self.buffered, self.kept = self.steps, [], 0, 0
+        self.read = None
         x, y, sizes = self._classes_first(steps)
-        k, m = x.shape[1], sum(sizes)
+        k, m = x.shape[2], sum(sizes)
         group = k if self.together else 1
         with torch.no_grad():
             parts = [
-                self._sums(x[:, j : j + group], y[j : j + group], sizes) for j in range(0, k, group)
+                self._sums(x[:, :, j : j + group], y[j : j + group], sizes)
+                for j in range(0, k, group)
             ]
-        sums, bad = (torch.cat(part) for part in zip(*parts, strict=True))
+        sums, bad = (
+            parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts, strict=True))
+        )
         if self.rows is None:
             self.sums += sums
             self.bad += bad
@@ -195,7 +201,7 @@ class EpochDiagnostics:
     def _classes_first(
         self, steps: list[tuple[Tensor, Tensor, Tensor, Watched | None]]
     ) -> tuple[Tensor, Tensor, list[int]]:
-        """The steps' values classes first, ``[C, K', sides, mp]`` float32 (each seed's
+        """The steps' values classes first, ``[C, sides, K', mp]`` float32 (each seed's
         student logits, its teacher's, for DKPP the permuted targets; each side's samples
         in a row, padded to ``mp``), the labels ``[K', mp]`` and the steps' sizes. Classes
         first, a reduction over the classes is C - 1 operations on whole rows, on the CPU
@@ -213,60 +219,65 @@ class EpochDiagnostics:
             sides.append([_permuted(step[3]) for step in steps])
         # one cat ([N, C] or [K', N, C] steps alike; the float32 filler makes it float32)
         x = torch.cat([b for side in sides for b in (*side, filler)], dim=-2)
-        x = x.view(k, len(sides), mp, c).permute(3, 0, 1, 2)
+        x = x.view(k, len(sides), mp, c).permute(3, 1, 0, 2)
         y = torch.cat([*(step[2] for step in steps), filler[..., 0].long()], dim=-1)
-        return x.contiguous(), y.view(k, mp), sizes
+        if self.temperature == 1.0:
+            return x.contiguous(), y.view(k, mp), sizes
+        # the transposing copy scales by 1 / T too (a product costs half a quotient here)
+        scaled = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return torch.mul(x, 1.0 / self.temperature, out=scaled), y.view(k, mp), sizes
 
     def _sums(self, x: Tensor, y: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
         """A group of seeds' sums over their samples, ``[K'', metrics]`` integers in units of
         ``1 / SCALE``, and their count of non-finite values ``[K'']``, from their values
-        ``x`` (``[C, K'', sides, mp]``, overwritten: few buffers stay in the cache) and
+        ``x`` (``[C, sides, K'', mp]``, overwritten: few buffers stay in the cache) and
         labels ``y`` (``[K'', mp]``)."""
         m = sum(sizes)
         # student and teacher side by side: one softmax for both, computed alike (g = 0
         # exactly where s = t)
-        logits = x[:, :, :2]
-        g = logits[:, :, 0] - logits[:, :, 1] if self.kind == "logits" else None
-        if self.temperature != 1.0:
-            logits.div_(self.temperature)
+        logits = x[:, :2]  # (a slice of whole rows: the loops stay vectorised)
+        g = logits[:, 0] - logits[:, 1] if self.kind == "logits" else None
         shifted = logits.sub_(logits.amax(dim=0))  # log softmax = shifted - log z
         probs = shifted.exp()
         z = probs.sum(dim=0)
         inverse = z.reciprocal()
         probs.mul_(inverse)
-        q, p, t_shifted = probs[:, :, 0], probs[:, :, 1], shifted[:, :, 1]
+        q, p, t_shifted = probs[:, 0], probs[:, 1], shifted[:, 1]
         sign = _top_sign(t_shifted)
         dark = []
         if self.loss == "dkpp":  # DKPP's own targets; its permutation keeps the argmax
-            dark.append(_dark_share(x[:, :, 2].sub_(q).square_(), sign))
-        entropy = z[:, 1].log() - t_shifted.mul_(p).sum(dim=0)  # -sum p log p
+            dark.append(_dark_share(x[:, 2].sub_(q).square_(), sign))
+        entropy = z[1].log() - t_shifted.mul_(p).sum(dim=0)  # -sum p log p
         g = q.sub_(p) if g is None else g
         per_sample = [  # each [K'', mp]
             _dark_share(g.square_(), sign),
-            inverse[:, 1],  # p at the argmax: exp(0) / z
+            inverse[1],  # p at the argmax: exp(0) / z
             entropy,
             sign.gather(0, y[None])[0].add_(1.0),  # 1 on the argmax
             *dark,
         ]
         parts = [torch.stack(per_sample)[..., :m]]  # [metrics, K'', m]
         if self.loss == "cwtm":  # [1, K'', steps]: each step's size times its weights' CV
-            parts.append(_batch_cv(inverse[:, 1, :m].double(), sizes)[None])
-        # a NaN or an infinity anywhere makes the (bounded) values' float sum not finite
-        bad = sum((~part.sum(dim=(0, 2)).isfinite()).long() for part in parts)
+            parts.append(_batch_cv(inverse[1, :, :m].double(), sizes)[None])
+        # a NaN or an infinity anywhere makes the (bounded) values' float sum not finite,
+        # and then the sum minus itself NaN (else exactly 0)
+        check = [part.sum(dim=(0, 2)) for part in parts]
+        bad = sum((c - c).float() for c in check) if len(check) > 1 else check[0].sub_(check[0])
         # in units of 1 / SCALE, the fraction truncated (exact: a power of two's multiple)
-        sums = [part.mul(self.SCALE).long().sum(dim=-1) for part in parts]
-        return torch.cat(sums).T, bad
+        sums = [part.mul_(self.SCALE).long().sum(dim=-1) for part in parts]
+        return (sums[0] if len(sums) == 1 else torch.cat(sums)).T, bad
 
     def result(self, j: int = 0) -> dict[str, float]:
         """Seed j's means over the epoch's samples (empty before any step)."""
         self._reduce()
-        count = int(self.count[j])
-        if count == 0:
+        if self.read is None:  # every seed's, read at once (a pack asks for each in turn)
+            self.read = (self.count.tolist(), self.bad.tolist(), self.sums.tolist())
+        counts, bad, sums = self.read
+        if counts[j] == 0:
             return {}
-        if int(self.bad[j]):
+        if bad[j] != 0:  # NaN
             return dict.fromkeys(self.keys, math.nan)
-        sums = self.sums[j].tolist()
-        return {key: v / self.SCALE / count for key, v in zip(self.keys, sums, strict=True)}
+        return {key: v / self.SCALE / counts[j] for key, v in zip(self.keys, sums[j], strict=True)}
 
 
 class _Off(EpochDiagnostics):
@@ -323,8 +334,10 @@ def _top_sign(shifted: Tensor) -> Tensor:
     sign = shifted.sign()
     samples = sign[0].numel()
     gpu = shifted.device.type != "cpu"
-    # -(C - 1) a sample without a tie; the sum of these integers is exact in float64
-    if gpu or float(sign.sum(dtype=torch.float64)) != -(shifted.shape[0] - 1) * samples:
+    # -(C - 1) a sample without a tie; a sum of these integers is exact in float32 while
+    # every partial sum stays under 2^24 in magnitude (a quarter of the cost of float64)
+    exact = torch.float32 if sign.numel() < 1 << 24 else torch.float64
+    if gpu or float(sign.sum(dtype=exact)) != -(shifted.shape[0] - 1) * samples:
         first = shifted.argmax(dim=0, keepdim=True)
         sign = torch.full_like(shifted, -1.0).scatter_(0, first, 0.0)
     return sign
