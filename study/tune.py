@@ -531,10 +531,11 @@ class _Worker:
         outcome: tuple[TrialState, float | None, str, str, dict[str, Any]] | None = None
         stop: type[KeyboardInterrupt] = KeyboardInterrupt
         try:
-            values = {
-                name: trial.suggest_float(name, r.low, r.high, log=r.log)
-                for name, r in self.tuning.space.items()
-            }
+            with held():  # each suggestion is a write to the Optuna storage
+                values = {
+                    name: trial.suggest_float(name, r.low, r.high, log=r.log)
+                    for name, r in self.tuning.space.items()
+                }
             role = trial_role(self.tuning.student, values, self.tuning.epochs)
             run_id = self._start(trial, values, role)
             metrics = _TrialMetrics(
