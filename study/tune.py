@@ -64,6 +64,7 @@ config hash, and a file whose hash is not the current protocol's counts as no re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -253,21 +254,26 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         with channels_last(tuning.protocol.execution.channels_last):
-            # One worker at a time: creating the MLflow store, the teachers, the parent run.
-            with exclusive(tuning.storage.lock):
-                check_writable(tuning.tracking_uri)
-                tracker = _Shielded(Tracker(tuning.tracking_uri))
-                exp_id = tracker.experiment_id(tuning.protocol.study.name)
-                assert exp_id is not None
-                storage = tuning.storage.open()
-                study = _open_study(tuning, storage, data.identity)
-                settle_trial_runs(tuning, tracker, exp_id, study)
-                emit(TuneProgress("start", finished=_count(study), total=tuning.trials))
-                teachers = _teachers(tuning, tracker.raw, exp_id, data, dev, device, emit)
-                parent = _parent_run(tuning, tracker, exp_id, study)
-            worker = _Worker(tuning, storage, tracker, exp_id, parent, data, teachers, dev, emit)
+            parent: str | None = None
+            worker: _Worker | None = None
             interrupted: type[KeyboardInterrupt] | None = None
             try:
+                # One worker at a time: creating the MLflow store, the teachers, the parent.
+                with exclusive(tuning.storage.lock):
+                    check_writable(tuning.tracking_uri)
+                    tracker = _Shielded(Tracker(tuning.tracking_uri))
+                    exp_id = tracker.experiment_id(tuning.protocol.study.name)
+                    assert exp_id is not None
+                    storage = tuning.storage.open()
+                    study = _open_study(tuning, storage, data.identity)
+                    settle_trial_runs(tuning, tracker, exp_id, study)
+                    emit(TuneProgress("start", finished=_count(study), total=tuning.trials))
+                    teachers = _teachers(tuning, tracker.raw, exp_id, data, dev, device, emit)
+                    with held():  # a Ctrl-C comes once the parent is known, to end it
+                        parent = _parent_run(tuning, tracker, exp_id, study)
+                worker = _Worker(
+                    tuning, storage, tracker, exp_id, parent, data, teachers, dev, emit
+                )
                 while timeout is None or time.time() - start < timeout:
                     trial = worker.reserve()
                     if trial is None:
@@ -276,12 +282,15 @@ def tune(
             except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (the CLI's subclass)
                 interrupted = type(e)  # handled below, out of the except block: _Worker.run
             except BaseException:
-                _end_run_quietly(tracker, parent, "FAILED")
+                if parent is not None:
+                    _end_run_quietly(tracker, parent, "FAILED")
                 raise
             if interrupted is not None:
                 gc.collect()
-                worker.fail_reserved()  # a Ctrl-C between reserving a trial and running it
-                _end_run_quietly(tracker, parent, "KILLED")
+                if worker is not None:  # a Ctrl-C between reserving a trial and running it
+                    worker.fail_reserved()
+                if parent is not None:
+                    _end_run_quietly(tracker, parent, "KILLED")
                 raise interrupted()
             tracker.end_run(parent, "FINISHED")
             result = tuning_result(
@@ -468,6 +477,8 @@ class _Worker:
         self.ran = 0
         self.durations: list[float] = []
         self.reserved: optuna.Trial | None = None  # the trial reserve() gave out last
+        # its role (the suggested values in it) and MLflow run, until run() takes it over
+        self.begun: tuple[Role, str] | None = None
 
     def _view(self, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
         return optuna.load_study(
@@ -495,27 +506,40 @@ class _Worker:
             # the sampler of trial n depends on n only (the next number: the trials so far)
             trial = None
             try:
+                # the trial, its values and its MLflow run together: a Ctrl-C meanwhile
+                # would leave a trial in Optuna that no run in MLflow shows
                 with held():
                     trial = self._view(_sampler(self.tuning, len(trials))).ask()
                     trial.set_user_attr("worker", WORKER)
+                    self.reserved, self.begun = trial, None
+                    values = {
+                        name: trial.suggest_float(name, r.low, r.high, log=r.log)
+                        for name, r in self.tuning.space.items()
+                    }
+                    role = trial_role(self.tuning.student, values, self.tuning.epochs)
+                    self.begun = (role, self._start(trial, values, role))
             except BaseException:
-                # A Ctrl-C held back during the ask is delivered as the block ends: the
-                # trial it created must not stay RUNNING (nobody would end it).
+                # A Ctrl-C held back meanwhile is delivered as the block ends: the trial it
+                # created must not stay RUNNING (nobody would end it), nor its run.
                 if trial is not None:
-                    with held():
-                        trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                    self.fail_reserved()
                 raise
-        self.reserved = trial
         return trial
 
     def fail_reserved(self) -> None:
-        """The last reserved trial fails in Optuna unless it has ended already (an interrupt
-        that came after ``reserve`` returned and before ``run`` took the trial over)."""
-        if self.reserved is not None:
-            with held():
-                self.reserved.study.tell(
-                    self.reserved, state=TrialState.FAIL, skip_if_finished=True
-                )
+        """The last reserved trial fails in Optuna, and its MLflow run ends KILLED, unless
+        ``run`` took it over (an interrupt after ``reserve`` returned and before ``run``)."""
+        if self.reserved is None:
+            return
+        trial, begun, self.begun = self.reserved, self.begun, None
+        with held():
+            trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            if begun is not None:
+                with contextlib.suppress(Exception):  # ending it is what matters
+                    self.tracker.set_tags(
+                        begun[1], {"trial_state": "fail", "failure": "interrupted"}
+                    )
+                _end_run_quietly(self.tracker, begun[1], "KILLED")
 
     def run(self, trial: optuna.Trial) -> FrozenTrial:
         """Train the trial's student on every tuning seed; tell Optuna and MLflow the end.
@@ -526,18 +550,12 @@ class _Worker:
         block, once the interrupted frames are gone.
         """
         t0 = time.time()
-        run_id: str | None = None
+        assert trial is self.reserved and self.begun is not None
+        (role, run_id), self.begun = self.begun, None  # taken over
         metrics: _TrialMetrics | None = None
         outcome: tuple[TrialState, float | None, str, str, dict[str, Any]] | None = None
         stop: type[KeyboardInterrupt] = KeyboardInterrupt
         try:
-            with held():  # each suggestion is a write to the Optuna storage
-                values = {
-                    name: trial.suggest_float(name, r.low, r.high, log=r.log)
-                    for name, r in self.tuning.space.items()
-                }
-            role = trial_role(self.tuning.student, values, self.tuning.epochs)
-            run_id = self._start(trial, values, role)
             metrics = _TrialMetrics(
                 self.tracker, run_id, self.tuning.protocol.execution.log_every_s
             )

@@ -268,6 +268,29 @@ def test_interrupted_tune_continues_the_same_study(tmp_path) -> None:
     assert sorted(int(r.data.tags["trial_number"]) for r in trial_runs) == [0, 1, 2]
 
 
+@pytest.mark.parametrize("calls", [34, 35, 41])
+def test_an_interrupt_after_any_tracker_call_leaves_each_trial_one_ended_run(tmp_path, calls):
+    """SIGINT right after the N-th call to the tracker returns (N: as the parent run is
+    created, as trial 0 is reserved, as trial 1 is): the parent run was left RUNNING when
+    the interrupt came right after its creation, and a trial reserved in Optuna could have
+    no MLflow run, or one left RUNNING. Now every trial has one run, ended, and nothing is
+    RUNNING."""
+    from tests.faults import command
+
+    _write_protocol(tmp_path)
+    proc = subprocess.run(
+        command("tune", "tiny.toml", "--trials", "3", signal_after_tracker_calls=f"{calls}:INT"),
+        cwd=tmp_path, env=_env(), preexec_fn=interruptible, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "locked" not in proc.stderr
+    parents, trial_runs = _tuning_runs(tmp_path)
+    numbers = sorted(int(r.data.tags["trial_number"]) for r in trial_runs)
+    assert numbers == sorted(t.number for t in _trials(tmp_path))
+    assert "RUNNING" not in {r.info.status for r in _mlflow_runs(tmp_path)}
+
+
 def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path) -> None:
     _write_protocol(tmp_path)
     workers = [_popen(tmp_path, "--trials", "4") for _ in range(2)]
