@@ -229,9 +229,9 @@ class EpochDiagnostics:
 
     def _sums(self, x: Tensor, y: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
         """A group of seeds' sums over their samples, ``[K'', metrics]`` integers in units of
-        ``1 / SCALE``, and their count of non-finite values ``[K'']``, from their values
-        ``x`` (``[C, sides, K'', mp]``, overwritten: few buffers stay in the cache) and
-        labels ``y`` (``[K'', mp]``)."""
+        ``1 / SCALE``, and per seed 0, or NaN if a value is not finite (``[K'']``), from
+        their values ``x`` (``[C, sides, K'', mp]``, overwritten: few buffers stay in the
+        cache) and labels ``y`` (``[K'', mp]``)."""
         m = sum(sizes)
         # student and teacher side by side: one softmax for both, computed alike (g = 0
         # exactly where s = t)
@@ -262,7 +262,7 @@ class EpochDiagnostics:
         # a NaN or an infinity anywhere makes the (bounded) values' float sum not finite,
         # and then the sum minus itself NaN (else exactly 0)
         check = [part.sum(dim=(0, 2)) for part in parts]
-        bad = sum((c - c).float() for c in check) if len(check) > 1 else check[0].sub_(check[0])
+        bad = sum(c - c for c in check).float()
         # in units of 1 / SCALE, the fraction truncated (exact: a power of two's multiple)
         sums = [part.mul_(self.SCALE).long().sum(dim=-1) for part in parts]
         return (sums[0] if len(sums) == 1 else torch.cat(sums)).T, bad

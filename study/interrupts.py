@@ -3,8 +3,8 @@
 For what an interrupt must not split: a write to MLflow's sqlite store (a KeyboardInterrupt
 raised inside one leaves its transaction open on a connection that nothing closes while the
 traceback lives, and every later write of the process then waits out sqlite's busy timeout
-and fails with "database is locked": `study run` interrupted while it created runs took
-5 s a write to end, minutes in all), a pack's checkpoint commit, a trial's end.
+and fails with "database is locked": `study run` interrupted while it created 40 runs
+was still ending them after CI's 300 s), a pack's checkpoint commit, a trial's end.
 
 Held by replacing Python's handlers, not by blocking the signals (``pthread_sigmask``):
 a mask is per thread, and a signal sent to the process (Ctrl-C, `kill`) is then taken by

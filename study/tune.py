@@ -510,8 +510,8 @@ class _Worker:
                 # would leave a trial in Optuna that no run in MLflow shows
                 with held():
                     trial = self._view(_sampler(self.tuning, len(trials))).ask()
+                    self.reserved, self.begun = trial, None  # (failed below if need be)
                     trial.set_user_attr("worker", WORKER)
-                    self.reserved, self.begun = trial, None
                     values = {
                         name: trial.suggest_float(name, r.low, r.high, log=r.log)
                         for name, r in self.tuning.space.items()

@@ -57,13 +57,28 @@ def signal_after_steps(spec: str) -> Callable[[], None]:
     return hook
 
 
-def signal_inside_commits(spec: str) -> None:
-    """Registered on SQLAlchemy's engines (its events, not a hook of ours)."""
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
+class _EngineCommits:
+    """SQLAlchemy's ``commit`` event on every engine, used as a hook list is (its events,
+    not a hook of ours): ``append`` listens, ``remove`` stops."""
 
+    @staticmethod
+    def append(hook: Callable[[], None]) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.listen(Engine, "commit", hook)
+
+    @staticmethod
+    def remove(hook: Callable[[], None]) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.remove(Engine, "commit", hook)
+
+
+def signal_inside_commits(spec: str) -> Callable[..., None]:
     hook = signal_after_steps(spec)  # counts its calls
-    event.listen(Engine, "commit", lambda conn: hook())
+    return lambda conn: hook()
 
 
 def signal_between_pack_writes(spec: str) -> Callable[[int], None]:
@@ -99,7 +114,7 @@ def install(faults: dict[str, Any]) -> list[tuple[list, Any]]:
         hook = signal_after_steps(faults["signal_after_tracker_calls"])  # counts its calls
         added.append((hooks.after_tracker_call, hook))
     if faults.get("signal_inside_commits"):
-        signal_inside_commits(faults["signal_inside_commits"])  # for the process's life
+        added.append((_EngineCommits, signal_inside_commits(faults["signal_inside_commits"])))
     if faults.get("signal_between_pack_writes"):
         hook = signal_between_pack_writes(faults["signal_between_pack_writes"])
         added.append((hooks.between_pack_writes, hook))
