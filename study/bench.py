@@ -32,7 +32,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -560,31 +560,40 @@ def format_report(report: BenchReport) -> Sequence[str]:
 
 @dataclass
 class DiagnosticsCost:
-    """A distillation student's step with the dark-knowledge diagnostics off and on."""
+    """A distillation student's step with the dark-knowledge diagnostics off and on: per
+    pair of adjacent epochs of one training (off, then on), seconds per step."""
 
     loss: str
     seeds: int  # 1: train.py's loop; more: a pack
-    off_s: list[float]  # seconds per step, one per round
+    off_s: list[float]  # seconds per step, one per pair of epochs
     on_s: list[float]
-    off_cpu: list[float] = field(default_factory=list)  # CPU seconds per step, per round
+    off_cpu: list[float] = field(default_factory=list)  # CPU seconds per step, per pair
     on_cpu: list[float] = field(default_factory=list)
-    inside_cpu: list[float] = field(default_factory=list)  # of it in the diagnostics' code
+    inside_cpu: list[float] = field(default_factory=list)  # of on_cpu in the diagnostics
 
     @property
     def shares(self) -> list[float]:
-        """Each round's extra time with the diagnostics on, as a share of the step off."""
+        """Each pair's extra time with the diagnostics on, as a share of the step off."""
         return [on / off - 1 for on, off in zip(self.on_s, self.off_s, strict=True)]
 
     @property
     def share(self) -> float:
-        """The median of the rounds' shares."""
+        """The median of the pairs' shares (wall clock)."""
         return float(statistics.median(self.shares))
 
     @property
     def cpu_share(self) -> float:
-        """The same in CPU time of the training thread (medians): less sensitive to other
-        processes' load than the wall clock, on one thread."""
-        return statistics.median(self.on_cpu) / statistics.median(self.off_cpu) - 1
+        """The median of the pairs' shares in CPU time of the training thread: less
+        sensitive to other processes' load than the wall clock, on one thread."""
+        pairs = zip(self.on_cpu, self.off_cpu, strict=True)
+        return float(statistics.median(on / off - 1 for on, off in pairs))
+
+    @property
+    def fastest_share(self) -> float:
+        """The fastest epoch with the diagnostics on against the fastest with them off
+        (CPU time): where other processes' load only ever adds time, the least disturbed
+        estimate."""
+        return min(self.on_cpu) / min(self.off_cpu) - 1
 
     @property
     def inside_share(self) -> float:
@@ -597,47 +606,102 @@ class DiagnosticsCost:
 def diagnostics_cost(
     config: BenchConfig,
     losses: Sequence[str] = ("kd", "dkpp"),
-    rounds: int = 5,
+    rounds: int = 2,
+    pairs: int = 30,
     progress: Callable[[str], None] | None = None,
+    control: bool = False,
 ) -> list[DiagnosticsCost]:
-    """Per loss and pack size of ``config``: the student's step (its timed epochs, as the
-    harness variants time them) with the diagnostics off, then on, ``rounds`` times in
-    alternation, so that a machine whose load drifts slows both alike; and in each round
-    a third training with them on and their own calls timed, for ``inside_cpu``."""
+    """Per loss and pack size of ``config``: ``rounds`` trainings of the student, each a
+    warm-up epoch and then ``pairs`` pairs of epochs of ``config.steps`` steps, the
+    diagnostics off in the first epoch of a pair and on in the second (training is the
+    same either way): adjacent epochs, so that a machine whose load drifts slows both
+    alike. The diagnostics' own calls are timed in the epochs with them on (two clock
+    reads a call). ``control``: both epochs of every pair off, the same measurement's
+    noise floor (its shares should scatter around 0)."""
     config.check()
+    if rounds < 1 or pairs < 1:
+        raise UserInputError(f"rounds and pairs must be >= 1, got {rounds} and {pairs}")
     say = progress or (lambda text: None)
     device = resolve_device(config.device)
     data = synthetic_splits(config.dataset_shape, config.steps * config.batch, device)
     student, teacher = _roles(config)
+    recipe = student.train.model_copy(update={"epochs": 1 + 2 * pairs})
     out = []
     for loss in losses:
         params = {"temperature": 4.0, "alpha": 0.9} if loss == "kd" else {}
-        role = replace(student, loss=loss, loss_params=params)
+        role = replace(student, loss=loss, loss_params=params, train=recipe)
         for k in config.packs:
             teachers = _teachers(teacher, k, data, device)
             cost = DiagnosticsCost(loss, k, [], [])
             for r in range(rounds):
-                # off, on, and on again with the diagnostics' own calls timed (the timing
-                # wraps each call: it would add its own cost to the step's)
-                for state in ("off", "on", "timed"):
-                    say(f"{loss}, {k} seed(s), round {r + 1}: diagnostics {state}")
-                    cpu: list[float] = []
-                    timed = _time_inside_diagnostics() if state == "timed" else nullcontext([])
-                    with (
-                        teacher_cache(config.teacher_cache),
-                        channels_last(config.channels_last),
-                        diagnostics.switch(state != "off"),
-                        timed as inside,
-                    ):
-                        seconds, steps = _harness(config, role, k, data, device, teachers, cpu=cpu)
-                    if state == "timed":  # the steps of every epoch, the warm-up's included
-                        all_steps = steps // config.repeats * (config.repeats + 1)
-                        cost.inside_cpu.append(inside[0] / all_steps)
-                        continue
-                    (cost.on_s if state == "on" else cost.off_s).append(seconds / steps)
-                    (cost.on_cpu if state == "on" else cost.off_cpu).append(cpu[0] / steps)
+                say(f"{loss}, {k} seed(s), round {r + 1} of {rounds}: {pairs} pairs of epochs")
+                with (
+                    teacher_cache(config.teacher_cache),
+                    channels_last(config.channels_last),
+                    diagnostics.switch(True),
+                    _time_inside_diagnostics() as inside,
+                ):
+                    epochs = _alternating(role, k, data, device, teachers, inside, control)
+                steps = config.steps * (1 if k > 1 and packable(role) else k)
+                for off, on in _pairs(epochs):
+                    cost.off_s.append(off[0] / steps)
+                    cost.on_s.append(on[0] / steps)
+                    cost.off_cpu.append(off[1] / steps)
+                    cost.on_cpu.append(on[1] / steps)
+                    cost.inside_cpu.append(on[2] / steps)
             out.append(cost)
     return out
+
+
+_Epoch = tuple[float, float, float]  # wall seconds, CPU seconds, of them in the diagnostics
+
+
+def _on(i: int) -> bool:
+    """Whether the diagnostics are on in the i-th epoch after the warm-up: off, on, on,
+    off, and again (pairs in the order off-on, then on-off: a drift over the epochs of a
+    training, as a heap or a cache filling up, slows the epochs on and off alike)."""
+    return i % 4 in (1, 2)
+
+
+def _pairs(epochs: list[_Epoch]) -> list[tuple[_Epoch, _Epoch]]:
+    """The adjacent epochs (0, 1), (2, 3), ... after the warm-up, each as (off, on)."""
+    pairs = []
+    for i in range(0, len(epochs) - 1, 2):
+        first, second = epochs[i], epochs[i + 1]
+        pairs.append((second, first) if _on(i) else (first, second))
+    return pairs
+
+
+def _alternating(
+    role: Role,
+    k: int,
+    data: DataSplits,
+    device: torch.device,
+    teachers: dict[int, nn.Module],
+    inside: list[float],
+    control: bool = False,
+) -> list[_Epoch]:
+    """Train ``role`` with K seeds, the diagnostics on in the warm-up epoch and then as
+    ``_on`` says; per epoch after the warm-up (a loop's seeds summed): wall seconds, CPU
+    seconds of this thread, and of them those in the diagnostics' calls (``inside[0]``
+    accumulates them)."""
+    fused = k > 1 and packable(role)
+    last: dict[int, tuple[float, float, float]] = {}
+    totals = [[0.0, 0.0, 0.0] for _ in range(role.train.epochs - 1)]
+
+    def on_epoch(seed: int, epoch: int, metrics: dict[str, float]) -> None:
+        if fused and seed != 0:
+            return
+        _sync(device)
+        now = (time.perf_counter(), time.thread_time(), inside[0])
+        if epoch > 1:  # after the warm-up (epochs count from 1)
+            for j, (a, b) in enumerate(zip(now, last[seed], strict=True)):
+                totals[epoch - 2][j] += a - b
+        last[seed] = now
+        diagnostics.switch.on = _on(epoch - 1) and not control  # the next epoch's
+
+    train_role(role, list(range(k)), data, teachers=teachers, device=device, on_epoch=on_epoch)
+    return [(wall, cpu, spent) for wall, cpu, spent in totals]  # as tuples
 
 
 @contextmanager
@@ -667,17 +731,28 @@ def _time_inside_diagnostics() -> Iterator[list[float]]:
             setattr(cls, name, fn)
 
 
+def _quartiles(shares: Sequence[float]) -> str:
+    """ "quartiles +a% to +b%" of a list of shares (its one value, if one)."""
+    if len(shares) < 2:
+        return f"one pair: {100 * shares[0]:+.1f}%"
+    q1, _, q3 = statistics.quantiles(shares, n=4)
+    return f"quartiles {100 * q1:+.1f}% to {100 * q3:+.1f}%"
+
+
 def format_diagnostics_cost(costs: Sequence[DiagnosticsCost]) -> list[str]:
-    """One line per loss and pack size: ms per step off and on (medians), the share."""
+    """One line per loss and pack size: ms per step off and on (medians), the shares (the
+    median of the pairs of epochs, and its quartiles), the share inside the calls."""
     lines = []
     for c in costs:
         off, on = statistics.median(c.off_s), statistics.median(c.on_s)
-        spread = ", ".join(f"{100 * x:+.1f}%" for x in c.shares)
+        cpu = [on / off - 1 for on, off in zip(c.on_cpu, c.off_cpu, strict=True)]
         lines.append(
             f"{c.loss}, {c.seeds} seed(s): {1e3 * off:.3f} ms/step off, {1e3 * on:.3f} on: "
-            f"{100 * c.share:+.1f}% (median of rounds: {spread}); CPU time "
+            f"{100 * c.share:+.1f}% (median of {len(c.shares)} pairs of epochs, "
+            f"{_quartiles(c.shares)}); CPU time "
             f"{1e3 * statistics.median(c.off_cpu):.3f} ms/step off, "
-            f"{1e3 * statistics.median(c.on_cpu):.3f} on: {100 * c.cpu_share:+.1f}%; "
+            f"{1e3 * statistics.median(c.on_cpu):.3f} on: {100 * c.cpu_share:+.1f}% "
+            f"({_quartiles(cpu)}), fastest epochs {100 * c.fastest_share:+.1f}%; "
             f"in the diagnostics' calls {1e6 * statistics.median(c.inside_cpu):.1f} us/step: "
             f"{100 * c.inside_share:.1f}% of the step"
         )

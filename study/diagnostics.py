@@ -84,8 +84,10 @@ class EpochDiagnostics:
     small network costs little more than the launch of its operations, and twenty
     operations per step would cost a quarter of it. Not too many steps either: the kept
     references cost the training itself (a pack of 16 digits MLPs 5% of its step with 30
-    steps kept, 0.7% with 3; docs/benchmarks.md). So the steps are reduced when ``BUFFER``
-    samples a seed, or on the CPU ``CACHE`` values, would be kept, and at the epoch's end.
+    steps kept, 0.7% with 3), and a reduction's passes cost more per value once its
+    buffers outgrow the processor's cache (docs/benchmarks.md). So the steps are reduced
+    when ``BUFFER`` samples a seed, or on the CPU ``CACHE`` values, would be kept, and at
+    the epoch's end.
 
     A seed's numbers are bit for bit the same whichever seeds share its pack, and in the
     loop, although the pack's size decides which steps are reduced together: each seed's
@@ -102,9 +104,11 @@ class EpochDiagnostics:
     """Samples per seed kept at most before they are reduced (or one step's, if more):
     enough to share the operations' launch among steps (a digits epoch is one reduction)."""
 
-    CACHE = 1 << 17
+    CACHE = 1 << 18
     """Values (seeds x samples x classes x sides) kept at most on the CPU before they are
-    reduced (or one step's, if more): about half a megabyte, which stays in the cache."""
+    reduced (or one step's, if more): a megabyte. Measured against half (DKPP, packs of
+    16 digits MLPs: a quarter less time in the diagnostics) and two megabytes (no better);
+    docs/benchmarks.md."""
 
     PAD = 64
     """Each seed's samples are padded to a multiple of this: twice the widest vector of
@@ -118,7 +122,9 @@ class EpochDiagnostics:
         self.loss, self.device = loss, device
         self.kind = GRADIENT[loss]
         self.temperature = float(params["temperature"]) if self.kind == "soft" else 1.0
-        self.keys = COMMON + EXTRA.get(loss, ())
+        # the shares first (the order of the reduction's rows)
+        shares = ("dk_grad_share", *(("dk_grad_share_permuted",) if loss == "dkpp" else ()))
+        self.keys = (*shares, *COMMON[1:], *(("cwtm_weight_cv",) if loss == "cwtm" else ()))
         self.sides = 3 if loss == "dkpp" else 2  # student, teacher, DKPP's targets
         self.sums = torch.zeros(k, len(self.keys), dtype=torch.int64, device=device)
         self.count = torch.zeros(k, dtype=torch.int64, device=device)
@@ -130,6 +136,8 @@ class EpochDiagnostics:
         self.together = device.type == "cpu"  # all seeds in one reduction, or each alone
         self.rows: Tensor | None = None
         self.read: tuple[list, list, list] | None = None  # the sums as lists, once reduced
+        self.fill: tuple[Any, tuple[Tensor, Tensor]] | None = None  # the padding, by shape
+        self.units: Tensor | None = None  # the per-sample values' integer units
 
     @classmethod
     def start(
@@ -202,70 +210,92 @@ class EpochDiagnostics:
         self, steps: list[tuple[Tensor, Tensor, Tensor, Watched | None]]
     ) -> tuple[Tensor, Tensor, list[int]]:
         """The steps' values classes first, ``[C, sides, K', mp]`` float32 (each seed's
-        student logits, its teacher's, for DKPP the permuted targets; each side's samples
+        teacher logits, its student's, for DKPP the permuted targets; each side's samples
         in a row, padded to ``mp``), the labels ``[K', mp]`` and the steps' sizes. Classes
         first, a reduction over the classes is C - 1 operations on whole rows, on the CPU
         several times faster than reducing a last dimension of 10 classes (and
-        ``F.softmax`` there costs 6 times these few passes). The padding's logits are
+        ``F.softmax`` there costs 6 times these few passes). The logits are divided by the
+        temperature (as a product: half the cost of a quotient). The padding's logits are
         distinct (no tie for the argmax check); its values are dropped before the sums."""
         sizes = [step[2].shape[-1] for step in steps]
         s0, m = steps[0][0], sum(sizes)
-        c, k, lead = s0.shape[-1], steps[0][2].numel() // sizes[0], s0.shape[:-2]
+        c, k = s0.shape[-1], steps[0][2].numel() // sizes[0]
         mp = m + (-m % self.PAD)
-        filler = torch.arange(c, dtype=torch.float32, device=s0.device)
-        filler = filler.expand(*lead, mp - m, c)
-        sides = [[step[0] for step in steps], [step[1] for step in steps]]
+        sides = [[step[1] for step in steps], [step[0] for step in steps]]
         if self.loss == "dkpp":
             sides.append([_permuted(step[3]) for step in steps])
-        # one cat ([N, C] or [K', N, C] steps alike; the float32 filler makes it float32)
-        x = torch.cat([b for side in sides for b in (*side, filler)], dim=-2)
-        x = x.view(k, len(sides), mp, c).permute(3, 1, 0, 2)
-        y = torch.cat([*(step[2] for step in steps), filler[..., 0].long()], dim=-1)
-        if self.temperature == 1.0:
-            return x.contiguous(), y.view(k, mp), sizes
-        # the transposing copy scales by 1 / T too (a product costs half a quotient here)
-        scaled = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        return torch.mul(x, 1.0 / self.temperature, out=scaled), y.view(k, mp), sizes
+        labels = [step[2] for step in steps]
+        if mp > m:  # padding: distinct logits (and labels) for every seed
+            values, classes = self._filler(s0, mp - m)
+            sides = [[*side, values] for side in sides]
+            labels.append(classes)
+        # one cat ([N, C] or [K', N, C] steps alike), then the transposing copy, then
+        # the product with 1 / T (a strided product costs more than a copy and a product)
+        x = torch.cat([b for side in sides for b in side], dim=-2)
+        x = x.view(k, len(sides), mp, c).permute(3, 1, 0, 2).contiguous()
+        if self.temperature != 1.0:  # (only losses with two sides have a temperature)
+            x.mul_(1.0 / self.temperature)
+        y = torch.cat(labels, dim=-1) if len(labels) > 1 else labels[0]
+        return x, y.reshape(k, mp), sizes
+
+    def _filler(self, like: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """``n`` padding samples of every seed (logits ``0 .. C - 1``, label 0), the
+        shape of ``like``'s leading dimensions; kept for the next reduction of the size."""
+        key = (like.shape[:-2], n, like.device)
+        if self.fill is None or self.fill[0] != key:
+            c = like.shape[-1]
+            values = torch.arange(c, dtype=torch.float32, device=like.device)
+            values = values.expand(*like.shape[:-2], n, c)
+            self.fill = (key, (values, values[..., 0].long()))
+        return self.fill[1]
 
     def _sums(self, x: Tensor, y: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
         """A group of seeds' sums over their samples, ``[K'', metrics]`` integers in units of
-        ``1 / SCALE``, and per seed 0, or NaN if a value is not finite (``[K'']``), from
-        their values ``x`` (``[C, sides, K'', mp]``, overwritten: few buffers stay in the
-        cache) and labels ``y`` (``[K'', mp]``)."""
+        ``1 / SCALE`` (in the order of ``self.keys``), and per seed 0, or NaN if a value is
+        not finite (``[K'']``), from their values ``x`` (``[C, sides, K'', mp]``, the logits
+        divided by T; overwritten: few buffers stay in the cache) and labels ``y``
+        (``[K'', mp]``)."""
         m = sum(sizes)
-        # student and teacher side by side: one softmax for both, computed alike (g = 0
-        # exactly where s = t)
-        logits = x[:, :2]  # (a slice of whole rows: the loops stay vectorised)
-        g = logits[:, 0] - logits[:, 1] if self.kind == "logits" else None
-        shifted = logits.sub_(logits.amax(dim=0))  # log softmax = shifted - log z
-        probs = shifted.exp()
-        z = probs.sum(dim=0)
+        logits = x[:, :2]  # teacher and student side by side: one softmax for both
+        g = x[:, 1:2] - x[:, :1] if self.kind == "logits" else None  # s - t
+        logits.sub_(logits.amax(dim=0))  # shifted: the maximum 0 exactly
+        teacher = x[:, 0]
+        sign = _top_sign(teacher)
+        shifted = teacher.clone()  # log p + log z: the entropy needs it
+        probs = logits.exp_()
+        z = probs.sum(dim=0)  # [2, K'', mp]
         inverse = z.reciprocal()
-        probs.mul_(inverse)
-        q, p, t_shifted = probs[:, 0], probs[:, 1], shifted[:, 1]
-        sign = _top_sign(t_shifted)
-        dark = []
-        if self.loss == "dkpp":  # DKPP's own targets; its permutation keeps the argmax
-            dark.append(_dark_share(x[:, 2].sub_(q).square_(), sign))
-        entropy = z[1].log() - t_shifted.mul_(p).sum(dim=0)  # -sum p log p
-        g = q.sub_(p) if g is None else g
-        per_sample = [  # each [K'', mp]
-            _dark_share(g.square_(), sign),
-            inverse[1],  # p at the argmax: exp(0) / z
-            entropy,
-            sign.gather(0, y[None])[0].add_(1.0),  # 1 on the argmax
-            *dark,
-        ]
-        parts = [torch.stack(per_sample)[..., :m]]  # [metrics, K'', m]
-        if self.loss == "cwtm":  # [1, K'', steps]: each step's size times its weights' CV
-            parts.append(_batch_cv(inverse[1, :, :m].double(), sizes)[None])
+        probs.mul_(inverse)  # x[:, 0] = p, x[:, 1] = q
+        entropy = z[0].log().sub_(shifted.mul_(teacher).sum(dim=0))  # -sum p log p
+        if g is None:  # q - p, and for DKPP besides its targets minus q: one set of passes
+            g = x[:, 1:] - x[:, :-1]
+        sq = g.square_()  # [C, shares, K'', mp]
+        total = sq.sum(dim=0).clamp_min_(torch.finfo(sq.dtype).tiny)
+        # minus the shares (the sign is -1 off the teacher's argmax): negated in the sums
+        shares = sq.mul_(sign[:, None]).sum(dim=0).div_(total)
+        correct = sign.gather(0, y[None]).add_(1.0)  # 1 on the argmax
+        per_sample = torch.cat([shares, inverse[:1], entropy[None], correct])[..., :m]
         # a NaN or an infinity anywhere makes the (bounded) values' float sum not finite,
         # and then the sum minus itself NaN (else exactly 0)
-        check = [part.sum(dim=(0, 2)) for part in parts]
-        bad = sum(c - c for c in check).float()
+        check = per_sample.sum(dim=(0, 2))
+        bad = check - check
         # in units of 1 / SCALE, the fraction truncated (exact: a power of two's multiple)
-        sums = [part.mul_(self.SCALE).long().sum(dim=-1) for part in parts]
-        return (sums[0] if len(sums) == 1 else torch.cat(sums)).T, bad
+        sums = per_sample.mul_(self._units(x)).long().sum(dim=-1)  # [metrics, K'']
+        if self.loss == "cwtm":  # [K'', steps]: each step's size times its weights' CV
+            cv = _batch_cv(inverse[0, :, :m].double(), sizes)
+            check = cv.sum(dim=-1)
+            bad += (check - check).float()
+            sums = torch.cat([sums, cv.mul_(self.SCALE).long().sum(dim=-1)[None]])
+        return sums.T, bad
+
+    def _units(self, like: Tensor) -> Tensor:
+        """The per-sample values' factors to the integer units, ``[metrics, 1, 1]``:
+        ``-SCALE`` for the shares (computed negated), ``SCALE`` for the rest."""
+        if self.units is None or self.units.device != like.device:
+            shares = 2 if self.loss == "dkpp" else 1
+            units = [-self.SCALE] * shares + [self.SCALE] * 3
+            self.units = torch.tensor(units, device=like.device).view(-1, 1, 1)
+        return self.units
 
     def result(self, j: int = 0) -> dict[str, float]:
         """Seed j's means over the epoch's samples (empty before any step)."""

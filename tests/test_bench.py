@@ -198,9 +198,9 @@ def test_the_channels_last_option_reaches_the_convnets_of_the_harness_and_packs(
     assert mlp.memory_format == "" and not any("memory format" in s for s in format_report(mlp))
 
 
-def test_diagnostics_cost_times_each_student_with_the_diagnostics_off_and_on(monkeypatch) -> None:
+def test_diagnostics_cost_alternates_the_diagnostics_off_and_on_epoch_by_epoch(monkeypatch) -> None:
     from study import diagnostics
-    from study.bench import diagnostics_cost, format_diagnostics_cost
+    from study.bench import _on, _pairs, diagnostics_cost, format_diagnostics_cost
 
     seen = []
     real = diagnostics.EpochDiagnostics.start
@@ -210,18 +210,26 @@ def test_diagnostics_cost_times_each_student_with_the_diagnostics_off_and_on(mon
         return real(*args, **kwargs)
 
     monkeypatch.setattr(diagnostics.EpochDiagnostics, "start", spy)
-    costs = diagnostics_cost(TINY, losses=("kd", "dkpp"), rounds=2)
+    costs = diagnostics_cost(TINY, losses=("kd", "dkpp"), rounds=2, pairs=3)
     assert [(c.loss, c.seeds) for c in costs] == [("kd", 1), ("kd", 3), ("dkpp", 1), ("dkpp", 3)]
-    for c in costs:
-        assert len(c.off_s) == len(c.on_s) == 2 and min(c.off_s + c.on_s) > 0
-    # each student trained off, on, and on with its diagnostics' calls timed, in each round
+    for c in costs:  # a pair of epochs each, 3 pairs a round
+        assert len(c.off_s) == len(c.on_s) == len(c.off_cpu) == len(c.inside_cpu) == 6
+        assert min(c.off_s + c.on_s + c.off_cpu + c.on_cpu) > 0
+        assert min(c.inside_cpu) > 0 and max(c.inside_cpu) < max(c.on_cpu)
+    # per training: the warm-up on, then pairs of epochs off-on, on-off, off-on
+    trainings = [seen[i : i + 7] for i in range(0, len(seen), 7)]
+    assert len(trainings) == 2 * 2 * 2
+    for one in trainings:
+        assert [on for _, on in one] == [True, False, True, True, False, False, True]
     assert {loss for loss, _ in seen} == {"kd", "dkpp"}
-    assert {on for _, on in seen} == {True, False}
-    assert sum(on for _, on in seen) == 2 * sum(not on for _, on in seen)
-    assert all(len(c.inside_cpu) == 2 and min(c.inside_cpu) > 0 for c in costs)
+    # each pair as (off, on), whichever came first
+    tagged = [(float(i), float(_on(i)), 0.0) for i in range(8)]
+    assert [(off[0], on[0]) for off, on in _pairs(tagged)] == [(0, 1), (3, 2), (4, 5), (7, 6)]
     lines = format_diagnostics_cost(costs)
     assert len(lines) == 4 and lines[0].startswith("kd, 1 seed(s): ")
     assert diagnostics.switch.on  # back on after the measurement
+    with pytest.raises(UserInputError, match="pairs must be >= 1"):
+        diagnostics_cost(TINY, pairs=0)
 
 
 def test_the_bench_says_whether_the_kd_students_measured_their_diagnostics() -> None:
@@ -237,6 +245,13 @@ def test_the_cli_times_the_diagnostics_off_and_on_and_can_switch_them_off() -> N
     lines = [line for line in cost.output.splitlines() if "ms/step off" in line]
     assert [line.split(",")[0] for line in lines] == ["kd", "dkpp"]
     assert all("in the diagnostics' calls" in line for line in lines)
+    # the control: both epochs of each pair off, nothing measured inside
+    control = CliRunner().invoke(app, ["bench", *small, "--diagnostics-cost", "--control"])
+    assert control.exit_code == 0, control.output
+    lines = [line for line in control.output.splitlines() if "ms/step off" in line]
+    assert len(lines) == 2 and all("calls 0.0 us/step: 0.0%" in line for line in lines)
+    alone = CliRunner().invoke(app, ["bench", *small, "--control"])
+    assert alone.exit_code == 2 and "--control goes with --diagnostics-cost" in alone.output
     off = CliRunner().invoke(app, ["bench", *small, "--kd", "--no-diagnostics", "--json"])
     assert off.exit_code == 0, off.output
     assert json.loads(off.output[off.output.index("{") :])["config"]["diagnostics"] is False

@@ -17,6 +17,7 @@ from study.cli.terminal import (
     print_table,
     user_errors,
 )
+from study.errors import UserInputError
 
 
 @user_errors
@@ -127,8 +128,16 @@ def bench(
         typer.Option(
             "--diagnostics-cost",
             help="Instead of the variants: the distillation student's step with the "
-            "diagnostics off, then on, five times in alternation per loss (kd, dkpp) "
-            "and pack size, and their share of the step.",
+            "diagnostics off and on in adjacent epochs (two trainings of 30 pairs of "
+            "epochs per loss, kd and dkpp, and pack size), and their share of the step.",
+        ),
+    ] = False,
+    control: Annotated[
+        bool,
+        typer.Option(
+            "--control",
+            help="With --diagnostics-cost: the diagnostics off in both epochs of each "
+            "pair, the measurement's noise floor on this machine (shares around 0).",
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine output.")] = False,
@@ -137,6 +146,8 @@ def bench(
     from study import bench as harness
     from study.bench import BenchConfig, format_report, parse_arch_kwargs, parse_packs, run_bench
 
+    if control and not diagnostics_cost:
+        raise UserInputError("--control goes with --diagnostics-cost (it sets how that runs)")
     kwargs = parse_arch_kwargs(arch_kwargs)
     if kwargs is None:
         kwargs = BenchConfig().arch_kwargs if arch == BenchConfig.arch else {}
@@ -159,7 +170,7 @@ def bench(
     )
     say = (lambda text: None) if as_json else (lambda text: err_console.print(text))
     if diagnostics_cost:
-        costs = harness.diagnostics_cost(config, progress=say)
+        costs = harness.diagnostics_cost(config, progress=say, control=control)
         for line in harness.format_diagnostics_cost(costs):
             console.print(line, highlight=False, soft_wrap=True)
         return
