@@ -125,7 +125,7 @@ class EpochDiagnostics:
         # the shares first (the order of the reduction's rows)
         shares = ("dk_grad_share", *(("dk_grad_share_permuted",) if loss == "dkpp" else ()))
         self.keys = (*shares, *COMMON[1:], *(("cwtm_weight_cv",) if loss == "cwtm" else ()))
-        self.sides = 3 if loss == "dkpp" else 2  # student, teacher, DKPP's targets
+        self.sides = 3 if loss == "dkpp" else 2  # teacher, student, DKPP's targets
         self.sums = torch.zeros(k, len(self.keys), dtype=torch.int64, device=device)
         self.count = torch.zeros(k, dtype=torch.int64, device=device)
         # 0 while a seed's values are finite, NaN once one is not (``_sums``)
@@ -229,10 +229,12 @@ class EpochDiagnostics:
             values, classes = self._filler(s0, mp - m)
             sides = [[*side, values] for side in sides]
             labels.append(classes)
-        # one cat ([N, C] or [K', N, C] steps alike), then the transposing copy, then
-        # the product with 1 / T (a strided product costs more than a copy and a product)
-        x = torch.cat([b for side in sides for b in side], dim=-2)
-        x = x.view(k, len(sides), mp, c).permute(3, 1, 0, 2).contiguous()
+        # one cat ([N, C] or [K', N, C] steps alike), then the transposing copy (to
+        # float32: bf16 logits too), then the product with 1 / T (a strided product costs
+        # more than a copy and a product)
+        steps_in_a_row = torch.cat([b for side in sides for b in side], dim=-2)
+        x = torch.empty((c, len(sides), k, mp), dtype=torch.float32, device=s0.device)
+        x.copy_(steps_in_a_row.view(k, len(sides), mp, c).permute(3, 1, 0, 2))
         if self.temperature != 1.0:  # (only losses with two sides have a temperature)
             x.mul_(1.0 / self.temperature)
         y = torch.cat(labels, dim=-1) if len(labels) > 1 else labels[0]

@@ -452,3 +452,18 @@ def test_the_report_says_where_the_signal_comes_from(small_study) -> None:
     )
     html = (small_study / "reports" / "ban_digits" / "report.html").read_text()
     assert "<h2>Where the signal comes from</h2>" in html
+
+
+@pytest.mark.parametrize("sizes", [[64, 64, 64], [64, 37]], ids=["whole-vectors", "padded"])
+@pytest.mark.parametrize("loss", ["kd", "dkpp", "cwtm", "mse_logits"])
+def test_bf16_logits_are_measured_in_float32(loss, sizes) -> None:
+    """Logits of a bf16 step (autocast) give the diagnostics of their exact float32 values,
+    whether or not the steps need padding (a bf16 reduction would round every operation
+    to 8 bits)."""
+    steps = {j: _steps(j, sizes, 10) for j in range(3)}
+    half = {j: [(s.bfloat16(), t.bfloat16(), y) for s, t, y in one] for j, one in steps.items()}
+    exact = {j: [(s.float(), t.float(), y) for s, t, y in one] for j, one in half.items()}
+    for seeds in ([1], [0, 1, 2]):
+        got, want = _epoch(loss, seeds, half), _epoch(loss, seeds, exact)
+        assert got == want, (loss, sizes, seeds)
+        assert all(math.isfinite(v) for d in got for v in d.values())
