@@ -328,23 +328,18 @@ def _harness(
     device: torch.device,
     teachers: dict[int, nn.Module] | None,
     cached: list[bool] | None = None,
-    cpu: list[float] | None = None,
 ) -> tuple[float, int]:
     """Seconds for the timed epochs of ``train_role`` with K seeds, and the steps timed.
 
     A fused pack reports every seed after each epoch; the loop trains seed after seed, so
     its time is the sum of each seed's timed epochs (each seed has its own warm-up).
-    ``cached`` collects, per seed, whether its teacher outputs came from the cache;
-    ``cpu`` the CPU seconds of this thread in the timed epochs (a load-proof measure where
-    the work runs on one thread: ``OMP_NUM_THREADS=1`` on the CPU).
+    ``cached`` collects, per seed, whether its teacher outputs came from the cache.
     """
     stamps: dict[int, list[float]] = {s: [] for s in range(k)}
-    cpu_stamps: dict[int, list[float]] = {s: [] for s in range(k)}
 
     def on_epoch(seed: int, epoch: int, metrics: dict[str, float]) -> None:
         _sync(device)
         stamps[seed].append(time.perf_counter())
-        cpu_stamps[seed].append(time.thread_time())
 
     results = train_role(
         role, list(range(k)), data, teachers=teachers, device=device, on_epoch=on_epoch
@@ -354,9 +349,6 @@ def _harness(
     fused = k > 1 and packable(role)
     timed = [stamps[0]] if fused else list(stamps.values())
     seconds = sum(seed_stamps[-1] - seed_stamps[0] for seed_stamps in timed)
-    if cpu is not None:
-        clocks = [cpu_stamps[0]] if fused else list(cpu_stamps.values())
-        cpu.append(sum(c[-1] - c[0] for c in clocks))
     return seconds, config.repeats * config.steps
 
 
