@@ -574,11 +574,15 @@ class DiagnosticsCost:
         return float(statistics.median(self.shares))
 
     @property
+    def cpu_shares(self) -> list[float]:
+        """The pairs' shares in CPU time of the training thread: less sensitive to other
+        processes' load than the wall clock, on one thread."""
+        return [on / off - 1 for on, off in zip(self.on_cpu, self.off_cpu, strict=True)]
+
+    @property
     def cpu_share(self) -> float:
-        """The median of the pairs' shares in CPU time of the training thread: less
-        sensitive to other processes' load than the wall clock, on one thread."""
-        pairs = zip(self.on_cpu, self.off_cpu, strict=True)
-        return float(statistics.median(on / off - 1 for on, off in pairs))
+        """The median of the pairs' CPU shares."""
+        return float(statistics.median(self.cpu_shares))
 
     @property
     def fastest_share(self) -> float:
@@ -737,14 +741,13 @@ def format_diagnostics_cost(costs: Sequence[DiagnosticsCost]) -> list[str]:
     lines = []
     for c in costs:
         off, on = statistics.median(c.off_s), statistics.median(c.on_s)
-        cpu = [on / off - 1 for on, off in zip(c.on_cpu, c.off_cpu, strict=True)]
         lines.append(
             f"{c.loss}, {c.seeds} seed(s): {1e3 * off:.3f} ms/step off, {1e3 * on:.3f} on: "
             f"{100 * c.share:+.1f}% (median of {len(c.shares)} pairs of epochs, "
             f"{_quartiles(c.shares)}); CPU time "
             f"{1e3 * statistics.median(c.off_cpu):.3f} ms/step off, "
             f"{1e3 * statistics.median(c.on_cpu):.3f} on: {100 * c.cpu_share:+.1f}% "
-            f"({_quartiles(cpu)}), fastest epochs {100 * c.fastest_share:+.1f}%; "
+            f"({_quartiles(c.cpu_shares)}), fastest epochs {100 * c.fastest_share:+.1f}%; "
             f"in the diagnostics' calls {1e6 * statistics.median(c.inside_cpu):.1f} us/step: "
             f"{100 * c.inside_share:.1f}% of the step"
         )

@@ -46,6 +46,8 @@ from study.switch import Switch
 COMMON = ("dk_grad_share", "teacher_conf", "teacher_entropy", "teacher_correct")
 EXTRA = {"dkpp": ("dk_grad_share_permuted",), "cwtm": ("cwtm_weight_cv",)}
 DIAGNOSTIC_METRICS = (*COMMON, "dk_grad_share_permuted", "cwtm_weight_cv")
+SHARES = ("dk_grad_share", "dk_grad_share_permuted")  # computed negated (``_sums``)
+PER_BATCH = ("cwtm_weight_cv",)  # from each step's weights, not summed per sample
 """Every metric key the diagnostics log (per epoch, per seed)."""
 
 # How each distillation loss's soft-target gradient is formed: "soft" (softmax(s/T) - p at
@@ -122,9 +124,13 @@ class EpochDiagnostics:
         self.loss, self.device = loss, device
         self.kind = GRADIENT[loss]
         self.temperature = float(params["temperature"]) if self.kind == "soft" else 1.0
-        # the shares first (the order of the reduction's rows)
-        shares = ("dk_grad_share", *(("dk_grad_share_permuted",) if loss == "dkpp" else ()))
-        self.keys = (*shares, *COMMON[1:], *(("cwtm_weight_cv",) if loss == "cwtm" else ()))
+        # the order of the reduction's rows: the shares first, the per-batch CV last
+        order = {**dict.fromkeys(SHARES, 0), **dict.fromkeys(PER_BATCH, 2)}
+        self.keys = tuple(sorted(COMMON + EXTRA.get(loss, ()), key=lambda k: order.get(k, 1)))
+        # the per-sample rows' factors to integer units: -SCALE for the shares (negated)
+        rows = [k for k in self.keys if k not in PER_BATCH]
+        units = [-self.SCALE if k in SHARES else self.SCALE for k in rows]
+        self.units = torch.tensor(units, device=device).view(-1, 1, 1)
         self.sides = 3 if loss == "dkpp" else 2  # teacher, student, DKPP's targets
         self.sums = torch.zeros(k, len(self.keys), dtype=torch.int64, device=device)
         self.count = torch.zeros(k, dtype=torch.int64, device=device)
@@ -137,7 +143,6 @@ class EpochDiagnostics:
         self.rows: Tensor | None = None
         self.read: tuple[list, list, list] | None = None  # the sums as lists, once reduced
         self.fill: tuple[Any, tuple[Tensor, Tensor]] | None = None  # the padding, by shape
-        self.units: Tensor | None = None  # the per-sample values' integer units
 
     @classmethod
     def start(
@@ -282,22 +287,13 @@ class EpochDiagnostics:
         check = per_sample.sum(dim=(0, 2))
         bad = check - check
         # in units of 1 / SCALE, the fraction truncated (exact: a power of two's multiple)
-        sums = per_sample.mul_(self._units(x)).long().sum(dim=-1)  # [metrics, K'']
+        sums = per_sample.mul_(self.units).long().sum(dim=-1)  # [metrics, K'']
         if self.loss == "cwtm":  # [K'', steps]: each step's size times its weights' CV
             cv = _batch_cv(inverse[0, :, :m].double(), sizes)
             check = cv.sum(dim=-1)
             bad += (check - check).float()
             sums = torch.cat([sums, cv.mul_(self.SCALE).long().sum(dim=-1)[None]])
         return sums.T, bad
-
-    def _units(self, like: Tensor) -> Tensor:
-        """The per-sample values' factors to the integer units, ``[metrics, 1, 1]``:
-        ``-SCALE`` for the shares (computed negated), ``SCALE`` for the rest."""
-        if self.units is None or self.units.device != like.device:
-            shares = 2 if self.loss == "dkpp" else 1
-            units = [-self.SCALE] * shares + [self.SCALE] * 3
-            self.units = torch.tensor(units, device=like.device).view(-1, 1, 1)
-        return self.units
 
     def result(self, j: int = 0) -> dict[str, float]:
         """Seed j's means over the epoch's samples (empty before any step)."""
