@@ -27,7 +27,7 @@ teacher's soft targets at the loss's temperature T):
 
 Each is averaged over the epoch's training samples (the batch CV weighted by the batch's
 size); a pack gets one set per seed, bit for bit what the seed gets in any other pack or
-alone. The arithmetic is float32 like the losses', the sums float64.
+alone. The arithmetic is float32 like the losses', the sums over samples float64 or exact.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -81,66 +82,94 @@ class EpochDiagnostics:
     ``start`` gives one per epoch; ``update`` once per step with the tensors the loss gets,
     before the loss is called, and the loss gets the generator ``update`` returns (for
     DKPP the loss's own stream, ``losses.Watched``, in which the loss leaves the permuted
-    targets it trains on); ``result(j)`` seed j's epoch means. A step only keeps references
-    to its (detached) tensors, and the arithmetic runs once over several steps: a step of a
-    small network costs little more than the launch of its operations, and twenty
-    operations per step would cost a quarter of it. Not too many steps either: the kept
-    references cost the training itself (a pack of 16 digits MLPs 5% of its step with 30
-    steps kept, 0.7% with 3), and a reduction's passes cost more per value once its
-    buffers outgrow the processor's cache (docs/benchmarks.md). So the steps are reduced
-    when ``BUFFER`` samples a seed, or on the CPU ``CACHE`` values, would be kept, and at
-    the epoch's end.
+    targets it trains on); ``result(j)`` seed j's epoch means.
 
-    A seed's numbers are bit for bit the same whichever seeds share its pack, and in the
-    loop, although the pack's size decides which steps are reduced together: each seed's
-    samples are padded to a multiple of ``PAD``, so that all of them fall in the vectorised
-    body of every operation, never in its scalar tail (on the CPU a sum over the classes
-    rounds otherwise in the tail's columns); every operation is exact per element or
-    reduces a sample's (or a step's) values alone; and the sums over samples are exact, in
-    integers (``SCALE``), so their order does not matter (tests/test_diagnostics.py, also on
-    three threads). On a GPU each seed is reduced on its own (a reduction's order there
-    depends on the whole tensor's shape).
+    A step only keeps references to its (detached) tensors, and the arithmetic runs once
+    over several steps, when ``BUFFER`` samples a seed, or on the CPU ``CACHE`` logits,
+    would be kept, and at the epoch's end (DKPP's targets exist once its loss has run): a
+    step of a small network costs little more than the launch of its operations.
+
+    On the CPU by compiled loops (``study.fused``): a few operations a reduction where the
+    tensor operations below launch some forty and pass twenty times over values that the
+    training has pushed out of the cache (docs/benchmarks.md). Each sample is computed
+    alone and each seed's sums are float64 additions in its samples' order, so a seed's
+    numbers are bit for bit the same alone and in any pack (tests/test_diagnostics.py).
+
+    Elsewhere (a GPU) by tensor operations, which queue on the device without waiting for
+    it: each seed reduced on its own (a reduction's order there depends on the whole
+    tensor's shape), classes first; each seed's samples padded to a multiple of ``PAD``
+    (on a CPU, where the tests run this path too, a sum over the classes rounds otherwise
+    in a vectorised loop's scalar tail); every operation exact per element or reducing a
+    sample's (or a step's) values alone; and the sums over samples exact, in integers
+    (``SCALE``), so that their order does not matter.
     """
 
     BUFFER = 2048
     """Samples per seed kept at most before they are reduced (or one step's, if more):
-    enough to share the operations' launch among steps (a digits epoch is one reduction)."""
-
-    CACHE = 1 << 18
-    """Values (seeds x samples x classes x sides) kept at most on the CPU before they are
-    reduced (or one step's, if more): a megabyte. Measured against half (DKPP, packs of
-    16 digits MLPs: a quarter less time in the diagnostics) and two megabytes (no better);
-    docs/benchmarks.md."""
+    enough to share a reduction's launch among steps (a digits epoch is one reduction)."""
 
     PAD = 64
     """Each seed's samples are padded to a multiple of this: twice the widest vector of
     float32 lanes (AVX-512's 16) that a vectorised loop steps by, with room to spare."""
 
+    CACHE = 1 << 16
+    """Student logits (seeds x samples x classes) kept at most on the CPU before they are
+    reduced (or one step's, if more): kept outputs cost the training itself. Half and
+    twice this read alike (docs/benchmarks.md)."""
+
     SCALE = 2.0**32
     """Per-sample values are summed as integers in units of 1 / SCALE (exact, so in any
     order; a mean is off by less than 1 / SCALE; 2^26 samples of values up to 16 fit)."""
 
-    def __init__(self, loss: str, params: Mapping[str, Any], k: int, device: torch.device):
+    def __init__(
+        self,
+        loss: str,
+        params: Mapping[str, Any],
+        k: int,
+        device: torch.device,
+        fused: bool | None = None,
+    ):
+        """``fused``: the compiled loops (the default on the CPU) or tensor operations
+        (the default elsewhere; on the CPU for the tests of that path)."""
         self.loss, self.device = loss, device
         self.kind = GRADIENT[loss]
         self.temperature = float(params["temperature"]) if self.kind == "soft" else 1.0
         # the order of the reduction's rows: the shares first, the per-batch CV last
         order = {**dict.fromkeys(SHARES, 0), **dict.fromkeys(PER_BATCH, 2)}
         self.keys = tuple(sorted(COMMON + EXTRA.get(loss, ()), key=lambda k: order.get(k, 1)))
+        self.steps: list[tuple[Tensor, Tensor, Tensor, Watched | None]] = []
+        self.buffered = self.kept = 0
+        self.rows: Tensor | None = None
+        self.fused = device.type == "cpu" if fused is None else fused
+        if self.fused and device.type != "cpu":
+            raise ValueError(f"the diagnostics' compiled loops run on the CPU, not {device}")
+        self.cache = self.CACHE if self.fused else math.inf
+        if self.fused:
+            self._start_fused(k)
+        else:
+            self._start_tensors(k)
+
+    def _start_fused(self, k: int) -> None:
+        from study import fused  # Numba: imported, and the loops loaded, when first needed
+
+        self.kernel = fused.add
+        self.columns = [fused.COLUMNS.index(key) for key in self.keys]
+        self.totals = np.zeros((k, len(fused.COLUMNS)))  # float64, in the samples' order
+        self.counts = np.zeros(k, dtype=np.int64)
+        self.nonfinite = np.zeros(k, dtype=np.bool_)
+        self.index: tuple[Tensor | None, np.ndarray] | None = None  # ``rows`` in NumPy
+
+    def _start_tensors(self, k: int) -> None:
+        device = self.device
         # the per-sample rows' factors to integer units: -SCALE for the shares (negated)
-        rows = [k for k in self.keys if k not in PER_BATCH]
-        units = [-self.SCALE if k in SHARES else self.SCALE for k in rows]
+        rows = [key for key in self.keys if key not in PER_BATCH]
+        units = [-self.SCALE if key in SHARES else self.SCALE for key in rows]
         self.units = torch.tensor(units, device=device).view(-1, 1, 1)
-        self.sides = 3 if loss == "dkpp" else 2  # teacher, student, DKPP's targets
+        self.sides = 3 if self.loss == "dkpp" else 2  # teacher, student, DKPP's targets
         self.sums = torch.zeros(k, len(self.keys), dtype=torch.int64, device=device)
         self.count = torch.zeros(k, dtype=torch.int64, device=device)
         # 0 while a seed's values are finite, NaN once one is not (``_sums``)
         self.bad = torch.zeros(k, dtype=torch.float32, device=device)
-        self.steps: list[tuple[Tensor, Tensor, Tensor, Watched | None]] = []
-        self.buffered = self.kept = 0
-        self.cache = self.CACHE if device.type == "cpu" else math.inf
-        self.together = device.type == "cpu"  # all seeds in one reduction, or each alone
-        self.rows: Tensor | None = None
         self.read: tuple[list, list, list] | None = None  # the sums as lists, once reduced
         self.fill: tuple[Any, tuple[Tensor, Tensor]] | None = None  # the padding, by shape
 
@@ -170,7 +199,7 @@ class EpochDiagnostics:
         if teacher_logits is None:
             return generator
         n = targets.shape[-1]
-        values = student_logits.numel() * self.sides
+        values = student_logits.numel()
         if self.steps and (self.buffered + n > self.BUFFER or self.kept + values > self.cache):
             self._reduce()  # the steps before this one: their losses ran
         watched = None
@@ -184,21 +213,36 @@ class EpochDiagnostics:
         self.kept += values
         return generator
 
+    def result(self, j: int = 0) -> dict[str, float]:
+        """Seed j's means over the epoch's samples (empty before any step)."""
+        self._reduce()
+        if self.fused:
+            count, nonfinite = int(self.counts[j]), bool(self.nonfinite[j])
+            sums = [float(self.totals[j, c]) for c in self.columns]
+        else:
+            if self.read is None:  # every seed's, read at once (a pack asks for each in turn)
+                self.read = (self.count.tolist(), self.bad.tolist(), self.sums.tolist())
+            count, nonfinite = self.read[0][j], self.read[1][j] != 0  # (NaN)
+            sums = [v / self.SCALE for v in self.read[2][j]]
+        if count == 0:
+            return {}
+        if nonfinite:
+            return dict.fromkeys(self.keys, math.nan)
+        return {key: v / count for key, v in zip(self.keys, sums, strict=True)}
+
     def _reduce(self) -> None:
-        """Add the kept steps' values to the sums: all seeds at once on the CPU, each seed
-        alone on a GPU."""
+        """Add the kept steps' values to the sums."""
         if not self.steps:
             return
         steps, self.steps, self.buffered, self.kept = self.steps, [], 0, 0
+        if self.fused:
+            self._fused(steps)
+            return
         self.read = None
         x, y, sizes = self._classes_first(steps)
         k, m = x.shape[2], sum(sizes)
-        group = k if self.together else 1
-        with torch.no_grad():
-            parts = [
-                self._sums(x[:, :, j : j + group], y[j : j + group], sizes)
-                for j in range(0, k, group)
-            ]
+        with torch.no_grad():  # each seed on its own
+            parts = [self._sums(x[:, :, j : j + 1], y[j : j + 1], sizes) for j in range(k)]
         sums, bad = (
             parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts, strict=True))
         )
@@ -211,17 +255,44 @@ class EpochDiagnostics:
             self.bad.index_add_(0, self.rows, bad)
             self.count.index_add_(0, self.rows, torch.full_like(self.rows, m))
 
+    def _fused(self, steps: list[tuple[Tensor, Tensor, Tensor, Watched | None]]) -> None:
+        """The kept steps added to the sums by the compiled loops (the CPU)."""
+        sizes = np.array([step[2].shape[-1] for step in steps], dtype=np.int64)
+        c = steps[0][0].shape[-1]
+        k = steps[0][2].numel() // int(sizes[0])
+        t, s = (_float32([step[i] for step in steps], k, c) for i in (1, 0))
+        if self.loss == "dkpp":
+            permuted = _float32([_permuted(step[3]) for step in steps], k, c)
+        else:
+            permuted = t[:, :0]
+        labels = [step[2] for step in steps]
+        y = torch.cat(labels, dim=-1) if len(labels) > 1 else labels[0]
+        if self.index is None or self.index[0] is not self.rows:
+            rows = torch.arange(k) if self.rows is None else self.rows
+            self.index = (self.rows, rows.long().numpy())
+        self.kernel(
+            t,
+            s,
+            permuted,
+            y.reshape(k, -1).long().numpy(),
+            sizes,
+            self.index[1],
+            1.0 / self.temperature,
+            self.kind == "logits",
+            self.totals,
+            self.counts,
+            self.nonfinite,
+        )
+
     def _classes_first(
         self, steps: list[tuple[Tensor, Tensor, Tensor, Watched | None]]
     ) -> tuple[Tensor, Tensor, list[int]]:
         """The steps' values classes first, ``[C, sides, K', mp]`` float32 (each seed's
         teacher logits, its student's, for DKPP the permuted targets; each side's samples
         in a row, padded to ``mp``), the labels ``[K', mp]`` and the steps' sizes. Classes
-        first, a reduction over the classes is C - 1 operations on whole rows, on the CPU
-        several times faster than reducing a last dimension of 10 classes (and
-        ``F.softmax`` there costs 6 times these few passes). The logits are divided by the
-        temperature (as a product: half the cost of a quotient). The padding's logits are
-        distinct (no tie for the argmax check); its values are dropped before the sums."""
+        first, a reduction over the classes is C - 1 operations on whole rows. The logits
+        are multiplied by 1 / T. The padding's logits are distinct (no tie for the
+        argmax); its values are dropped before the sums."""
         sizes = [step[2].shape[-1] for step in steps]
         s0, m = steps[0][0], sum(sizes)
         c, k = s0.shape[-1], steps[0][2].numel() // sizes[0]
@@ -235,8 +306,7 @@ class EpochDiagnostics:
             sides = [[*side, values] for side in sides]
             labels.append(classes)
         # one cat ([N, C] or [K', N, C] steps alike), then the transposing copy (to
-        # float32: bf16 logits too), then the product with 1 / T (a strided product costs
-        # more than a copy and a product)
+        # float32: bf16 logits too), then the product with 1 / T
         steps_in_a_row = torch.cat([b for side in sides for b in side], dim=-2)
         x = torch.empty((c, len(sides), k, mp), dtype=torch.float32, device=s0.device)
         x.copy_(steps_in_a_row.view(k, len(sides), mp, c).permute(3, 1, 0, 2))
@@ -257,26 +327,27 @@ class EpochDiagnostics:
         return self.fill[1]
 
     def _sums(self, x: Tensor, y: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor]:
-        """A group of seeds' sums over their samples, ``[K'', metrics]`` integers in units of
-        ``1 / SCALE`` (in the order of ``self.keys``), and per seed 0, or NaN if a value is
-        not finite (``[K'']``), from their values ``x`` (``[C, sides, K'', mp]``, the logits
-        divided by T; overwritten: few buffers stay in the cache) and labels ``y``
-        (``[K'', mp]``)."""
+        """A seed's sums over its samples, ``[1, metrics]`` integers in units of
+        ``1 / SCALE`` (in the order of ``self.keys``), and 0, or NaN if a value is not
+        finite (``[1]``), from its values ``x`` (``[C, sides, 1, mp]``, the logits divided
+        by T; overwritten: few buffers) and labels ``y`` (``[1, mp]``)."""
         m = sum(sizes)
         logits = x[:, :2]  # teacher and student side by side: one softmax for both
         g = x[:, 1:2] - x[:, :1] if self.kind == "logits" else None  # s - t
         logits.sub_(logits.amax(dim=0))  # shifted: the maximum 0 exactly
         teacher = x[:, 0]
-        sign = _top_sign(teacher)
+        # -1 off the teacher's top class (the first maximal one, as torch.argmax), 0 on it
+        first = teacher.argmax(dim=0, keepdim=True)
+        sign = torch.full_like(teacher, -1.0).scatter_(0, first, 0.0)
         shifted = teacher.clone()  # log p + log z: the entropy needs it
         probs = logits.exp_()
-        z = probs.sum(dim=0)  # [2, K'', mp]
+        z = probs.sum(dim=0)  # [2, 1, mp]
         inverse = z.reciprocal()
         probs.mul_(inverse)  # x[:, 0] = p, x[:, 1] = q
         entropy = z[0].log().sub_(shifted.mul_(teacher).sum(dim=0))  # -sum p log p
         if g is None:  # q - p, and for DKPP besides its targets minus q: one set of passes
             g = x[:, 1:] - x[:, :-1]
-        sq = g.square_()  # [C, shares, K'', mp]
+        sq = g.square_()  # [C, shares, 1, mp]
         total = sq.sum(dim=0).clamp_min_(torch.finfo(sq.dtype).tiny)
         # minus the shares (the sign is -1 off the teacher's argmax): negated in the sums
         shares = sq.mul_(sign[:, None]).sum(dim=0).div_(total)
@@ -287,25 +358,13 @@ class EpochDiagnostics:
         check = per_sample.sum(dim=(0, 2))
         bad = check - check
         # in units of 1 / SCALE, the fraction truncated (exact: a power of two's multiple)
-        sums = per_sample.mul_(self.units).long().sum(dim=-1)  # [metrics, K'']
-        if self.loss == "cwtm":  # [K'', steps]: each step's size times its weights' CV
+        sums = per_sample.mul_(self.units).long().sum(dim=-1)  # [metrics, 1]
+        if self.loss == "cwtm":  # [1, steps]: each step's size times its weights' CV
             cv = _batch_cv(inverse[0, :, :m].double(), sizes)
             check = cv.sum(dim=-1)
             bad += (check - check).float()
             sums = torch.cat([sums, cv.mul_(self.SCALE).long().sum(dim=-1)[None]])
         return sums.T, bad
-
-    def result(self, j: int = 0) -> dict[str, float]:
-        """Seed j's means over the epoch's samples (empty before any step)."""
-        self._reduce()
-        if self.read is None:  # every seed's, read at once (a pack asks for each in turn)
-            self.read = (self.count.tolist(), self.bad.tolist(), self.sums.tolist())
-        counts, bad, sums = self.read
-        if counts[j] == 0:
-            return {}
-        if bad[j] != 0:  # NaN
-            return dict.fromkeys(self.keys, math.nan)
-        return {key: v / self.SCALE / counts[j] for key, v in zip(self.keys, sums[j], strict=True)}
 
 
 class _Off(EpochDiagnostics):
@@ -325,6 +384,12 @@ class _Off(EpochDiagnostics):
 
 
 _OFF = _Off()
+
+
+def _float32(steps: list[Tensor], k: int, c: int) -> np.ndarray:
+    """Steps' ``[N, C]`` or ``[K', N, C]`` values in a row, a float32 ``[K', M, C]`` array."""
+    x = torch.cat(steps, dim=-2) if len(steps) > 1 else steps[0]
+    return x.reshape(k, -1, c).to(torch.float32).contiguous().numpy()
 
 
 def _permuted(watched: Watched | None) -> Tensor:
@@ -351,29 +416,3 @@ def _batch_cv(conf: Tensor, sizes: list[int]) -> Tensor:
         out.append((square - mean * mean).clamp_min(0).sqrt() / mean * size)
         start += r * size
     return torch.cat(out, dim=-1)
-
-
-def _top_sign(shifted: Tensor) -> Tensor:
-    """0 on each sample's first maximal class (``torch.argmax``'s) in ``shifted`` (logits
-    minus their maximum, classes along dimension 0), -1 off it. On the CPU
-    ``sign(shifted)``, unless a sample has two zeros (an exact tie, which continuous logits
-    almost never have): a comparison, ``masked_fill`` and ``argmax`` cost several times a
-    sign there. On a GPU ``argmax`` always (the check would wait for the device)."""
-    sign = shifted.sign()
-    samples = sign[0].numel()
-    gpu = shifted.device.type != "cpu"
-    # -(C - 1) a sample without a tie; a sum of these integers is exact in float32 while
-    # every partial sum stays under 2^24 in magnitude (a quarter of the cost of float64)
-    exact = torch.float32 if sign.numel() < 1 << 24 else torch.float64
-    if gpu or float(sign.sum(dtype=exact)) != -(shifted.shape[0] - 1) * samples:
-        first = shifted.argmax(dim=0, keepdim=True)
-        sign = torch.full_like(shifted, -1.0).scatter_(0, first, 0.0)
-    return sign
-
-
-def _dark_share(sq: Tensor, sign: Tensor) -> Tensor:
-    """Per sample, the share of ``sum_c g_c^2`` (``sq``, classes along dimension 0, which
-    this overwrites) off the class where ``sign`` is 0 (the teacher's argmax; -1 on the
-    others); 0 where g = 0."""
-    total = sq.sum(dim=0).clamp_min(torch.finfo(sq.dtype).tiny)
-    return sq.mul_(sign).sum(dim=0).neg_().div_(total)

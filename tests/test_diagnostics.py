@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from study import diagnostics
 from study.diagnostics import EpochDiagnostics
 from study.engine import load_model, predict_probs
-from study.losses import Watched, get_loss
+from study.losses import Watched, get_loss, resolve_loss_params
 from study.plan import expand
 from study.protocol import parse_protocol
 from study.train import train_role
@@ -120,6 +120,17 @@ def _autograd_share(loss: str, params: dict, s, t, y, generator) -> np.ndarray:
     return _share(grad, t.numpy().argmax(axis=-1))
 
 
+@pytest.fixture(params=["kernel", "tensors"])
+def path(request) -> str:
+    """The diagnostics' two computations: the compiled kernel (the CPU's) and the tensor
+    operations (a GPU's, run here on the CPU)."""
+    return request.param
+
+
+def _start(loss: str, params: dict, k: int, path: str) -> EpochDiagnostics:
+    return EpochDiagnostics(loss, resolve_loss_params(loss, params), k, CPU, path == "kernel")
+
+
 def _copies(generators: list[torch.Generator]) -> list[torch.Generator]:
     return [torch.Generator().set_state(g.get_state()) for g in generators]
 
@@ -128,7 +139,7 @@ def _copies(generators: list[torch.Generator]) -> list[torch.Generator]:
 @pytest.mark.parametrize("k", [None, 3])  # the loop's [N, C] and a pack's [K, N, C]
 @pytest.mark.parametrize("loss", sorted(DISTILLING))
 def test_each_diagnostic_matches_a_float64_computation_on_a_saved_batch(
-    tmp_path, loss, k, ties
+    tmp_path, loss, k, ties, path
 ) -> None:
     batch = _saved_batch(tmp_path / "batch.npz", k, ties)
     params = DISTILLING[loss]
@@ -137,7 +148,7 @@ def test_each_diagnostic_matches_a_float64_computation_on_a_saved_batch(
     gens = [torch.Generator().manual_seed(100 + j) for j in range(seeds)]
     before = [g.get_state() for g in gens]
     replay = _copies(gens)  # the loss's draws, replayed for the reference
-    acc = EpochDiagnostics.start(loss, params, CPU, seeds)
+    acc = _start(loss, params, seeds, path)
     handed = acc.update(s, t, y, generator=gens[0] if k is None else gens)
     # nothing drawn: the loss draws from its own streams as it would
     assert all(torch.equal(g.get_state(), b) for g, b in zip(gens, before, strict=True))
@@ -168,9 +179,9 @@ def test_each_diagnostic_matches_a_float64_computation_on_a_saved_batch(
         assert want["dk_grad_share"] == pytest.approx(grad_share.mean(), rel=1e-5)
 
 
-def test_a_sample_without_gradient_counts_as_no_dark_share() -> None:
+def test_a_sample_without_gradient_counts_as_no_dark_share(path) -> None:
     t = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
-    acc = EpochDiagnostics.start("ban", {"temperature": 1.0}, CPU)
+    acc = _start("ban", {"temperature": 1.0}, 1, path)
     acc.update(t.clone(), t, torch.tensor([0, 0]))  # the student is its teacher: g = 0
     assert acc.result()["dk_grad_share"] == 0.0
     assert acc.result()["teacher_correct"] == 0.5
@@ -189,7 +200,7 @@ def _steps(seed: int, sizes: list[int], classes: int) -> list[tuple[torch.Tensor
 
 
 def _epoch(
-    loss: str, seeds: list[int], steps: dict, rows: list[int] | None = None, together: bool = True
+    loss: str, seeds: list[int], steps: dict, rows: list[int] | None = None, path: str = "kernel"
 ) -> list[dict]:
     """Each of ``seeds``'s diagnostics from one accumulator fed their steps side by side (a
     pack of len(seeds), or of ``k`` rows of which ``rows`` are left), or alone (the loop)."""
@@ -197,8 +208,7 @@ def _epoch(
     gens = {j: torch.Generator().manual_seed(1000 + j) for j in seeds}
     loop = rows is None and len(seeds) == 1
     k = len(seeds) if rows is None else max(rows) + 1
-    acc = EpochDiagnostics.start(loss, params, CPU, k)
-    acc.together = together
+    acc = _start(loss, params, k, path)
     index = None if rows is None else torch.tensor(rows)
     for i in range(n):
         s, t, y = (torch.stack([steps[j][i][part] for j in seeds]) for part in range(3))
@@ -224,7 +234,7 @@ def threads(request):
 @pytest.mark.parametrize("loss", ["kd", "dkpp", "cwtm", "mse_logits"])
 @pytest.mark.parametrize("classes", [10, 100])
 def test_a_seed_gets_the_same_diagnostics_bit_for_bit_alone_and_in_any_pack(
-    loss, classes, threads
+    loss, classes, threads, path
 ) -> None:
     """The same seed's steps alone (the loop), in packs of 2, 3 and 16 at other places, and
     left in a pack whose other seeds diverged: the same numbers to the last bit. Sample
@@ -233,20 +243,18 @@ def test_a_seed_gets_the_same_diagnostics_bit_for_bit_alone_and_in_any_pack(
     threads."""
     sizes = [64] * 40 + [37]  # 2,597 samples: a reduction at 2,048, another at the end
     steps = {j: _steps(j, sizes, classes) for j in range(16)}
-    alone = _epoch(loss, [5], steps)[0]
+    alone = _epoch(loss, [5], steps, path=path)[0]
     assert set(alone) == set(diagnostics.COMMON + diagnostics.EXTRA.get(loss, ()))
     for seeds in ([5, 1], [2, 5, 9], list(range(16))):
-        got = _epoch(loss, seeds, steps)
+        got = _epoch(loss, seeds, steps, path=path)
         assert got[seeds.index(5)] == alone, (loss, len(seeds))
-        other = _epoch(loss, [seeds[0]], steps)[0]
+        other = _epoch(loss, [seeds[0]], steps, path=path)[0]
         assert got[0] == other
     # seeds 0, 2 and 4 of a pack of six left; seed 5 takes the third row
-    assert _epoch(loss, [1, 3, 5], steps, rows=[0, 2, 4])[2] == alone
-    # reduced a seed at a time, as on a GPU
-    assert _epoch(loss, [2, 5, 9], steps, together=False)[1] == alone
+    assert _epoch(loss, [1, 3, 5], steps, rows=[0, 2, 4], path=path)[2] == alone
 
 
-def test_a_seed_whose_logits_blow_up_gets_nan_and_leaves_its_pack_mates_alone() -> None:
+def test_a_seed_whose_logits_blow_up_gets_nan_and_leaves_its_pack_mates_alone(path) -> None:
     """Seed 1's student logits turn infinite and NaN in one step, and huge but finite ones
     come from seed 0's teacher: seed 1's epoch values are NaN, seed 0's are its own, bit
     for bit, and finite."""
@@ -257,12 +265,13 @@ def test_a_seed_whose_logits_blow_up_gets_nan_and_leaves_its_pack_mates_alone() 
     s = s.clone()
     s[0, 0], s[1] = math.inf, math.nan
     steps[1][3] = (s, t, y)
-    alone = _epoch("kd", [0], steps)[0]
-    assert all(math.isfinite(v) for v in alone.values())
-    for together in (True, False):
-        first, second = _epoch("kd", [0, 1], steps, together=together)
-        assert first == alone
-        assert all(math.isnan(v) for v in second.values())
+    # (not mse_logits: its loss, (s - t)^2, overflows float32 with such a teacher too)
+    for loss in ("kd", "dkpp", "cwtm"):
+        alone = _epoch(loss, [0], steps, path=path)[0]
+        assert all(math.isfinite(v) for v in alone.values()), loss
+        first, second = _epoch(loss, [0, 1], steps, path=path)
+        assert first == alone, loss
+        assert all(math.isnan(v) for v in second.values()), loss
 
 
 def test_dkpp_diagnostics_without_the_loss_having_run_say_so() -> None:
@@ -456,7 +465,7 @@ def test_the_report_says_where_the_signal_comes_from(small_study) -> None:
 
 @pytest.mark.parametrize("sizes", [[64, 64, 64], [64, 37]], ids=["whole-vectors", "padded"])
 @pytest.mark.parametrize("loss", ["kd", "dkpp", "cwtm", "mse_logits"])
-def test_bf16_logits_are_measured_in_float32(loss, sizes) -> None:
+def test_bf16_logits_are_measured_in_float32(loss, sizes, path) -> None:
     """Logits of a bf16 step (autocast) give the diagnostics of their exact float32 values,
     whether or not the steps need padding (a bf16 reduction would round every operation
     to 8 bits)."""
@@ -464,6 +473,6 @@ def test_bf16_logits_are_measured_in_float32(loss, sizes) -> None:
     half = {j: [(s.bfloat16(), t.bfloat16(), y) for s, t, y in one] for j, one in steps.items()}
     exact = {j: [(s.float(), t.float(), y) for s, t, y in one] for j, one in half.items()}
     for seeds in ([1], [0, 1, 2]):
-        got, want = _epoch(loss, seeds, half), _epoch(loss, seeds, exact)
+        got, want = _epoch(loss, seeds, half, path=path), _epoch(loss, seeds, exact, path=path)
         assert got == want, (loss, sizes, seeds)
         assert all(math.isfinite(v) for d in got for v in d.values())
