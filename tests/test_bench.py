@@ -204,32 +204,39 @@ def test_diagnostics_cost_alternates_the_diagnostics_off_and_on_epoch_by_epoch(m
 
     seen = []
     real = diagnostics.EpochDiagnostics.start
+    update = diagnostics.EpochDiagnostics.update
 
     def spy(*args, **kwargs):
-        seen.append((args[0], diagnostics.switch.on))
+        timed = diagnostics.EpochDiagnostics.update is not update  # the timing wrapper
+        seen.append((args[0], diagnostics.switch.on, timed))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(diagnostics.EpochDiagnostics, "start", spy)
-    costs = diagnostics_cost(TINY, losses=("kd", "dkpp"), rounds=2, pairs=3)
+    costs = diagnostics_cost(TINY, losses=("kd", "dkpp"), rounds=4, pairs=3)
     assert [(c.loss, c.seeds) for c in costs] == [("kd", 1), ("kd", 3), ("dkpp", 1), ("dkpp", 3)]
-    for c in costs:  # a pair of epochs each, 3 pairs a round
-        assert len(c.off_s) == len(c.on_s) == len(c.off_cpu) == len(c.inside_cpu) == 6
-        assert min(c.off_s + c.on_s + c.off_cpu + c.on_cpu) > 0
+    for c in costs:  # a pair of epochs each, 3 pairs a round, two rounds each
+        assert len(c.off_s) == len(c.on_s) == len(c.off_cpu) == len(c.on_cpu) == 6
+        assert len(c.inside_cpu) == len(c.timed_off_cpu) == 6
+        assert min(c.off_s + c.on_s + c.off_cpu + c.on_cpu + c.timed_off_cpu) > 0
         assert min(c.inside_cpu) > 0 and max(c.inside_cpu) < max(c.on_cpu)
-    # per training: the warm-up on, then pairs of epochs off-on, on-off, off-on
+    # per training: the warm-up on, then pairs of epochs off-on, on-off, off-on; every
+    # second training (of each loss and pack size) with the diagnostics' calls timed
     trainings = [seen[i : i + 7] for i in range(0, len(seen), 7)]
-    assert len(trainings) == 2 * 2 * 2
-    for one in trainings:
-        assert [on for _, on in one] == [True, False, True, True, False, False, True]
-    assert {loss for loss, _ in seen} == {"kd", "dkpp"}
+    assert len(trainings) == 2 * 2 * 4
+    for i, one in enumerate(trainings):
+        assert [on for _, on, _ in one] == [True, False, True, True, False, False, True]
+        assert {timed for _, _, timed in one} == {i % 2 == 1}
+    assert {loss for loss, _, _ in seen} == {"kd", "dkpp"}
     # each pair as (off, on), whichever came first
     tagged = [(float(i), float(_on(i)), 0.0) for i in range(8)]
     assert [(off[0], on[0]) for off, on in _pairs(tagged)] == [(0, 1), (3, 2), (4, 5), (7, 6)]
     lines = format_diagnostics_cost(costs)
     assert len(lines) == 4 and lines[0].startswith("kd, 1 seed(s): ")
     assert diagnostics.switch.on  # back on after the measurement
-    with pytest.raises(UserInputError, match="pairs must be >= 1"):
+    with pytest.raises(UserInputError, match="pairs >= 1"):
         diagnostics_cost(TINY, pairs=0)
+    with pytest.raises(UserInputError, match="rounds must be >= 2"):
+        diagnostics_cost(TINY, rounds=1)
 
 
 def test_the_bench_says_whether_the_kd_students_measured_their_diagnostics() -> None:

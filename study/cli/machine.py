@@ -128,8 +128,9 @@ def bench(
         typer.Option(
             "--diagnostics-cost",
             help="Instead of the variants: the distillation student's step with the "
-            "diagnostics off and on in adjacent epochs (two trainings of 30 pairs of "
-            "epochs per loss, kd and dkpp, and pack size), and their share of the step.",
+            "diagnostics off and on in adjacent epochs (four trainings of 30 pairs of "
+            "epochs per loss, kd and dkpp, and pack size; every second one times the "
+            "diagnostics' calls), and their share of the step.",
         ),
     ] = False,
     control: Annotated[
