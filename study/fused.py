@@ -148,7 +148,7 @@ def _compile(fn):
         return numba.njit(cache=True, **options)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
         warnings.warn(
-            "study: Numba cannot cache the diagnostics' kernel (no writable cache folder; "
+            "study: Numba cannot cache the diagnostics' loops (no writable cache folder; "
             "set NUMBA_CACHE_DIR): it is compiled again in each process",
             RuntimeWarning,
             stacklevel=2,

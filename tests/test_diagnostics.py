@@ -4,12 +4,14 @@ in packs, and in MLflow and the report for every distillation run of a small stu
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -476,3 +478,48 @@ def test_bf16_logits_are_measured_in_float32(loss, sizes, path) -> None:
         got, want = _epoch(loss, seeds, half, path=path), _epoch(loss, seeds, exact, path=path)
         assert got == want, (loss, sizes, seeds)
         assert all(math.isfinite(v) for d in got for v in d.values())
+
+
+_IN_ANOTHER_PROCESS = """
+import json, warnings
+import torch
+warnings.simplefilter("always")
+from study.diagnostics import EpochDiagnostics
+g = torch.Generator().manual_seed(3)
+s, t = torch.randn(2, 64, 10, generator=g), torch.randn(2, 64, 10, generator=g) * 3
+acc = EpochDiagnostics.start("kd", {"temperature": 4.0}, torch.device("cpu"), 2)
+acc.update(s, t, torch.randint(0, 10, (2, 64), generator=g))
+print(json.dumps([acc.result(0), acc.result(1)]))
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(numba.config, "CACHE_LOCATOR_CLASSES"),
+    reason="this Numba cannot be told where it may cache (NUMBA_CACHE_LOCATOR_CLASSES)",
+)
+def test_the_compiled_loops_run_where_numba_cannot_cache_them() -> None:
+    """Numba finds no writable place for its cache (here: the only place it may use is a
+    folder that cannot be made, as for a read-only install without a home): the
+    diagnostics compute the same numbers, and a warning says that their loops are
+    compiled in each process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    nowhere = {
+        "NUMBA_CACHE_DIR": "/proc/study-no-cache",
+        "NUMBA_CACHE_LOCATOR_CLASSES": "UserProvidedCacheLocator",
+    }
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _IN_ANOTHER_PROCESS],
+            env=extra,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        for extra in ({**env, **nowhere}, env)
+    ]
+    assert all(run.returncode == 0 for run in runs), [run.stderr for run in runs]
+    uncached, cached = runs
+    assert "Numba cannot cache the diagnostics' loops" in uncached.stderr
+    assert "cannot cache" not in cached.stderr
+    assert uncached.stdout == cached.stdout
+    assert len(json.loads(uncached.stdout)[1]) == 4
