@@ -196,9 +196,9 @@ class EpochDiagnostics:
         the seeds of the K' slices when some seeds left the pack, else all K; the same
         within an epoch). Returns the generator to give the loss: ``generator``, for DKPP
         watched (the step's permuted targets are read from it after the loss has run)."""
-        if teacher_logits is None:
-            return generator
         n = targets.shape[-1]
+        if teacher_logits is None or n == 0:  # (an empty step: nothing to measure)
+            return generator
         values = student_logits.numel()
         if self.steps and (self.buffered + n > self.BUFFER or self.kept + values > self.cache):
             self._reduce()  # the steps before this one: their losses ran

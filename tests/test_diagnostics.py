@@ -189,6 +189,14 @@ def test_a_sample_without_gradient_counts_as_no_dark_share(path) -> None:
     assert acc.result()["teacher_correct"] == 0.5
 
 
+@pytest.mark.parametrize("loss", ["kd", "dkpp", "cwtm", "mse_logits"])
+def test_an_empty_step_changes_nothing(loss, path) -> None:
+    full = _steps(4, [64, 37], 10)
+    empty = (torch.zeros(0, 10), torch.zeros(0, 10), torch.zeros(0, dtype=torch.long))
+    want = _epoch(loss, [4], {4: full}, path=path)[0]
+    assert _epoch(loss, [4], {4: [empty, full[0], empty, full[1], empty]}, path=path)[0] == want
+
+
 def _steps(seed: int, sizes: list[int], classes: int) -> list[tuple[torch.Tensor, ...]]:
     """One seed's steps of random logits (batches of ``sizes``) and labels."""
     g = torch.Generator().manual_seed(seed)
