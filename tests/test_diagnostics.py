@@ -189,6 +189,13 @@ def test_a_sample_without_gradient_counts_as_no_dark_share(path) -> None:
     assert acc.result()["teacher_correct"] == 0.5
 
 
+def test_the_cpu_computes_them_with_the_compiled_loops_and_only_the_cpu() -> None:
+    assert EpochDiagnostics.start("kd", {}, CPU).fused
+    assert not _start("kd", {}, 1, "tensors").fused
+    with pytest.raises(ValueError, match="compiled loops run on the CPU, not meta"):
+        EpochDiagnostics("kd", resolve_loss_params("kd", {}), 1, torch.device("meta"), True)
+
+
 @pytest.mark.parametrize("loss", ["kd", "dkpp", "cwtm", "mse_logits"])
 def test_an_empty_step_changes_nothing(loss, path) -> None:
     full = _steps(4, [64, 37], 10)
