@@ -129,8 +129,11 @@ def path(request) -> str:
     return request.param
 
 
-def _start(loss: str, params: dict, k: int, path: str) -> EpochDiagnostics:
-    return EpochDiagnostics(loss, resolve_loss_params(loss, params), k, CPU, path == "kernel")
+def _start(
+    loss: str, params: dict, k: int, path: str, device: torch.device = CPU
+) -> EpochDiagnostics:
+    fused = path == "kernel" if device.type == "cpu" else None  # (a GPU: its own path)
+    return EpochDiagnostics(loss, resolve_loss_params(loss, params), k, device, fused)
 
 
 def _copies(generators: list[torch.Generator]) -> list[torch.Generator]:
@@ -217,16 +220,22 @@ def _steps(seed: int, sizes: list[int], classes: int) -> list[tuple[torch.Tensor
 
 
 def _epoch(
-    loss: str, seeds: list[int], steps: dict, rows: list[int] | None = None, path: str = "kernel"
+    loss: str,
+    seeds: list[int],
+    steps: dict,
+    rows: list[int] | None = None,
+    path: str = "kernel",
+    device: torch.device = CPU,
 ) -> list[dict]:
     """Each of ``seeds``'s diagnostics from one accumulator fed their steps side by side (a
-    pack of len(seeds), or of ``k`` rows of which ``rows`` are left), or alone (the loop)."""
+    pack of len(seeds), or of ``k`` rows of which ``rows`` are left), or alone (the loop);
+    the steps' tensors and the loss's generators on ``device``."""
     params, n = DISTILLING[loss], len(steps[seeds[0]])
-    gens = {j: torch.Generator().manual_seed(1000 + j) for j in seeds}
+    gens = {j: torch.Generator(device=device).manual_seed(1000 + j) for j in seeds}
     loop = rows is None and len(seeds) == 1
     k = len(seeds) if rows is None else max(rows) + 1
-    acc = _start(loss, params, k, path)
-    index = None if rows is None else torch.tensor(rows)
+    acc = _start(loss, params, k, path, device)
+    index = None if rows is None else torch.tensor(rows, device=device)
     for i in range(n):
         s, t, y = (torch.stack([steps[j][i][part] for j in seeds]) for part in range(3))
         if loop:

@@ -112,3 +112,28 @@ def test_a_whole_study_trains_on_cuda(tmp_path, tiny_protocol_text) -> None:
     assert (frame["status"] == "FINISHED").all() and len(frame) == summary.trained
     run = tracker.run_record(summary.runs["kd/gen1@0"]["run_id"])
     assert run["tags"]["device"].startswith("cuda")
+
+
+@pytest.mark.parametrize("loss", ["kd", "dkpp", "cwtm", "mse_logits"])
+def test_the_diagnostics_on_cuda_agree_with_the_cpus_and_are_the_same_alone_and_packed(
+    loss,
+) -> None:
+    """On a GPU the diagnostics run as tensor operations (each seed reduced alone); they
+    agree with the CPU's compiled loops to float rounding (DKPP's permuted share aside:
+    its permutations come from CUDA generators there), and a seed's numbers are the same,
+    bit for bit, alone and in a pack."""
+    from study.diagnostics import EpochDiagnostics
+    from tests.test_diagnostics import _epoch, _steps
+
+    steps = {j: _steps(j, [64] * 40 + [37], 10) for j in range(3)}
+    on_gpu = {j: [tuple(x.to(CUDA) for x in step) for step in one] for j, one in steps.items()}
+    acc = EpochDiagnostics.start(loss, {"temperature": 4.0} if loss == "kd" else {}, CUDA)
+    assert not acc.fused
+    cpu = _epoch(loss, [0, 1, 2], steps)
+    gpu = _epoch(loss, [0, 1, 2], on_gpu, device=CUDA)
+    assert _epoch(loss, [1], on_gpu, device=CUDA)[0] == gpu[1]
+    for a, b in zip(cpu, gpu, strict=True):
+        assert a.keys() == b.keys()
+        for key in set(a) - {"dk_grad_share_permuted"}:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (loss, key)
+        assert all(0.0 <= v <= 5.0 for v in b.values())
