@@ -18,6 +18,7 @@ another processor).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -135,25 +136,52 @@ def add(teacher, student, permuted, labels, sizes, rows, inv_t, logits, sums, co
     k, m, c = teacher.shape
     shifted = np.empty((k, m, 1 if logits else 2, c), dtype=np.float32)
     top = np.empty((k, m), dtype=np.int64)
-    _shift_(teacher, student, inv_t, shifted, top)
+    _run(_shift, teacher, student, inv_t, shifted, top)
     e = np.exp(shifted)
-    _sums_(teacher, student, permuted, labels, sizes, rows, shifted, e, top, sums, count, bad)
+    _run(_sums, teacher, student, permuted, labels, sizes, rows, shifted, e, top, sums, count, bad)
+
+
+_OPTIONS = {"nogil": True, "boundscheck": False}
+_loops: dict = {}  # each loop, compiled, once it has run in this process
+
+
+def _run(fn, *args) -> None:
+    """``fn`` compiled by Numba, called. Its first call in a process loads it from Numba's
+    disk cache (next to this file, else the user's cache folder): a cache file that cannot
+    be read (overwritten, cut short) is emptied and the loop compiled anew, with a warning,
+    instead of failing every training (a failure that is not the cache's fails again)."""
+    loop = _loops.get(fn)
+    if loop is not None:
+        loop(*args)
+        return
+    loop = _compile(fn)
+    try:
+        loop(*args)  # (a loop has no effect before it runs: reading the cache comes first)
+    except Exception as error:
+        warnings.warn(
+            f"study: the diagnostics' loop {fn.__name__} could not be read from Numba's "
+            f"cache ({type(error).__name__}: {error}); the cache emptied, the loop compiled "
+            "anew",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        with contextlib.suppress(AttributeError, OSError):  # (Numba's own cache object)
+            loop._cache.flush()  # an empty index: the next process compiles and saves anew
+        loop = numba.njit(**_OPTIONS)(fn)
+        loop(*args)
+    _loops[fn] = loop
 
 
 def _compile(fn):
-    """``fn`` compiled, cached on disk where Numba finds a writable place (next to this
-    file, else the user's cache folder); compiled in each process where it finds none."""
-    options = {"nogil": True, "boundscheck": False}
+    """``fn`` compiled, cached on disk where Numba finds a writable place; compiled in
+    each process where it finds none."""
     try:
-        return numba.njit(cache=True, **options)(fn)
+        return numba.njit(cache=True, **_OPTIONS)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
         warnings.warn(
             "study: Numba cannot cache the diagnostics' loops (no writable cache folder; "
             "set NUMBA_CACHE_DIR): it is compiled again in each process",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=4,
         )
-        return numba.njit(**options)(fn)
-
-
-_shift_, _sums_ = _compile(_shift), _compile(_sums)
+        return numba.njit(**_OPTIONS)(fn)

@@ -547,3 +547,33 @@ def test_the_compiled_loops_run_where_numba_cannot_cache_them() -> None:
     assert "cannot cache" not in cached.stderr
     assert uncached.stdout == cached.stdout
     assert len(json.loads(uncached.stdout)[1]) == 4
+
+
+def test_a_cache_file_that_cannot_be_read_is_compiled_anew_and_repaired(tmp_path) -> None:
+    """Numba's cache files of the loops overwritten with garbage (as by another tool, or
+    cut short): the diagnostics still give the same numbers, with a warning, and the next
+    process finds the cache repaired."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path)
+
+    def run() -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-c", _IN_ANOTHER_PROCESS],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    first = run()
+    files = [f for f in tmp_path.rglob("*") if f.suffix in (".nbi", ".nbc")]
+    assert {f.suffix for f in files} == {".nbi", ".nbc"}
+    for f in files:
+        f.write_bytes(b"not a pickle")
+    broken = run()
+    assert "could not be read from Numba's cache" in broken.stderr
+    repaired = run()
+    assert "Numba" not in repaired.stderr
+    assert first.stdout == broken.stdout == repaired.stdout
